@@ -1,0 +1,38 @@
+# Every target bootstraps itself: a .venv, the package with its dev extras, the data.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test test-quick bench data clean help
+
+help:
+	@echo "make demo   - fetch MNIST, train, evaluate, write the report (runs/demo)"
+	@echo "make test   - the whole test suite"
+	@echo "make bench  - speed benchmarks (results appended to benchmarks/RESULTS.md)"
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+data: $(STAMP)
+	$(VENV)/bin/vaekit data fetch mnist
+
+demo: data
+	$(VENV)/bin/vaekit demo --out runs/demo
+
+test: data
+	bash scripts/ensure-chromium.sh
+	$(PY) -m pytest -q
+
+test-quick: $(STAMP)
+	$(PY) -m pytest -q -m "not slow and not browser"
+
+bench: data
+	$(PY) benchmarks/train_speed.py
+	$(PY) benchmarks/time_to_quality.py
+	$(PY) benchmarks/eval_speed.py
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache
