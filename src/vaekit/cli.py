@@ -1,0 +1,305 @@
+"""The `vaekit` command: parse, call the library, print. Bad input -> `error: ...` on stderr, exit 2."""
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from pathlib import Path
+
+from vaekit.errors import VaekitError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2 (argparse's default prints the usage block too)
+        raise VaekitError(f"{self.prog}: {message}")
+
+
+def _positive_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}")
+    return v
+
+
+def _int_list(s: str) -> list[int]:
+    try:
+        return [int(v) for v in s.replace(",", " ").split()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers like 400,200, got {s!r}") from None
+
+
+# Training flags: (flag, type, help). All default to None so we can tell "given" from "not given".
+TRAIN_FLAGS = [
+    ("--data", str, "mnist, fashion-mnist, or a .npy/.npz file, image folder or IDX file (default mnist)"),
+    ("--model", str, "vae or ae (default vae)"),
+    ("--arch", str, "mlp or conv (default mlp)"),
+    ("--latent-dim", int, "latent size D (default 20)"),
+    ("--hidden", _int_list, "hidden widths, e.g. 400 or 512,256 (default 400)"),
+    ("--channels", _int_list, "conv channels, e.g. 32,64 (default 32,64)"),
+    ("--activation", str, "relu, tanh, elu, gelu, silu, softplus, leaky_relu (default relu)"),
+    ("--likelihood", str, "bernoulli, gaussian or cbernoulli (default bernoulli)"),
+    ("--sigma", float, "gaussian: fixed (or initial) pixel sigma (default 0.1)"),
+    ("--learn-sigma", str, "gaussian: none, global or pixel (default none)"),
+    ("--binarize", str, "dynamic, static, none or auto (default auto: dynamic for bernoulli)"),
+    ("--val-fraction", float, "fraction of the training data held out for validation (default 0.05)"),
+    ("--epochs", int, "training epochs (default 10)"),
+    ("--batch-size", int, "examples per step, across all processes (default 128)"),
+    ("--lr", float, "Adam learning rate (default 1e-3)"),
+    ("--schedule", str, "learning-rate schedule: constant, cosine or step (default constant)"),
+    ("--step-every", int, "step schedule: epochs between halvings (default 30)"),
+    ("--weight-decay", float, "Adam weight decay (default 0)"),
+    ("--clip", float, "max gradient norm, 0 = off (default 0)"),
+    ("--beta", float, "KL weight, beta-VAE (default 1.0)"),
+    ("--kl-warmup", float, "epochs of linear KL warm-up from 0 to beta (default 0)"),
+    ("--free-bits", float, "free bits: nats per latent dimension (default 0)"),
+    ("--iw-k", int, "importance samples; >1 trains on the IWAE bound (default 1)"),
+    ("--seed", int, "random seed (default 0)"),
+    ("--device", str, "auto, cpu or cuda (default auto)"),
+    ("--threads", int, "torch CPU threads, 0 = torch's default"),
+    ("--checkpoint-every", int, "steps between mid-epoch checkpoints, 0 = epoch ends only (default 500)"),
+    ("--patience", int, "early stopping: epochs without validation improvement, 0 = off"),
+    ("--max-bad-steps", int, "consecutive non-finite steps before stopping (default 20)"),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="vaekit", description="Variational autoencoders: train, evaluate, sample, explore.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    d = sub.add_parser("data", help="datasets: fetch and verify")
+    dsub = d.add_subparsers(dest="data_command", metavar="ACTION", parser_class=_Parser)
+    dsub.required = True
+    f = dsub.add_parser("fetch", help="download, verify and cache a dataset")
+    f.add_argument("name", help="mnist or fashion-mnist")
+
+    t = sub.add_parser("train", help="train a VAE or an autoencoder into a run folder")
+    for flag, typ, hlp in TRAIN_FLAGS:
+        t.add_argument(flag, type=typ, default=None, help=hlp)
+    t.add_argument("--config", type=Path, help="YAML or JSON file of options; flags given here override it")
+    t.add_argument("--out", type=Path, required=True, help="the run folder, e.g. runs/vae")
+    g = t.add_mutually_exclusive_group()
+    g.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    g.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    t.add_argument("--amp", action="store_true", default=None, help="bf16 mixed precision on CUDA")
+    t.add_argument("--quiet", action="store_true", default=None, help="no progress output")
+
+    e = sub.add_parser("eval", help="ELBO, reconstruction, KL and importance-sampled NLL, in nats")
+    e.add_argument("run", type=Path)
+    e.add_argument("--split", default="test", choices=["train", "test"])
+    e.add_argument("--data", help="evaluate on other data (a dataset name or a file) instead of the run's")
+    e.add_argument("--iw-samples", type=int, default=5000, help="importance samples for the NLL; 0 = skip")
+    e.add_argument("--limit", type=_positive_int, help="only the first N examples")
+    e.add_argument("--batch-size", type=_positive_int, default=100)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--device", default="auto")
+    e.add_argument("--json", action="store_true", help="print one JSON object")
+
+    s = sub.add_parser("sample", help="decode draws from the prior into an image grid")
+    s.add_argument("run", type=Path)
+    s.add_argument("-n", type=_positive_int, default=64)
+    s.add_argument("-o", "--output", type=Path, help="PNG path (default RUN/figures/samples.png)")
+    s.add_argument("--seed", type=int, default=0)
+
+    r = sub.add_parser("reconstruct", help="test digits above their reconstructions")
+    r.add_argument("run", type=Path)
+    r.add_argument("-n", type=_positive_int, default=16)
+    r.add_argument("-o", "--output", type=Path, help="PNG path (default RUN/figures/reconstructions.png)")
+    r.add_argument("--split", default="test", choices=["train", "test"])
+
+    i = sub.add_parser("interpolate", help="decode a path between two test examples")
+    i.add_argument("run", type=Path)
+    i.add_argument("--from", dest="src", type=int, required=True, help="index of the first test example")
+    i.add_argument("--to", dest="dst", type=int, required=True, help="index of the second test example")
+    i.add_argument("--steps", type=_positive_int, default=10)
+    i.add_argument("--spherical", action="store_true", help="slerp instead of a straight line")
+    i.add_argument("-o", "--output", type=Path, help="PNG path (default RUN/figures/interpolation.png)")
+
+    en = sub.add_parser("encode", help="posterior means E[z|x] of a dataset, as .npy")
+    en.add_argument("run", type=Path)
+    en.add_argument("--data", required=True, help="a dataset name (its --split) or a file/folder")
+    en.add_argument("--split", default="test", choices=["train", "test"])
+    en.add_argument("-o", "--output", type=Path, required=True, help="codes.npy, shape (N, D)")
+
+    sc = sub.add_parser("score", help="per-example -ELBO and -log p(x) (anomaly scores), as CSV")
+    sc.add_argument("run", type=Path)
+    sc.add_argument("--data", required=True, help="a dataset name (its --split) or a file/folder")
+    sc.add_argument("--split", default="test", choices=["train", "test"])
+    sc.add_argument("--iw-samples", type=int, default=1000, help="importance samples for -log p(x); 0 = skip")
+    sc.add_argument("--limit", type=_positive_int)
+    sc.add_argument("-o", "--output", type=Path, required=True, help="scores.csv")
+    return p
+
+
+# ------------------------------------------------------------------------------------------ commands
+
+
+def cmd_data(args) -> int:
+    from vaekit.data import fetch
+    path = fetch(args.name)
+    print(f"{args.name}: verified in {path}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from vaekit.config import load_config_file, split_options
+    from vaekit.train import train
+    options = load_config_file(args.config) if args.config else {}
+    where = str(args.config) if args.config else "flags"
+    for flag, _, _ in TRAIN_FLAGS + [("--amp", None, None), ("--quiet", None, None)]:
+        v = getattr(args, flag[2:].replace("-", "_"))
+        if v is not None:
+            options[flag[2:].replace("-", "_")] = v
+    rc = split_options(options, where)
+    run = train(rc, args.out, resume=args.resume, overwrite=args.overwrite)
+    last = run.metrics[-1] if run.metrics else {}
+    summary = {k: round(v, 3) for k, v in last.items() if isinstance(v, float)}
+    print(f"run: {args.out}  ({run.stopped}, {last.get('epoch', 0)} epochs)  {json.dumps(summary)}")
+    return 0
+
+
+def _data_for(run_model, source: str | None, split: str, run_cfg):
+    """The dataset a command works on: `source` if given, else the run's training data (at `split`)."""
+    from vaekit.data import load
+    ds = load(source or run_cfg.train.data, split)
+    if ds.shape != tuple(run_cfg.model.input_shape):
+        raise VaekitError(f"--data {source or run_cfg.train.data}: examples have shape {ds.shape}, "
+                          f"the model expects {tuple(run_cfg.model.input_shape)}")
+    return ds
+
+
+def cmd_eval(args) -> int:
+    import vaekit
+    from vaekit.evaluate import evaluate
+    from vaekit.train import resolve_device
+    device = resolve_device(args.device)
+    model = vaekit.load(args.run, device)
+    cfg = model.run_config
+    ds = _data_for(model, args.data, args.split, cfg)
+    if args.limit:
+        ds = ds.subset(slice(0, args.limit))
+    if args.iw_samples < 0:
+        raise VaekitError("--iw-samples must be >= 0")
+    res = evaluate(model, ds, binarize=cfg.train.binarize, iw_samples=args.iw_samples if model.is_vae else 0,
+                   batch_size=args.batch_size, seed=args.seed, device=device)
+    res["split"] = args.split if args.data is None or args.data in vaekit.data.DATASETS else "file"
+    res["model"] = cfg.model.model
+    if args.json:
+        print(json.dumps(res))
+        return 0
+    print(f"{args.run} on {res['split']} ({res['n']} examples), nats per example:")
+    print(f"  ELBO   {res['elbo']:10.3f}   (recon {res['recon']:.3f}, KL {res['kl']:.3f})")
+    if res["nll"] is not None:
+        print(f"  NLL    {res['nll']:10.3f}   (-log p(x), importance-sampled, k={res['iw_samples']})")
+        print(f"  active units {res['active_units']}/{cfg.model.latent_dim}")
+    print(f"  {res['seconds']:.1f} s")
+    return 0
+
+
+def cmd_sample(args) -> int:
+    import torch
+    import vaekit
+    from vaekit.figures import save_grid
+    model = vaekit.load(args.run)
+    x = model.sample(args.n, torch.Generator().manual_seed(args.seed))
+    out = save_grid(x, args.output or args.run / "figures" / "samples.png")
+    print(out)
+    return 0
+
+
+def cmd_reconstruct(args) -> int:
+    import torch
+    import vaekit
+    from vaekit.figures import save_grid
+    model = vaekit.load(args.run)
+    ds = _data_for(model, None, args.split, model.run_config)
+    x = ds.batch(slice(0, args.n))
+    x_hat = model.reconstruct(x)
+    out = save_grid(torch.cat([x, x_hat]), args.output or args.run / "figures" / "reconstructions.png",
+                    nrow=min(args.n, 16) if args.n <= 16 else args.n)
+    print(out)
+    return 0
+
+
+def cmd_interpolate(args) -> int:
+    import vaekit
+    from vaekit.figures import save_grid
+    from vaekit.latent import interpolate
+    model = vaekit.load(args.run)
+    ds = _data_for(model, None, "test", model.run_config)
+    for i in (args.src, args.dst):
+        if not 0 <= i < len(ds):
+            raise VaekitError(f"--from/--to: index {i} is outside the test set (0..{len(ds) - 1})")
+    x = ds.batch([args.src, args.dst])
+    z = model.encode(x).mean
+    frames = model.decode(interpolate(z[0], z[1], args.steps, args.spherical)).mean
+    out = save_grid(frames, args.output or args.run / "figures" / "interpolation.png", nrow=args.steps)
+    print(out)
+    return 0
+
+
+def cmd_encode(args) -> int:
+    import numpy as np
+    import torch
+    import vaekit
+    model = vaekit.load(args.run)
+    ds = _data_for(model, args.data, args.split, model.run_config)
+    with torch.inference_mode():
+        mu = torch.cat([model.encode(ds.batch(slice(i, i + 1000))).mean for i in range(0, len(ds), 1000)])
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    np.save(args.output, mu.numpy())
+    print(f"{args.output}: {tuple(mu.shape)} posterior means")
+    return 0
+
+
+def cmd_score(args) -> int:
+    import csv
+    import vaekit
+    from vaekit.evaluate import evaluate
+    model = vaekit.load(args.run)
+    cfg = model.run_config
+    ds = _data_for(model, args.data, args.split, cfg)
+    if args.limit:
+        ds = ds.subset(slice(0, args.limit))
+    res = evaluate(model, ds, binarize=cfg.train.binarize, iw_samples=args.iw_samples if model.is_vae else 0,
+                   per_example=True)
+    pe = res["per_example"]
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    with open(args.output, "w", newline="") as f:
+        w = csv.writer(f)
+        cols = ["index", "label", "neg_elbo"] + (["neg_log_px"] if "nll" in pe else [])
+        w.writerow(cols)
+        for i in range(len(ds)):
+            row = [i, "" if ds.y is None else int(ds.y[i]), f"{-pe['elbo'][i].item():.4f}"]
+            if "nll" in pe:
+                row.append(f"{pe['nll'][i].item():.4f}")
+            w.writerow(row)
+    print(f"{args.output}: {len(ds)} rows (scores in nats; higher = more anomalous)")
+    return 0
+
+
+COMMANDS = {"data": cmd_data, "train": cmd_train, "eval": cmd_eval, "sample": cmd_sample,
+            "reconstruct": cmd_reconstruct, "interpolate": cmd_interpolate, "encode": cmd_encode,
+            "score": cmd_score}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from vaekit.train import Interrupted
+    try:
+        args = build_parser().parse_args(argv)
+        return COMMANDS[args.command](args)
+    except VaekitError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Interrupted as e:
+        print(str(e), file=sys.stderr)
+        return 128 + e.signum
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 128 + signal.SIGINT
+    except BrokenPipeError:
+        return 0

@@ -1,0 +1,228 @@
+"""Configuration as frozen dataclasses with a JSON round trip and one validation step.
+
+`ModelConfig` is enough to rebuild a model's architecture; `TrainConfig` is how
+it was trained. A run's config.json holds both: {"model": {...}, "train": {...}}.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vaekit.errors import VaekitError
+
+LIKELIHOODS = ("bernoulli", "gaussian", "cbernoulli")
+LEARN_SIGMA = ("none", "global", "pixel")
+SCHEDULES = ("constant", "cosine", "step")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    model: str = "vae"                      # vae | ae
+    arch: str = "mlp"                       # mlp | conv
+    input_shape: tuple[int, ...] = (1, 28, 28)
+    latent_dim: int = 20
+    hidden: tuple[int, ...] = (400,)        # MLP widths (the conv head's too)
+    channels: tuple[int, ...] = (32, 64)    # conv channels, one stride-2 layer each
+    activation: str = "relu"
+    likelihood: str = "bernoulli"           # bernoulli | gaussian | cbernoulli
+    sigma: float = 0.1                      # gaussian: the fixed sigma, or the initial one when learned
+    learn_sigma: str = "none"               # gaussian: none | global | pixel
+    min_sigma: float = 1e-3                 # a learned sigma never goes below this
+
+    def validate(self) -> "ModelConfig":
+        from vaekit.networks import ACTIVATIONS
+        _choice("model", self.model, ("vae", "ae"))
+        _choice("arch", self.arch, ("mlp", "conv"))
+        _choice("likelihood", self.likelihood, LIKELIHOODS)
+        _choice("learn-sigma", self.learn_sigma, LEARN_SIGMA)
+        _choice("activation", self.activation, tuple(ACTIVATIONS))
+        _positive("latent-dim", self.latent_dim)
+        for h in self.hidden:
+            _positive("hidden", h)
+        for c in self.channels:
+            _positive("channels", c)
+        if not self.input_shape or any(s <= 0 for s in self.input_shape):
+            raise VaekitError(f"bad input shape {self.input_shape}")
+        if self.arch == "conv" and len(self.input_shape) != 3:
+            raise VaekitError(f"--arch conv needs image data (C, H, W); this data has shape {self.input_shape}")
+        if not self.sigma > 0 or not self.min_sigma > 0:
+            raise VaekitError("--sigma and min_sigma must be positive")
+        if self.learn_sigma != "none" and self.likelihood != "gaussian":
+            raise VaekitError(f"--learn-sigma {self.learn_sigma} applies only to --likelihood gaussian")
+        return self
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: str = "mnist"
+    binarize: str = "dynamic"               # dynamic | static | none
+    val_fraction: float = 0.05
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    schedule: str = "constant"              # constant | cosine | step
+    step_every: int = 30                    # step schedule: epochs between halvings
+    weight_decay: float = 0.0
+    clip: float = 0.0                       # max gradient norm; 0 = off
+    beta: float = 1.0
+    kl_warmup: float = 0.0                  # epochs of linear KL warm-up, 0 = off
+    free_bits: float = 0.0                  # nats per latent dimension, 0 = off
+    iw_k: int = 1                           # >1 trains on the IWAE bound
+    seed: int = 0
+    device: str = "auto"                    # auto | cpu | cuda
+    threads: int = 0                        # torch CPU threads; 0 = torch's default
+    checkpoint_every: int = 500             # steps between mid-epoch checkpoints; 0 = epoch ends only
+    patience: int = 0                       # early stopping on validation ELBO; 0 = off
+    max_bad_steps: int = 20                 # consecutive non-finite steps before training stops
+    amp: bool = False                       # bf16 autocast on CUDA
+    quiet: bool = False
+
+    def validate(self, model: ModelConfig | None = None) -> "TrainConfig":
+        _choice("binarize", self.binarize, ("dynamic", "static", "none"))
+        _choice("schedule", self.schedule, SCHEDULES)
+        _choice("device", self.device, ("auto", "cpu", "cuda"))
+        _positive("epochs", self.epochs)
+        _positive("batch-size", self.batch_size)
+        _positive("iw-k", self.iw_k)
+        _positive("step-every", self.step_every)
+        _positive("max-bad-steps", self.max_bad_steps)
+        if not self.lr > 0:
+            raise VaekitError(f"--lr must be positive, got {self.lr}")
+        for name in ("beta", "kl_warmup", "free_bits", "clip", "weight_decay"):
+            if not getattr(self, name) >= 0:
+                raise VaekitError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        for name in ("threads", "checkpoint_every", "patience"):
+            if getattr(self, name) < 0:
+                raise VaekitError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.val_fraction < 1:
+            raise VaekitError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
+        if model is not None and model.model == "ae":
+            for name, default in (("iw_k", 1), ("beta", 1.0), ("kl_warmup", 0.0), ("free_bits", 0.0)):
+                if getattr(self, name) != default:
+                    raise VaekitError(f"--{name.replace('_', '-')} applies to a VAE only; "
+                                      f"an autoencoder has no KL term or posterior to sample")
+        if model is not None and self.iw_k > 1 and (self.free_bits or self.kl_warmup or self.beta != 1.0):
+            raise VaekitError("--iw-k > 1 trains on the IWAE bound, which has no separate KL term: "
+                              "drop --beta/--kl-warmup/--free-bits")
+        return self
+
+
+def _choice(flag: str, value, choices) -> None:
+    if value not in choices:
+        raise VaekitError(f"--{flag}: {value!r} is not one of {', '.join(map(str, choices))}")
+
+
+def _positive(flag: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise VaekitError(f"--{flag} must be a positive integer, got {value!r}")
+
+
+def to_dict(cfg) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
+
+
+def from_dict(cls, d: dict, where: str = "config"):
+    """Build `cls` from a dict, refusing unknown keys and values of the wrong type (one-line errors)."""
+    if not isinstance(d, dict):
+        raise VaekitError(f"{where}: expected a mapping, got {type(d).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in d.items():
+        name = str(key).replace("-", "_")
+        if name not in names:
+            raise VaekitError(f"{where}: unknown key {key!r}")
+        kwargs[name] = _coerce(value, hints[name], f"{where}: {key}")
+    return cls(**kwargs)
+
+
+def _coerce(value, hint, where: str):
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise VaekitError(f"{where}: expected a list of integers, got {value!r}")
+        return tuple(_coerce(v, int, where) for v in value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise VaekitError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
+            raise VaekitError(f"{where}: expected an integer, got {value!r}")
+        return int(value)
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise VaekitError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise VaekitError(f"{where}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """What config.json holds: the model's architecture and how it was trained."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_json(self) -> str:
+        return json.dumps({"model": to_dict(self.model), "train": to_dict(self.train)}, indent=2)
+
+    @classmethod
+    def from_json_file(cls, path: Path) -> "RunConfig":
+        try:
+            d = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise VaekitError(f"{path}: missing (not a vaekit model folder)") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise VaekitError(f"{path}: not valid JSON ({e})") from None
+        if not isinstance(d, dict) or "model" not in d:
+            raise VaekitError(f"{path}: not a vaekit config (no 'model' section)")
+        model = from_dict(ModelConfig, d["model"], f"{path}: model").validate()
+        train = from_dict(TrainConfig, d.get("train", {}), f"{path}: train")
+        return cls(model, train)
+
+
+def load_config_file(path: Path) -> dict:
+    """A flat mapping of option -> value from a YAML or JSON file (`--config run.yaml`)."""
+    import yaml
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise VaekitError(f"{path}: cannot read config ({e.strerror})") from None
+    except UnicodeDecodeError:
+        raise VaekitError(f"{path}: config is not text") from None
+    try:
+        d = yaml.safe_load(text)  # JSON is YAML
+    except yaml.YAMLError as e:
+        line = getattr(getattr(e, "problem_mark", None), "line", None)
+        raise VaekitError(f"{path}: not valid YAML/JSON" + (f" (line {line + 1})" if line is not None else "")) from None
+    if d is None:
+        return {}
+    if not isinstance(d, dict):
+        raise VaekitError(f"{path}: expected a mapping of option: value, got {type(d).__name__}")
+    return d
+
+
+def split_options(options: dict, where: str) -> RunConfig:
+    """Flat options (CLI flags or a config file) -> RunConfig, each key to the dataclass it belongs to."""
+    model_names = {f.name for f in dataclasses.fields(ModelConfig)}
+    train_names = {f.name for f in dataclasses.fields(TrainConfig)}
+    m, t = {}, {}
+    for key, value in options.items():
+        name = str(key).replace("-", "_")
+        if name in model_names:
+            m[name] = value
+        elif name in train_names:
+            t[name] = value
+        else:
+            raise VaekitError(f"{where}: unknown option {key!r}")
+    return RunConfig(from_dict(ModelConfig, m, where), from_dict(TrainConfig, t, where))

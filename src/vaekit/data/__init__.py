@@ -1,0 +1,98 @@
+"""Datasets in memory: one tensor of examples, batched by indexing.
+
+`load(source, split)` takes a built-in name (`mnist`, `fashion-mnist`) or a path
+(.npy/.npz, IDX, a folder of images) and returns a `Dataset`. Pixel values are
+kept as uint8 where the source is 8-bit (4x less memory than float) and turned
+into float32 in [0, 1] one batch at a time by `Dataset.batch`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vaekit.errors import VaekitError
+
+from .files import load_file
+from .idx import read_idx, write_idx
+from .sources import DATASETS, cache_dir, fetch, load_builtin
+
+BINARIZE = ("dynamic", "static", "none")
+
+__all__ = ["Dataset", "load", "fetch", "read_idx", "write_idx", "cache_dir", "DATASETS", "BINARIZE",
+           "binarize", "split_validation"]
+
+
+@dataclass
+class Dataset:
+    """x: (N, *shape) uint8 in [0, 255] or float32 in [0, 1]; y: (N,) int64 labels or None."""
+
+    x: torch.Tensor
+    y: torch.Tensor | None
+    name: str
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The shape of one example: (C, H, W) for images, (D,) for vectors."""
+        return tuple(self.x.shape[1:])
+
+    def batch(self, idx: torch.Tensor | slice, device: torch.device | str = "cpu") -> torch.Tensor:
+        """Examples `idx` as float32 in [0, 1] on `device`."""
+        xb = self.x[idx].to(device, non_blocking=True)
+        if xb.dtype == torch.uint8:
+            return xb.float().div_(255.0)
+        return xb.float()
+
+    def subset(self, idx: torch.Tensor) -> "Dataset":
+        return Dataset(self.x[idx], None if self.y is None else self.y[idx], self.name)
+
+    def binarized(self, seed: int) -> "Dataset":
+        """One fixed Bernoulli draw of every pixel (static binarization), kept as uint8 {0, 255}."""
+        g = torch.Generator().manual_seed(seed)
+        out = torch.empty_like(self.x, dtype=torch.uint8)
+        step = 8192  # bounded float memory for large datasets
+        for i in range(0, len(self), step):
+            p = self.batch(slice(i, i + step))
+            out[i:i + step] = torch.bernoulli(p, generator=g).to(torch.uint8).mul_(255)
+        return Dataset(out, self.y, self.name)
+
+
+def binarize(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A fresh Bernoulli draw of a batch of [0, 1] pixels (dynamic binarization)."""
+    return torch.bernoulli(x, generator=generator)
+
+
+def load(source: str | Path, split: str = "train") -> Dataset:
+    """A built-in dataset by name, or a file/folder of the user's (the whole file; `split` is ignored).
+
+    Raises VaekitError with one line naming the source and the problem.
+    """
+    if split not in ("train", "test"):
+        raise VaekitError(f"unknown split {split!r}: use train or test")
+    name = str(source)
+    if name in DATASETS:
+        images, labels = load_builtin(name, split)
+        return Dataset(torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64)), name)
+    path = Path(name).expanduser()
+    if not path.exists():
+        known = ", ".join(DATASETS)
+        raise VaekitError(f"unknown dataset {name!r}: not a built-in ({known}) and no such file or folder")
+    images, labels = load_file(path)
+    y = None if labels is None else torch.from_numpy(labels.astype(np.int64))
+    return Dataset(torch.from_numpy(images), y, path.name)
+
+
+def split_validation(ds: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset | None]:
+    """Hold out `fraction` of `ds` (a fixed random subset) for validation."""
+    if not 0.0 <= fraction < 1.0:
+        raise VaekitError(f"--val-fraction must be in [0, 1), got {fraction}")
+    n_val = int(round(len(ds) * fraction))
+    if n_val == 0:
+        return ds, None
+    perm = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))
+    return ds.subset(perm[n_val:].sort().values), ds.subset(perm[:n_val].sort().values)

@@ -1,0 +1,220 @@
+"""The user's own data: a .npy/.npz array, an IDX file, or a folder of images.
+
+Everything comes out as images (N, C, H, W) with C in 1..4, or vectors (N, D);
+uint8 in [0, 255] or float32 in [0, 1]. Bad data is refused with one line naming
+the file and the problem (VaekitError), never a traceback.
+"""
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from vaekit.errors import VaekitError
+
+from .idx import GZIP_MAGIC, read_idx
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+IMAGE_KEYS = ("x", "images")
+LABEL_KEYS = ("y", "labels")
+
+
+def load_file(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """Examples and labels from a file or folder of the user's.
+
+    Returns x: (N, C, H, W) or (N, D), uint8 in [0, 255] or float32 in [0, 1];
+    y: (N,) integer labels (an .npz with `y`/`labels`, or one sub-folder per label), else None.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return load_image_folder(path)
+    if not path.is_file():
+        raise VaekitError(f"{path}: no such file or folder")
+    suffix = path.suffix.lower()
+    if suffix in (".npy", ".npz"):
+        return _load_numpy(path)
+    if suffix in IMAGE_SUFFIXES:
+        raise VaekitError(f"{path}: a single image; give the folder that holds the images")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(2)
+    except OSError as e:
+        raise VaekitError(f"{path}: cannot read ({e.strerror or e})") from None
+    if head not in (b"\x00\x00", GZIP_MAGIC):  # IDX starts with two zero bytes
+        raise VaekitError(f"{path}: unknown format: vaekit reads .npy, .npz, IDX files "
+                          f"and folders of PNG/JPEG/BMP images")
+    return as_examples(read_idx(path), path), None
+
+
+def _load_numpy(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    try:
+        # A .npy is memory-mapped, checked where it lies, then copied once into memory.
+        loaded = np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as e:
+        if "pickle" in str(e) or "Python objects" in str(e):
+            raise VaekitError(f"{path}: holds Python objects (pickled data), which vaekit does not "
+                              f"load; save a numeric array") from None
+        loaded = _load_without_mmap(path)  # e.g. numpy cannot map an empty array
+    except (OSError, EOFError, zipfile.BadZipFile) as e:
+        raise VaekitError(f"{path}: not a readable NumPy file ({e})") from None
+    if isinstance(loaded, np.ndarray):
+        return as_examples(loaded, path), None
+    with loaded as npz:
+        return _from_npz(npz, path)
+
+
+def _load_without_mmap(path: Path):
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        raise VaekitError(f"{path}: not a readable NumPy file ({e})") from None
+
+
+def _from_npz(npz, path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    keys = list(npz.files)
+    x_key = next((k for k in IMAGE_KEYS if k in keys), keys[0] if len(keys) == 1 else None)
+    if x_key is None:
+        raise VaekitError(f"{path}: cannot tell which array holds the examples (keys: "
+                          f"{', '.join(keys) or 'none'}); name it 'x' or 'images'")
+    y_key = next((k for k in LABEL_KEYS if k in keys), None)
+    try:
+        x = as_examples(npz[x_key], path)
+        y = None if y_key is None else npz[y_key]
+    except ValueError as e:  # object arrays with allow_pickle=False
+        raise VaekitError(f"{path}: cannot read an array ({e})") from None
+    except (OSError, EOFError, zipfile.BadZipFile) as e:
+        raise VaekitError(f"{path}: corrupt .npz archive ({e})") from None
+    return x, None if y is None else _as_labels(y, len(x), f"{path}[{y_key}]")
+
+
+def _as_labels(y: np.ndarray, n: int, where: str) -> np.ndarray:
+    if y.ndim != 1 or len(y) != n:
+        raise VaekitError(f"{where}: labels must have shape ({n},), got {y.shape}")
+    if not (np.issubdtype(y.dtype, np.integer) or y.dtype == np.bool_):
+        raise VaekitError(f"{where}: labels must be integers, got {y.dtype}")
+    if n and y.min() < 0:
+        raise VaekitError(f"{where}: labels must be >= 0, got {y.min()}")
+    return np.array(y, dtype=np.int64)
+
+
+def as_examples(x: np.ndarray, source: str | Path) -> np.ndarray:
+    """`x` as (N, C, H, W) images or (N, D) vectors, uint8 [0, 255] or float32 [0, 1], in memory.
+
+    Shapes: (N, H, W) -> (N, 1, H, W); (N, C, H, W) with C in 1..4 kept; (N, H, W, C)
+    with C in {1, 3, 4} and H, W > 4 -> NCHW; (N, D) kept.
+    """
+    return _as_pixels(_as_nchw(x, source), source)
+
+
+def _as_nchw(x: np.ndarray, source) -> np.ndarray:
+    shape = tuple(x.shape)
+    if x.ndim not in (2, 3, 4):
+        raise VaekitError(f"{source}: an array of shape {shape}; vaekit takes (N, H, W), "
+                          f"(N, C, H, W), (N, H, W, C) or (N, D)")
+    if 0 in shape:
+        raise VaekitError(f"{source}: no data (shape {shape})")
+    if x.ndim == 3:
+        return x[:, None]
+    if x.ndim == 4 and not 1 <= shape[1] <= 4:
+        if shape[3] in (1, 3, 4) and shape[1] > 4 and shape[2] > 4:
+            return x.transpose(0, 3, 1, 2)  # channels-last -> NCHW (copied contiguous later)
+        raise VaekitError(f"{source}: cannot read shape {shape} as images: expected (N, C, H, W) "
+                          f"with C in 1..4 or (N, H, W, C) with C in 1, 3, 4")
+    return x
+
+
+def _as_pixels(x: np.ndarray, source) -> np.ndarray:
+    """uint8 kept; bool -> {0, 255}; integers in [0, 255] -> uint8; floats in [0, 1] -> float32."""
+    if x.dtype == np.uint8:
+        return np.array(x, order="C")  # a copy: own memory, not a view of the user's array or a map
+    if x.dtype == np.bool_:
+        return np.array(x, dtype=np.uint8, order="C") * np.uint8(255)
+    if np.issubdtype(x.dtype, np.integer):
+        lo, hi = int(x.min()), int(x.max())
+        if lo < 0 or hi > 255:
+            raise VaekitError(f"{source}: integer values from {lo} to {hi}; give uint8 0..255 "
+                              f"or floats in [0, 1]")
+        return np.array(x, dtype=np.uint8, order="C")
+    if np.issubdtype(x.dtype, np.floating):
+        lo, hi = x.min(), x.max()  # NaN propagates through min and max: no extra pass
+        if np.isnan(lo) or np.isnan(hi):
+            raise VaekitError(f"{source}: contains NaN values")
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            raise VaekitError(f"{source}: contains infinite values")
+        if lo < 0 or hi > 1:
+            raise VaekitError(f"{source}: float values from {lo:g} to {hi:g}; scale them to [0, 1] "
+                              f"or give uint8 0..255")
+        return np.array(x, dtype=np.float32, order="C")
+    raise VaekitError(f"{source}: unsupported dtype {x.dtype}; give uint8 0..255 or floats in [0, 1]")
+
+
+def load_image_folder(folder: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """Images (N, C, H, W) uint8 from a folder: images inside it, else one sub-folder per label.
+
+    Labelled layout: sub-folder names sorted -> labels 0..K-1. Grey (L, 1, LA) -> C=1;
+    colour (RGB, RGBA, P, CMYK...) -> C=3, alpha dropped; a mix of grey and colour is
+    promoted to colour.
+    """
+    flat = _images_in(folder)
+    if flat:
+        return _read_images(flat), None
+    classes = sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    paths, labels = [], []
+    for label, sub in enumerate(classes):
+        found = _images_in(sub)
+        if not found:
+            raise VaekitError(f"{sub}: a label sub-folder with no images (PNG, JPEG, BMP)")
+        paths += found
+        labels += [label] * len(found)
+    if not paths:
+        raise VaekitError(f"{folder}: no images found (PNG, JPEG, BMP), "
+                          f"neither in the folder nor in sub-folders")
+    return _read_images(paths), np.array(labels, dtype=np.int64)
+
+
+def _images_in(folder: Path) -> list[Path]:
+    try:
+        return sorted(p for p in folder.iterdir()
+                      if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not p.name.startswith("."))
+    except OSError as e:
+        raise VaekitError(f"{folder}: cannot list ({e.strerror or e})") from None
+
+
+def _read_images(paths: list[Path]) -> np.ndarray:
+    from PIL import Image  # only image folders need Pillow
+
+    pixels, first = [], None
+    for p in paths:
+        try:
+            with Image.open(p) as im:
+                im.load()
+                a = _to_grey_or_rgb(im, p)
+        except VaekitError:
+            raise
+        except Exception as e:  # Pillow raises OSError, ValueError, SyntaxError, DecompressionBombError...
+            raise VaekitError(f"{p}: not a readable image ({type(e).__name__}: {e})") from None
+        if first is None:
+            first = (p, a.shape)
+        elif a.shape[:2] != first[1][:2]:
+            (h0, w0), (h, w) = first[1][:2], a.shape[:2]
+            raise VaekitError(f"mixed image sizes: {first[0]} is {w0}x{h0}, {p} is {w}x{h}; "
+                              f"resize them to one size")
+        pixels.append(a)
+    c = max(a.shape[2] for a in pixels)
+    x = np.empty((len(pixels), c, *first[1][:2]), dtype=np.uint8)  # (N, C, H, W)
+    for i, a in enumerate(pixels):
+        x[i] = a.transpose(2, 0, 1)  # a grey (H, W, 1) broadcasts to 3 channels when mixed
+    return x
+
+
+def _to_grey_or_rgb(im, path: Path) -> np.ndarray:
+    """(H, W, 1) for grey images, (H, W, 3) for colour ones, uint8."""
+    if im.mode in ("1", "L", "LA", "La"):
+        return np.asarray(im.convert("L"))[:, :, None]
+    if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        raise VaekitError(f"{path}: a {im.mode} image (16-bit or float); vaekit reads 8-bit grey or "
+                          f"colour images")
+    if im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")  # so the palette's transparency is handled, then dropped
+    return np.asarray(im.convert("RGB"))

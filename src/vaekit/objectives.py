@@ -1,0 +1,94 @@
+"""Training objectives as pure functions returning per-example values in nats; the caller reduces.
+
+    elbo(model, x)          E_q[log p(x|z)] - KL(q(z|x) || p(z)), one reparameterized sample, analytic KL
+    iwae_bound(model, x, k) log (1/k) sum_i p(x, z_i) / q(z_i|x),  z_i ~ q(z|x)   (Burda et al. 2015, eq. 8)
+    ae_loss(model, x)       -log p(x | z = enc(x)), the autoencoder's reconstruction loss
+    training_loss(...)      what train.py minimises: -ELBO with beta, warm-up and free bits, or -IWAE
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Terms:
+    """Per-example terms, each (B,), in nats. For an AE, kl is zero and elbo = recon."""
+
+    elbo: torch.Tensor
+    recon: torch.Tensor   # E_q[log p(x|z)] (a log-likelihood: higher is better)
+    kl: torch.Tensor      # KL(q(z|x) || p(z)), analytic
+    kl_per_dim: torch.Tensor | None = None  # (B, D)
+
+
+def elbo(model, x: torch.Tensor, eps: torch.Tensor | None = None, analytic_kl: bool = True) -> Terms:
+    """The evidence lower bound per example (Kingma & Welling 2013, eq. 10), x (B, *shape).
+
+    With analytic_kl=False the KL is the one-sample Monte Carlo estimate log q(z|x) - log p(z) at the same z,
+    which makes elbo equal to iwae_bound(k=1) for the same eps.
+    """
+    q = model.encode(x)
+    if not model.is_vae:
+        recon = model.decode(q.mean).log_prob(x)
+        zero = torch.zeros_like(recon)
+        return Terms(recon, recon, zero)
+    z = q.rsample(eps=eps)
+    recon = model.decode(z).log_prob(x)
+    if analytic_kl:
+        kl_d = q.kl_std_normal_per_dim()
+        kl = kl_d.sum(-1)
+    else:
+        kl_d, kl = None, q.log_prob(z) - model.prior.log_prob(z)
+    return Terms(recon - kl, recon, kl, kl_d)
+
+
+def log_weights(model, x: torch.Tensor, k: int, eps: torch.Tensor | None = None) -> torch.Tensor:
+    """Importance log-weights log p(x, z_i) - log q(z_i|x) for k posterior draws, (k, B)."""
+    q = model.encode(x)
+    z = q.rsample(k, eps=eps)                                            # (k, B, D)
+    return model.decode(z).log_prob(x) + model.prior.log_prob(z) - q.log_prob(z)
+
+
+def iwae_bound(model, x: torch.Tensor, k: int, eps: torch.Tensor | None = None) -> torch.Tensor:
+    """The importance-weighted bound with k samples, (B,); k=1 is the (Monte Carlo KL) ELBO."""
+    log_w = log_weights(model, x, k, eps)                               # (k, B)
+    return torch.logsumexp(log_w, 0) - math.log(k)
+
+
+def ae_loss(model, x: torch.Tensor) -> torch.Tensor:
+    """-log p(x | z = enc(x)) per example, (B,): BCE for Bernoulli, scaled squared error for Gaussian."""
+    return -model.decode(model.encode(x).mean).log_prob(x)
+
+
+def kl_weight(beta: float, warmup_epochs: float, epoch_progress: float) -> float:
+    """beta, ramped linearly from 0 over the first `warmup_epochs` (epoch_progress counts epochs, fractional)."""
+    if warmup_epochs <= 0:
+        return beta
+    return beta * min(1.0, epoch_progress / warmup_epochs)
+
+
+def free_bits_kl(kl_per_dim: torch.Tensor, nats: float) -> torch.Tensor:
+    """Free bits (Kingma et al. 2016, eq. 15), per example (B,): a latent dimension whose batch-mean KL is
+    below `nats` contributes the constant `nats` (no gradient pushes it further down); others their KL."""
+    if nats <= 0:
+        return kl_per_dim.sum(-1)
+    below = kl_per_dim.detach().mean(0) < nats                           # (D,)
+    return torch.where(below, torch.full_like(kl_per_dim, nats), kl_per_dim).sum(-1)
+
+
+def training_loss(model, x: torch.Tensor, *, beta: float = 1.0, free_bits: float = 0.0, iw_k: int = 1) -> tuple[torch.Tensor, Terms]:
+    """The per-example loss to minimise (B,) and the terms to report."""
+    if not model.is_vae:
+        t = elbo(model, x)
+        return -t.recon, t
+    if iw_k > 1:
+        bound = iwae_bound(model, x, iw_k)
+        with torch.no_grad():
+            q = model.encode(x)
+            kl = q.kl_std_normal()
+        return -bound, Terms(bound, bound + kl, kl)  # reported recon is the bound plus the analytic KL
+    t = elbo(model, x)
+    kl = free_bits_kl(t.kl_per_dim, free_bits)
+    return -(t.recon - beta * kl), t
