@@ -132,6 +132,19 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--iw-samples", type=int, default=1000, help="importance samples for -log p(x); 0 = skip")
     sc.add_argument("--limit", type=_positive_int)
     sc.add_argument("-o", "--output", type=Path, required=True, help="scores.csv")
+
+    rp = sub.add_parser("report", help="the HTML report for one or more runs")
+    rp.add_argument("runs", type=Path, nargs="+")
+    rp.add_argument("-o", "--output", type=Path, default=Path("report.html"))
+
+    dm = sub.add_parser("demo", help="train AE, VAE, 2-D VAE and a classifier on MNIST; write the report")
+    dm.add_argument("--out", type=Path, default=Path("runs/demo"))
+    dm.add_argument("--quick", action="store_true", help="a small, fast version (about 2 minutes)")
+
+    sv = sub.add_parser("serve", help="the latent explorer in the browser")
+    sv.add_argument("runs", type=Path, nargs="+")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8000)
     return p
 
 
@@ -282,9 +295,26 @@ def cmd_score(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from vaekit.report import write_report
+    print(write_report(args.runs, args.output))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from vaekit.demo import run_demo
+    print(run_demo(args.out, quick=args.quick))
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from vaekit.app import serve
+    return serve(args.runs, host=args.host, port=args.port)
+
+
 COMMANDS = {"data": cmd_data, "train": cmd_train, "eval": cmd_eval, "sample": cmd_sample,
             "reconstruct": cmd_reconstruct, "interpolate": cmd_interpolate, "encode": cmd_encode,
-            "score": cmd_score}
+            "score": cmd_score, "report": cmd_report, "demo": cmd_demo, "serve": cmd_serve}
 
 
 def main(argv: list[str] | None = None) -> int:

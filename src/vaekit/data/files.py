@@ -49,26 +49,29 @@ def load_file(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
 
 def _load_numpy(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     try:
-        # A .npy is memory-mapped, checked where it lies, then copied once into memory.
-        loaded = np.load(path, mmap_mode="r", allow_pickle=False)
-    except ValueError as e:
-        if "pickle" in str(e) or "Python objects" in str(e):
-            raise VaekitError(f"{path}: holds Python objects (pickled data), which vaekit does not "
-                              f"load; save a numeric array") from None
-        loaded = _load_without_mmap(path)  # e.g. numpy cannot map an empty array
-    except (OSError, EOFError, zipfile.BadZipFile) as e:
-        raise VaekitError(f"{path}: not a readable NumPy file ({e})") from None
-    if isinstance(loaded, np.ndarray):
-        return as_examples(loaded, path), None
-    with loaded as npz:
-        return _from_npz(npz, path)
-
-
-def _load_without_mmap(path: Path):
-    try:
-        return np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
-        raise VaekitError(f"{path}: not a readable NumPy file ({e})") from None
+        with open(path, "rb") as f:
+            head = f.read(6)
+    except OSError as e:
+        raise VaekitError(f"{path}: cannot read ({e.strerror or e})") from None
+    if head == b"\x93NUMPY":
+        try:
+            # Memory-mapped: checked where it lies, then copied once into memory.
+            x = np.load(path, mmap_mode="r", allow_pickle=False)
+        except ValueError as e:
+            if "Python objects" in str(e):
+                raise VaekitError(f"{path}: holds Python objects (pickled data), which vaekit does not "
+                                  f"load; save a numeric array") from None
+            raise VaekitError(f"{path}: corrupt or truncated .npy file ({e})") from None
+        except OSError as e:
+            raise VaekitError(f"{path}: cannot read ({e.strerror or e})") from None
+        return as_examples(x, path), None
+    if head.startswith(b"PK"):  # .npz is a zip archive
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                return _from_npz(npz, path)
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+            raise VaekitError(f"{path}: corrupt .npz archive ({e})") from None
+    raise VaekitError(f"{path}: not a NumPy .npy/.npz file (it starts with {head!r})")
 
 
 def _from_npz(npz, path: Path) -> tuple[np.ndarray, np.ndarray | None]:
@@ -79,12 +82,13 @@ def _from_npz(npz, path: Path) -> tuple[np.ndarray, np.ndarray | None]:
                           f"{', '.join(keys) or 'none'}); name it 'x' or 'images'")
     y_key = next((k for k in LABEL_KEYS if k in keys), None)
     try:
-        x = as_examples(npz[x_key], path)
-        y = None if y_key is None else npz[y_key]
-    except ValueError as e:  # object arrays with allow_pickle=False
-        raise VaekitError(f"{path}: cannot read an array ({e})") from None
-    except (OSError, EOFError, zipfile.BadZipFile) as e:
-        raise VaekitError(f"{path}: corrupt .npz archive ({e})") from None
+        x, y = npz[x_key], None if y_key is None else npz[y_key]
+    except ValueError as e:
+        if "pickle" in str(e):
+            raise VaekitError(f"{path}: holds Python objects (pickled data), which vaekit does not "
+                              f"load; save numeric arrays") from None
+        raise
+    x = as_examples(x, f"{path}[{x_key}]")
     return x, None if y is None else _as_labels(y, len(x), f"{path}[{y_key}]")
 
 
