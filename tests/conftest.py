@@ -15,7 +15,6 @@ ROOT = Path(__file__).resolve().parents[1]
 def run_cli(*args, check: bool = False, timeout: float = 600, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
     """`python -m vaekit ARGS` in a subprocess; returns the CompletedProcess (text mode)."""
     e = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    e.pop("CI", None) if env and env.get("CI") == "" else None
     e.update(env or {})
     p = subprocess.run([sys.executable, "-m", "vaekit", *map(str, args)], capture_output=True, text=True,
                        timeout=timeout, env=e, **kw)
