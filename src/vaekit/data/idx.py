@@ -100,8 +100,8 @@ def _read_stream(f, path: Path, data_size: int | None, gz_size: int | None) -> n
             raise VaekitError(f"{path}: truncated while reading")
     else:
         if expected > MAX_GZIP_RATIO * gz_size:
-            raise VaekitError(f"{path}: header claims {described} = {expected} bytes of data, "
-                              f"more than a {gz_size}-byte gzip file can hold")
+            raise VaekitError(f"{path}: truncated or corrupt: header claims {described} = {expected} "
+                              f"bytes of data, more than a {gz_size}-byte gzip file can hold")
         buf = _read_at_most(f, expected + 1)  # one byte more reveals trailing data
         if len(buf) < expected:
             raise VaekitError(f"{path}: truncated: header says {described} = {expected} bytes "
