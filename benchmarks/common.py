@@ -1,0 +1,81 @@
+"""Shared by the benchmarks: the machine's description, its measured matmul peak, the reference script,
+and appending a section to RESULTS.md."""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "RESULTS.md"
+REFERENCE = ROOT.parent / "shared" / "baselines" / "pytorch_example_vae.py"
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (f"{cpu}, {os.cpu_count()} CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+            f"Python {platform.python_version()}, {platform.system()} {platform.release()}")
+
+
+def matmul_gflops(n: int = 1024, seconds: float = 2.0) -> float:
+    """Measured fp32 matmul throughput of this machine, GFLOP/s (best of repeated n x n products)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        a @ b
+    best, t_end = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < t_end:
+        t0 = time.perf_counter()
+        for _ in range(5):
+            a @ b
+        best = max(best, 5 * 2 * n ** 3 / (time.perf_counter() - t0) / 1e9)
+    return best
+
+
+def mlp_vae_flops_per_example(d_in: int = 784, h: int = 400, d: int = 20) -> float:
+    """Training FLOPs per example of the 784-400-20 MLP VAE: forward 2*MACs; backward 2x that, less the
+    gradient with respect to the input, which nobody needs."""
+    macs = d_in * h + h * 2 * d + d * h + h * d_in
+    return 2 * macs + 4 * macs - 2 * d_in * h
+
+
+def mnist_dir() -> Path:
+    from vaekit.data import fetch
+    return fetch("mnist", quiet=True)
+
+
+def vaekit_cmd(*args) -> list[str]:
+    return [sys.executable, "-m", "vaekit", *map(str, args)]
+
+
+def run_json_lines(cmd: list[str], env: dict | None = None) -> list[dict]:
+    """Run a command and parse the JSON objects it prints one per line on stdout."""
+    e = {**os.environ, "PYTHONPATH": str(ROOT / "src"), **(env or {})}
+    p = subprocess.run(cmd, capture_output=True, text=True, env=e)
+    if p.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{p.stderr[-2000:]}")
+    return [json.loads(line) for line in p.stdout.splitlines() if line.startswith("{")]
+
+
+def append_results(title: str, command: str, body: str) -> None:
+    stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    text = (f"\n## {title}\n\n- command: `{command}`\n- date: {stamp}\n- machine: {machine()}\n\n"
+            f"{body.rstrip()}\n")
+    if not RESULTS.exists():
+        RESULTS.write_text("# Benchmark results\n\nEach section is appended by the script it names.\n")
+    with open(RESULTS, "a") as f:
+        f.write(text)
+    print(text)
