@@ -95,7 +95,9 @@ class StandardNormal:
         return -0.5 * (LOG_2PI + z ** 2).sum(-1)
 
     def sample(self, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
-        return torch.randn(n, self.dim, generator=generator, device=device)
+        """(n, D) draws on `device`; drawn where `generator` lives (a CPU generator can feed a CUDA model)."""
+        z = torch.randn(n, self.dim, generator=generator, device=generator.device if generator is not None else device)
+        return z.to(device) if device is not None else z
 
 
 class Bernoulli:
@@ -164,25 +166,30 @@ class ContinuousBernoulli:
 
     @property
     def mean(self) -> torch.Tensor:
-        """E[x] = l / (2l - 1) + 1 / (2 artanh(1 - 2l)); 0.5 + a/12 near l = 0.5."""
+        """E[x] = l / (2l - 1) + 1 / (2 artanh(1 - 2l)) = 1 / (1 - e^-a) - 1 / a.
+
+        The closed form cancels two terms of size ~1/|a|, so for |a| < 0.5 the series
+        0.5 + a/12 - a^3/720 + a^5/30240 is used instead (error < 1e-8 there).
+        """
         a = self.logits
-        near = a.abs() < 4 * self._TAYLOR_BAND
+        near = a.abs() < 0.5
         safe = torch.where(near, torch.ones_like(a), a)
         lam = torch.sigmoid(safe)
         exact = lam / (2 * lam - 1) - 1 / safe
-        return torch.where(near, 0.5 + a / 12, exact)
+        a2 = a * a
+        taylor = 0.5 + a * (1 / 12 - a2 * (1 / 720 - a2 / 30240))
+        return torch.where(near, taylor, exact)
 
     def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Inverse-CDF sample: x = log(1 + u (l/(1-l) - 1)) / log(l/(1-l))."""
-        u = torch.rand(self.logits.shape, generator=generator, device=self.logits.device)
+        """Inverse-CDF sample: x = log(1 + u (e^a - 1)) / a, u ~ U(0, 1); x = u at a = 0 exactly."""
         a = self.logits
-        near = a.abs() < 4 * self._TAYLOR_BAND
-        safe = torch.where(near, torch.ones_like(a), a)
-        # For a > 0 rewrite as 1 + log(u + (1 - u) e^-a) / a so e^a never overflows.
-        neg = torch.log1p(u * torch.expm1(-safe.abs())) / -safe.abs()
-        pos = 1 + torch.log(u + (1 - u) * torch.exp(-safe.abs())) / safe.abs()
-        exact = torch.where(safe > 0, pos, neg)
-        return torch.where(near, u, exact).clamp(0, 1)
+        u = torch.rand(a.shape, generator=generator, dtype=a.dtype, device=a.device)
+        safe = torch.where(a == 0, torch.ones_like(a), a)
+        # log1p/expm1 keep this accurate down to tiny |a| (no band needed); e^a overflows only for large a > 0,
+        # where it is rewritten as 1 + log(u + (1 - u) e^-a) / a.
+        small = torch.log1p(u * torch.expm1(safe.clamp(max=1.0))) / safe.clamp(max=1.0)
+        large = 1 + torch.log(u + (1 - u) * torch.exp(-safe.abs())) / safe.abs()
+        return torch.where(a == 0, u, torch.where(safe < 1, small, large)).clamp(0, 1)
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         x = x.expand_as(self.logits)

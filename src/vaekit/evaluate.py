@@ -19,19 +19,24 @@ def log_likelihood(model, x: torch.Tensor, k: int = 5000, chunk: int | None = No
     """Importance-sampled log p(x) with exactly k posterior samples, (B,) in nats.
 
     Vectorised over the batch and chunked over k, so k = 5000 fits in memory: at most
-    `chunk` x B decoder outputs exist at once (default: ~2^22 values).
+    `chunk` x B decoder outputs exist at once (default: ~2^22 values). The noise is drawn
+    one sample (B, D) at a time, so the estimate does not depend on `chunk`: the same
+    generator state gives the same answer however k is split.
     """
+    if k < 1:
+        raise ValueError(f"log p(x) needs k >= 1 importance samples, got {k}")
     q = model.encode(x)
     if not model.is_vae:
         raise ValueError("log p(x) needs a VAE: an autoencoder defines no density")
     b = x.shape[0]
     numel = math.prod(x.shape[1:])
     chunk = chunk or max(1, min(k, (1 << 22) // max(1, b * numel)))
-    acc = torch.full((b,), -math.inf, device=x.device)                  # running logsumexp
+    acc = torch.full((b,), -math.inf, dtype=q.mu.dtype, device=q.mu.device)  # running logsumexp
     done = 0
     while done < k:
         n = min(chunk, k - done)
-        eps = torch.randn((n, *q.mu.shape), generator=generator, device=x.device) if generator is not None else None
+        eps = torch.stack([torch.randn(q.mu.shape, generator=generator, dtype=q.mu.dtype, device=q.mu.device)
+                           for _ in range(n)])                           # (n, B, D)
         z = q.rsample(n, eps=eps)                                        # (n, B, D)
         log_w = model.decode(z).log_prob(x) + model.prior.log_prob(z) - q.log_prob(z)  # (n, B)
         acc = torch.logaddexp(acc, torch.logsumexp(log_w, 0))
@@ -48,6 +53,8 @@ def posterior_means(model, batches) -> torch.Tensor:
 def active_units(mu: torch.Tensor, threshold: float = 0.01) -> int:
     """Latent dimensions whose posterior mean varies across the data: Cov_x(E_q[z_d]) > 0.01
     (Burda et al. 2015, section 5.2). mu: (N, D)."""
+    if mu.shape[0] < 2:  # a variance needs two examples; one says nothing about activity
+        return 0
     return int((mu.var(0) > threshold).sum())
 
 
@@ -69,21 +76,24 @@ def evaluate(model, ds, *, binarize: str = "dynamic", iw_samples: int = 5000, ba
     """ELBO, recon, KL and (for a VAE, iw_samples > 0) the importance-sampled NLL, per-example means in nats.
 
     Returns the dict `vaekit eval --json` prints; with per_example, also the (N,) tensors under "per_example".
+    Seeded by `seed` (the same call gives the same numbers) without touching the caller's global RNG.
     """
-    torch.manual_seed(seed)  # the ELBO's reparameterized sample
-    g = torch.Generator(device=device).manual_seed(seed + 1)
+    dev = torch.device(device)
+    g = torch.Generator(device=dev).manual_seed(seed + 1)
     t0 = time.perf_counter()
     cols = {"elbo": [], "recon": [], "kl": [], "nll": [], "mu": [], "kl_per_dim": []}
-    for x in eval_batches(ds, batch_size, binarize, seed, device):
-        t = elbo(model, x)
-        cols["elbo"].append(t.elbo)
-        cols["recon"].append(t.recon)
-        cols["kl"].append(t.kl)
-        cols["mu"].append(model.encode(x).mean)
-        if model.is_vae:
-            cols["kl_per_dim"].append(t.kl_per_dim)
-            if iw_samples > 0:
-                cols["nll"].append(-log_likelihood(model, x, iw_samples, generator=g))
+    with torch.random.fork_rng(devices=[dev.index or 0] if dev.type == "cuda" else []):
+        torch.manual_seed(seed)  # the ELBO's reparameterized sample
+        for x in eval_batches(ds, batch_size, binarize, seed, device):
+            t = elbo(model, x)
+            cols["elbo"].append(t.elbo)
+            cols["recon"].append(t.recon)
+            cols["kl"].append(t.kl)
+            cols["mu"].append(model.encode(x).mean)
+            if model.is_vae:
+                cols["kl_per_dim"].append(t.kl_per_dim)
+                if iw_samples > 0:
+                    cols["nll"].append(-log_likelihood(model, x, iw_samples, generator=g))
     cat = {k: torch.cat(v).cpu() for k, v in cols.items() if v}
     out = {"split": None, "n": len(ds), "elbo": cat["elbo"].mean().item(), "recon": cat["recon"].mean().item(),
            "kl": cat["kl"].mean().item(), "nll": cat["nll"].mean().item() if "nll" in cat else None,

@@ -41,8 +41,8 @@ class GaussianLikelihood(nn.Module):
     def __init__(self, shape: tuple[int, ...], sigma: float, learn: str, min_sigma: float):
         super().__init__()
         self.event_ndim, self.min_sigma = len(shape), min_sigma
-        raw = torch.full(() if learn in ("none", "global") else shape, math.log(math.expm1(sigma - min_sigma))
-                         if sigma > min_sigma else -10.0)
+        d = sigma - min_sigma  # softplus^-1(d) = d + log(1 - e^-d), stable for any d > 0 (log(expm1(d)) overflows)
+        raw = torch.full(() if learn in ("none", "global") else shape, d + math.log(-math.expm1(-d)) if d > 0 else -10.0)
         # sigma = min_sigma + softplus(raw): smooth, and bounded away from zero.
         if learn == "none":
             self.register_buffer("raw_sigma", raw)

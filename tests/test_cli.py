@@ -1,0 +1,382 @@
+"""The `vaekit` command: a round trip on real MNIST (slow), and every bad input / nonsensical flag
+combination ending in exit 2 with one `error:` line.
+
+Most bad-input cases call `vaekit.cli.main` in-process (the same code as the console script, without the
+~3 s interpreter start per case); a few go through a real subprocess to cover the entry point itself.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import io
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import assert_clean_error, run_cli
+
+EVAL_KEYS = {"split", "n", "elbo", "recon", "kl", "nll", "iw_samples", "active_units", "seconds"}
+
+
+def cli(*args) -> subprocess.CompletedProcess:
+    """`vaekit ARGS` in this process: exit code, stdout and stderr as a CompletedProcess."""
+    from vaekit.cli import main
+    out, err = io.StringIO(), io.StringIO()
+    argv = [str(a) for a in args]
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main(argv)
+    return subprocess.CompletedProcess(["vaekit", *argv], rc, out.getvalue(), err.getvalue())
+
+
+def _tree_digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """Small data files and one tiny trained run (a second of CPU), shared by the quick tests."""
+    root = tmp_path_factory.mktemp("cli")
+    g = np.random.default_rng(0)
+    x = (g.random((60, 8, 8)) * 255).astype(np.uint8)
+    y = np.arange(60) % 3
+    np.savez(root / "imgs.npz", x=x, y=y)
+    np.save(root / "imgs_nolabel.npy", x)
+    np.save(root / "vectors.npy", g.random((40, 10)).astype(np.float32))
+    run = root / "run"
+    p = cli("train", "--data", root / "imgs.npz", "--epochs", 1, "--batch-size", 20, "--hidden", 16,
+            "--latent-dim", 3, "--quiet", "--out", run)
+    assert p.returncode == 0, p.stderr
+    return root, run
+
+
+# ---------------------------------------------------------------------------------- quick, real runs
+
+
+def test_tiny_run_folder_and_load(tiny):
+    import vaekit
+    root, run = tiny
+    for name in ("config.json", "model.safetensors", "metrics.jsonl"):
+        assert (run / name).is_file(), name
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["model"]["input_shape"] == [1, 8, 8] and cfg["model"]["latent_dim"] == 3
+    assert cfg["train"]["binarize"] == "dynamic"  # auto -> dynamic for a Bernoulli likelihood
+    model = vaekit.load(run)
+    assert model.encode(torch.rand(2, 1, 8, 8)).mean.shape == (2, 3)
+
+
+def test_eval_json_on_tiny_run(tiny):
+    root, run = tiny
+    p = cli("eval", run, "--json", "--iw-samples", 50, "--limit", 30)
+    assert p.returncode == 0, p.stderr
+    res = json.loads(p.stdout)
+    assert EVAL_KEYS <= set(res)
+    assert res["n"] == 30 and res["iw_samples"] == 50 and 0 <= res["active_units"] <= 3
+    assert res["nll"] <= -res["elbo"]
+    assert res["elbo"] == pytest.approx(res["recon"] - res["kl"], abs=1e-3)
+
+
+def test_score_writes_labels_when_the_data_has_them(tiny):
+    root, run = tiny
+    out = root / "scores.csv"
+    p = cli("score", run, "--data", root / "imgs.npz", "--iw-samples", 20, "--limit", 25, "-o", out)
+    assert p.returncode == 0, p.stderr
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 25
+    assert list(rows[0]) == ["index", "label", "neg_elbo", "neg_log_px"]
+    assert [int(r["label"]) for r in rows] == [i % 3 for i in range(25)]
+    assert [int(r["index"]) for r in rows] == list(range(25))
+    neg_elbo = np.array([float(r["neg_elbo"]) for r in rows])
+    neg_lpx = np.array([float(r["neg_log_px"]) for r in rows])
+    assert np.isfinite(neg_elbo).all() and np.isfinite(neg_lpx).all()
+    assert neg_lpx.mean() <= neg_elbo.mean()  # -log p(x) <= -ELBO on average
+
+    out2 = root / "scores_nolabel.csv"
+    p = cli("score", run, "--data", root / "imgs_nolabel.npy", "--iw-samples", 0, "-o", out2)
+    assert p.returncode == 0, p.stderr
+    rows = list(csv.DictReader(out2.open()))
+    assert len(rows) == 60 and list(rows[0]) == ["index", "label", "neg_elbo"]
+    assert all(r["label"] == "" for r in rows)
+
+
+def test_encode_and_interpolate_on_tiny_run(tiny):
+    from PIL import Image
+    root, run = tiny
+    codes = root / "codes.npy"
+    p = cli("encode", run, "--data", root / "imgs.npz", "-o", codes)
+    assert p.returncode == 0, p.stderr
+    z = np.load(codes)
+    assert z.shape == (60, 3) and z.dtype == np.float32 and np.isfinite(z).all()
+    img = root / "interp.png"
+    p = cli("interpolate", run, "--from", 0, "--to", 5, "--steps", 7, "--spherical", "-o", img)
+    assert p.returncode == 0, p.stderr
+    w, h = Image.open(img).size
+    assert w > 5 * h  # one row of 7 frames
+
+
+def test_gaussian_likelihood_is_not_binarized_by_default(tmp_path, tiny):
+    root, _ = tiny
+    run = tmp_path / "g"
+    p = cli("train", "--data", root / "imgs.npz", "--likelihood", "gaussian", "--epochs", 1, "--batch-size", 20,
+            "--hidden", 8, "--latent-dim", 2, "--quiet", "--out", run)
+    assert p.returncode == 0, p.stderr
+    assert json.loads((run / "config.json").read_text())["train"]["binarize"] == "none"
+
+
+# ------------------------------------------------------------------------------------------- bad input
+
+
+def _idx_with_wrong_magic(path: Path) -> Path:
+    path.write_bytes(b"\x00\x00\x42\x03" + (2).to_bytes(4, "big") * 3 + bytes(8))
+    return path
+
+
+@pytest.fixture(scope="module")
+def bad(tiny):
+    root, _ = tiny
+    nan = np.zeros((10, 8, 8), dtype=np.float32)
+    nan[3, 2, 2] = np.nan
+    np.save(root / "nan.npy", nan)
+    np.save(root / "bad_shape.npy", np.zeros((2, 3, 4, 5, 6), dtype=np.float32))
+    np.save(root / "one_d.npy", np.zeros(10, dtype=np.float32))
+    (root / "empty_folder").mkdir()
+    _idx_with_wrong_magic(root / "wrong-magic-idx3-ubyte")
+    (root / "unknown.yaml").write_text("latent_dim: 4\nfrobnicate: 3\n")
+    (root / "wrongtype.yaml").write_text("latent_dim: many\n")
+    (root / "notamapping.yaml").write_text("- 1\n- 2\n")
+    return root
+
+
+def _train_args(root: Path, out: Path, *extra) -> list:
+    return ["train", "--data", root / "imgs.npz", "--epochs", 1, "--quiet", "--out", out, *extra]
+
+
+TRAIN_FLAG_ERRORS = [
+    (["--latent-dim", 0], ["latent-dim"]),
+    (["--latent-dim", -3], ["latent-dim"]),
+    (["--epochs", 0], ["epochs"]),
+    (["--epochs", -1], ["epochs"]),
+    (["--batch-size", 0], ["batch-size"]),
+    (["--latent-dim", "abc"], ["latent-dim"]),
+    (["--iw-k", 0], ["iw-k"]),
+    (["--iw-k", 5, "--model", "ae"], ["iw-k"]),
+    (["--beta", 0.5, "--model", "ae"], ["beta"]),
+    (["--kl-warmup", 2, "--model", "ae"], ["kl-warmup"]),
+    (["--free-bits", 0.5, "--model", "ae"], ["free-bits"]),
+    (["--iw-k", 3, "--beta", 0.5], ["iw-k"]),
+    (["--iw-k", 3, "--free-bits", 0.1], ["iw-k"]),
+    (["--iw-k", 3, "--kl-warmup", 1], ["iw-k"]),
+    (["--learn-sigma", "global"], ["learn-sigma"]),
+    (["--learn-sigma", "pixel", "--likelihood", "cbernoulli"], ["learn-sigma"]),
+    (["--learn-sigma", "sometimes", "--likelihood", "gaussian"], ["learn-sigma"]),
+    (["--sigma", 0.5], ["sigma", "gaussian"]),
+    (["--sigma", 0, "--likelihood", "gaussian"], ["sigma"]),
+    (["--sigma", -1, "--likelihood", "gaussian"], ["sigma"]),
+    (["--sigma", "inf", "--likelihood", "gaussian"], ["sigma"]),
+    (["--sigma", 1e-4, "--likelihood", "gaussian"], ["sigma", "min_sigma"]),
+    (["--channels", "8,16"], ["channels", "conv"]),
+    (["--hidden", "0"], ["hidden"]),
+    (["--likelihood", "poisson"], ["likelihood"]),
+    (["--model", "gan"], ["model"]),
+    (["--arch", "resnet"], ["arch"]),
+    (["--activation", "swish"], ["activation"]),
+    (["--binarize", "sometimes"], ["binarize"]),
+    (["--schedule", "linear"], ["schedule"]),
+    (["--step-every", 5], ["step-every"]),
+    (["--lr", 0], ["lr"]),
+    (["--lr", "nan"], ["lr"]),
+    (["--lr", "inf"], ["lr"]),
+    (["--beta", -1], ["beta"]),
+    (["--beta", "nan"], ["beta"]),
+    (["--kl-warmup", -1], ["kl-warmup"]),
+    (["--free-bits", -0.5], ["free-bits"]),
+    (["--clip", -1], ["clip"]),
+    (["--val-fraction", 1.0], ["val-fraction"]),
+    (["--val-fraction", -0.1], ["val-fraction"]),
+    (["--patience", 3, "--val-fraction", 0], ["patience", "val-fraction"]),
+    (["--patience", -1], ["patience"]),
+    (["--amp", "--device", "cpu"], ["amp"]),
+    (["--device", "tpu"], ["device"]),
+    (["--threads", -2], ["threads"]),
+    (["--max-bad-steps", 0], ["max-bad-steps"]),
+    (["--resume", "--overwrite"], ["not allowed"]),
+    (["--frobnicate", 1], ["unrecognized"]),
+]
+
+
+@pytest.mark.parametrize("extra,needles", TRAIN_FLAG_ERRORS, ids=[" ".join(map(str, a)) for a, _ in TRAIN_FLAG_ERRORS])
+def test_train_rejects_nonsense_flags(bad, tmp_path, extra, needles):
+    out = tmp_path / "run"
+    p = cli(*_train_args(bad, out, *extra))
+    assert_clean_error(p, *needles)
+    assert not out.exists() or not any(out.iterdir())  # nothing written
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="only meaningful without a GPU")
+def test_train_device_cuda_without_a_gpu(bad, tmp_path):
+    assert_clean_error(cli(*_train_args(bad, tmp_path / "r", "--device", "cuda")), "cuda")
+
+
+@pytest.mark.parametrize("name,needles", [
+    ("nan.npy", ["nan.npy", "NaN"]),
+    ("bad_shape.npy", ["bad_shape.npy", "shape"]),
+    ("one_d.npy", ["one_d.npy"]),
+    ("empty_folder", ["empty_folder", "no images"]),
+    ("wrong-magic-idx3-ubyte", ["wrong-magic-idx3-ubyte"]),
+    ("no-such-file.npy", ["no-such-file.npy"]),
+])
+def test_train_rejects_bad_data_files(bad, tmp_path, name, needles):
+    p = cli("train", "--data", bad / name, "--epochs", 1, "--quiet", "--out", tmp_path / "r")
+    assert_clean_error(p, *needles)
+
+
+def test_train_rejects_unknown_dataset_name(tmp_path):
+    assert_clean_error(cli("train", "--data", "cifar-1000", "--out", tmp_path / "r"), "cifar-1000")
+
+
+def test_train_conv_on_vector_data(bad, tmp_path):
+    p = cli("train", "--data", bad / "vectors.npy", "--arch", "conv", "--epochs", 1, "--out", tmp_path / "r")
+    assert_clean_error(p, "conv")
+
+
+@pytest.mark.parametrize("name,needles", [
+    ("unknown.yaml", ["unknown.yaml", "frobnicate"]),
+    ("wrongtype.yaml", ["wrongtype.yaml", "latent_dim"]),
+    ("notamapping.yaml", ["notamapping.yaml"]),
+    ("missing.yaml", ["missing.yaml"]),
+])
+def test_train_rejects_bad_config_files(bad, tmp_path, name, needles):
+    p = cli(*_train_args(bad, tmp_path / "r", "--config", bad / name))
+    assert_clean_error(p, *needles)
+
+
+def test_train_refuses_to_overwrite_an_existing_run(tiny, tmp_path):
+    root, run = tiny
+    copy = tmp_path / "existing"
+    shutil.copytree(run, copy)
+    before = _tree_digest(copy)
+    p = cli(*_train_args(root, copy))
+    assert_clean_error(p, "already exists", "--overwrite")
+    assert _tree_digest(copy) == before
+    # with different flags too, and in a real subprocess (the console entry point)
+    p = run_cli(*_train_args(root, copy, "--latent-dim", 5))
+    assert_clean_error(p, "already exists")
+    assert _tree_digest(copy) == before
+
+
+def test_train_resume_needs_a_checkpoint(tiny, tmp_path):
+    root, _ = tiny
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "notes.txt").write_text("not a run")
+    assert_clean_error(cli(*_train_args(root, tmp_path / "half", "--resume")), "resume")
+    assert (tmp_path / "half" / "notes.txt").read_text() == "not a run"
+
+
+def test_eval_on_folders_that_are_not_runs(tiny, tmp_path):
+    root, run = tiny
+    assert_clean_error(cli("eval", tmp_path), "not a model folder")
+    assert_clean_error(cli("eval", tmp_path / "nope"), "nope")
+    broken = tmp_path / "broken"
+    shutil.copytree(run, broken)
+    (broken / "config.json").write_text("{not json")
+    assert_clean_error(cli("eval", broken), "config.json")
+    broken2 = tmp_path / "broken2"
+    shutil.copytree(run, broken2)
+    (broken2 / "model.safetensors").write_bytes(b"garbage")
+    assert_clean_error(cli("eval", broken2), "model.safetensors")
+
+
+def test_commands_reject_bad_arguments_on_a_good_run(bad, tiny, tmp_path):
+    root, run = tiny
+    assert_clean_error(cli("eval", run, "--iw-samples", -1), "iw-samples")
+    assert_clean_error(cli("eval", run, "--limit", 0), "limit")
+    assert_clean_error(cli("eval", run, "--data", bad / "vectors.npy"), "shape")
+    assert_clean_error(cli("eval", run, "--data", bad / "nan.npy"), "NaN")
+    assert_clean_error(cli("score", run, "--data", bad / "imgs.npz", "--iw-samples", -1, "-o", tmp_path / "s.csv"),
+                       "iw-samples")
+    assert not (tmp_path / "s.csv").exists()
+    assert_clean_error(cli("score", run, "--data", "no-such-dataset", "-o", tmp_path / "s.csv"), "no-such-dataset")
+    assert_clean_error(cli("encode", run, "--data", bad / "wrong-magic-idx3-ubyte", "-o", tmp_path / "c.npy"),
+                       "wrong-magic")
+    assert_clean_error(cli("sample", run, "-n", 0), "-n")
+    assert_clean_error(cli("interpolate", run, "--from", 0, "--to", 10_000), "10000")
+    assert_clean_error(cli("interpolate", run, "--from", -1, "--to", 1), "-1")
+    assert_clean_error(cli("reconstruct", run, "-n", -2), "-n")
+    assert_clean_error(cli("frobnicate"), "frobnicate")
+    assert_clean_error(cli(), "command")
+
+
+def test_bad_input_through_the_real_entry_point(bad, tmp_path):
+    """A few cases as a user meets them: a subprocess, no traceback, exit 2."""
+    assert_clean_error(run_cli("train", "--data", bad / "nan.npy", "--out", tmp_path / "r"), "NaN")
+    assert_clean_error(run_cli("eval", tmp_path), "not a model folder")
+
+
+# -------------------------------------------------------------------- the round trip on real MNIST (slow)
+
+
+@pytest.mark.slow
+def test_round_trip_on_real_mnist(vae_run, mnist_slice, tmp_path):
+    import vaekit
+    metrics = [json.loads(line) for line in (vae_run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [1, 2]
+    assert metrics[-1]["train_elbo"] > metrics[0]["train_elbo"] - 5  # it learns (or at least holds)
+
+    p = run_cli("eval", vae_run, "--data", "mnist", "--json", "--iw-samples", 200, "--limit", 300, check=True)
+    res = json.loads(p.stdout)
+    assert EVAL_KEYS <= set(res)
+    assert res["split"] == "test" and res["n"] == 300 and res["iw_samples"] == 200
+    assert res["nll"] <= -res["elbo"]
+    assert 60 < res["nll"] < 250 and res["kl"] > 1  # a 2-epoch VAE on 3000 digits: far from 85, far from 543
+    assert 1 <= res["active_units"] <= 20
+
+    samples, recon = tmp_path / "s.png", tmp_path / "r.png"
+    run_cli("sample", vae_run, "-n", 16, "-o", samples, "--seed", 3, check=True)
+    run_cli("reconstruct", vae_run, "-n", 8, "-o", recon, check=True)
+    from PIL import Image
+    for path in (samples, recon):
+        im = np.asarray(Image.open(path))
+        assert im.std() > 10  # not a blank grid
+
+    model = vaekit.load(vae_run)
+    assert model.is_vae and model.latent_dim == 20 and model.shape == (1, 28, 28)
+    x = vaekit.data.load(mnist_slice).batch(slice(0, 4))
+    assert model.reconstruct(x).shape == (4, 1, 28, 28)
+    assert model.sample(3).shape == (3, 1, 28, 28)
+    lp = vaekit.evaluate.log_likelihood(model, torch.bernoulli(x), k=100)
+    assert lp.shape == (4,) and (lp < 0).all()
+
+
+@pytest.mark.slow
+def test_score_encode_interpolate_on_real_mnist(vae_run, ae_run, tmp_path):
+    scores = tmp_path / "scores.csv"
+    run_cli("score", vae_run, "--data", "mnist", "--limit", 50, "--iw-samples", 50, "-o", scores, check=True)
+    rows = list(csv.DictReader(scores.open()))
+    import vaekit
+    labels = vaekit.data.load("mnist", "test").y[:50].tolist()
+    assert [int(r["label"]) for r in rows] == labels
+    neg_elbo = np.array([float(r["neg_elbo"]) for r in rows])
+    neg_lpx = np.array([float(r["neg_log_px"]) for r in rows])
+    assert np.isfinite(neg_lpx).all() and neg_lpx.mean() < neg_elbo.mean()  # per example the 1-sample ELBO is noisy
+
+    codes = tmp_path / "codes.npy"
+    run_cli("encode", vae_run, "--data", "fashion-mnist", "-o", codes, check=True)
+    assert np.load(codes).shape == (10_000, 20)
+
+    interp = tmp_path / "i.png"
+    run_cli("interpolate", vae_run, "--from", 0, "--to", 1, "--steps", 5, "-o", interp, check=True)
+    assert interp.stat().st_size > 0
+
+    # the autoencoder: eval without an NLL, score with -ELBO = reconstruction loss only
+    p = run_cli("eval", ae_run, "--json", "--limit", 100, "--data", "mnist", check=True)
+    res = json.loads(p.stdout)
+    assert EVAL_KEYS <= set(res) and res["nll"] is None and res["kl"] == 0
+    ae_scores = tmp_path / "ae.csv"
+    run_cli("score", ae_run, "--data", "mnist", "--limit", 10, "-o", ae_scores, check=True)
+    assert list(next(csv.DictReader(ae_scores.open()))) == ["index", "label", "neg_elbo"]

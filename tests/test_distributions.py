@@ -1,0 +1,337 @@
+"""Every log_prob, mean, sample and KL in vaekit.distributions against an oracle: torch.distributions
+(Independent, summed over the event dims), numerical quadrature, or a Monte Carlo estimate."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import distributions as td
+
+from vaekit.distributions import Bernoulli, ContinuousBernoulli, Gaussian, Normal, StandardNormal
+
+EXTREME_LOGITS = torch.tensor([-1e3, -50.0, -20.0, -1.0, -1e-3, 0.0, 1e-3, 1.0, 20.0, 50.0, 1e3])
+
+
+def _gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+# ------------------------------------------------------------------------------------------- Normal
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_normal_log_prob_matches_torch(dtype):
+    g = _gen(1)
+    mu = torch.randn(6, 5, generator=g, dtype=dtype) * 3
+    logvar = torch.empty(6, 5, dtype=dtype).uniform_(-14, 8, generator=g)  # the range models.py clamps to
+    z = mu + torch.randn(4, 6, 5, generator=g, dtype=dtype) * torch.exp(0.5 * logvar)  # (k, B, D) broadcasts
+    ref = td.Independent(td.Normal(mu, torch.exp(0.5 * logvar)), 1).log_prob(z)
+    ours = Normal(mu, logvar).log_prob(z)
+    assert ours.shape == (4, 6)
+    torch.testing.assert_close(ours, ref, rtol=1e-5 if dtype == torch.float32 else 1e-12, atol=1e-4 if dtype == torch.float32 else 1e-10)
+
+
+def test_normal_mean_stddev_and_rsample_with_eps():
+    mu, logvar = torch.randn(3, 4, generator=_gen(2)), torch.randn(3, 4, generator=_gen(3))
+    q = Normal(mu, logvar)
+    torch.testing.assert_close(q.stddev, torch.exp(logvar) ** 0.5)
+    eps = torch.randn(7, 3, 4, generator=_gen(4))
+    torch.testing.assert_close(q.rsample(7, eps=eps), mu + q.stddev * eps)
+    assert q.rsample().shape == (3, 4) and q.rsample(5).shape == (5, 3, 4)
+    assert not q.sample(2).requires_grad
+
+
+def test_normal_rsample_moments():
+    mu, logvar = torch.tensor([[0.5, -2.0, 3.0]]), torch.tensor([[0.0, -4.0, 2.0]])
+    torch.manual_seed(0)
+    z = Normal(mu, logvar).rsample(200_000)[:, 0]  # (k, D)
+    torch.testing.assert_close(z.mean(0), mu[0], atol=0.02, rtol=0)
+    torch.testing.assert_close(z.std(0), torch.exp(0.5 * logvar[0]), rtol=0.01, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_kl_std_normal_matches_torch_kl_divergence(dtype):
+    g = _gen(5)
+    mu = torch.randn(50, 8, generator=g, dtype=dtype) * 4
+    logvar = torch.empty(50, 8, dtype=dtype).uniform_(-14, 8, generator=g)
+    q = Normal(mu, logvar)
+    p = td.Normal(torch.zeros_like(mu), torch.ones_like(mu))
+    ref_per_dim = td.kl_divergence(td.Normal(mu, torch.exp(0.5 * logvar)), p)
+    ref = td.kl_divergence(td.Independent(td.Normal(mu, torch.exp(0.5 * logvar)), 1), td.Independent(p, 1))
+    tol = dict(rtol=1e-5, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-10)
+    torch.testing.assert_close(q.kl_std_normal_per_dim(), ref_per_dim, **tol)
+    torch.testing.assert_close(q.kl_std_normal(), ref, **tol)
+    assert (q.kl_std_normal_per_dim() >= 0).all()
+
+
+def test_kl_is_zero_exactly_at_the_prior():
+    q = Normal(torch.zeros(2, 3), torch.zeros(2, 3))
+    assert torch.equal(q.kl_std_normal(), torch.zeros(2))
+
+
+def test_analytic_kl_matches_monte_carlo():
+    """KL(q || p) = E_q[log q(z) - log p(z)], estimated with 200k draws; within 5 standard errors."""
+    mu = torch.tensor([[0.0, 0.0], [1.5, -0.5], [0.3, 2.0]], dtype=torch.float64)
+    logvar = torch.tensor([[0.0, 0.0], [-2.0, 1.0], [-0.5, -3.0]], dtype=torch.float64)
+    q, prior = Normal(mu, logvar), StandardNormal(2)
+    torch.manual_seed(0)
+    z = q.rsample(200_000)                                               # (k, B, D)
+    log_ratio = q.log_prob(z) - prior.log_prob(z)                       # (k, B)
+    mc, se = log_ratio.mean(0), log_ratio.std(0) / math.sqrt(z.shape[0])
+    analytic = q.kl_std_normal()
+    assert ((mc - analytic).abs() <= 5 * se + 1e-12).all(), (mc, analytic, se)
+    assert analytic[0] == 0 and (analytic[1:] > 0.1).all()  # the check has teeth: non-trivial KLs
+
+
+def test_standard_normal_sample_uses_the_generator_wherever_it_goes():
+    a = StandardNormal(3).sample(5, _gen(1))
+    b = StandardNormal(3).sample(5, _gen(1), device="cpu")
+    assert torch.equal(a, b)
+    m = StandardNormal(3).sample(5, _gen(1), device="meta")  # a CPU generator feeding another device
+    assert m.device.type == "meta" and m.shape == (5, 3)
+
+
+def test_standard_normal_log_prob_and_sample():
+    z = torch.randn(4, 7, 3, generator=_gen(6), dtype=torch.float64) * 5
+    ref = td.Independent(td.Normal(torch.zeros(3, dtype=torch.float64), 1.0), 1).log_prob(z)
+    torch.testing.assert_close(StandardNormal(3).log_prob(z), ref, rtol=1e-12, atol=1e-10)
+    s = StandardNormal(3).sample(100_000, _gen(7))
+    assert s.shape == (100_000, 3)
+    torch.testing.assert_close(s.mean(0), torch.zeros(3), atol=0.02, rtol=0)
+    torch.testing.assert_close(s.std(0), torch.ones(3), atol=0.02, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------- Bernoulli
+
+
+@pytest.mark.parametrize("event_ndim", [1, 3])
+def test_bernoulli_log_prob_matches_torch_including_extreme_logits(event_ndim):
+    g = _gen(8)
+    shape = (5, 11) if event_ndim == 1 else (5, 1, 11, 3)
+    logits = torch.randn(shape, generator=g, dtype=torch.float64) * 10
+    flat = logits.view(5, -1)
+    flat[:, :11] = EXTREME_LOGITS.double()  # +-1e3, +-50, ... in every row
+    x = torch.bernoulli(torch.full(shape, 0.5, dtype=torch.float64), generator=g)
+    ref = td.Independent(td.Bernoulli(logits=logits), event_ndim).log_prob(x)
+    ours = Bernoulli(logits, event_ndim).log_prob(x)
+    assert ours.shape == (5,) and torch.isfinite(ours).all()
+    torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-9)
+
+
+def test_bernoulli_extreme_logits_float32_are_exact_where_they_should_be():
+    logits = EXTREME_LOGITS.view(1, -1)
+    ours_1 = Bernoulli(logits, 1).log_prob(torch.ones_like(logits))
+    ref_1 = td.Bernoulli(logits=logits.double()).log_prob(torch.ones_like(logits.double())).sum(-1)
+    torch.testing.assert_close(ours_1.double(), ref_1, rtol=1e-6, atol=1e-3)
+    # the right answer for a confident correct pixel is ~0, and for a confident wrong one ~ -|logit|
+    one = Bernoulli(torch.tensor([[1e3]]), 1)
+    assert one.log_prob(torch.ones(1, 1)).item() == 0.0
+    assert one.log_prob(torch.zeros(1, 1)).item() == pytest.approx(-1e3)
+
+
+def test_bernoulli_broadcasts_x_against_k_samples_of_logits():
+    logits = torch.randn(3, 2, 4, generator=_gen(9))          # (k, B, D)
+    x = torch.bernoulli(torch.full((2, 4), 0.5), generator=_gen(10))  # (B, D)
+    ours = Bernoulli(logits, 1).log_prob(x)
+    ref = td.Independent(td.Bernoulli(logits=logits), 1).log_prob(x.expand(3, 2, 4))
+    torch.testing.assert_close(ours, ref)
+
+
+def test_bernoulli_mean_and_sample():
+    logits = torch.tensor([[-3.0, 0.0, 2.0]])
+    b = Bernoulli(logits, 1)
+    torch.testing.assert_close(b.mean, torch.sigmoid(logits))
+    s = torch.stack([b.sample(_gen(i)) for i in range(1)])
+    assert set(s.unique().tolist()) <= {0.0, 1.0}
+    many = Bernoulli(logits.expand(100_000, 3), 1).sample(_gen(11))
+    torch.testing.assert_close(many.mean(0), torch.sigmoid(logits[0]), atol=0.01, rtol=0)
+
+
+# ----------------------------------------------------------------------------------------- Gaussian
+
+
+@pytest.mark.parametrize("log_sigma_kind", ["global", "pixel"])
+def test_gaussian_log_prob_matches_torch_including_tiny_sigmas(log_sigma_kind):
+    g = _gen(12)
+    mean = torch.rand(4, 1, 6, 5, generator=g, dtype=torch.float64)
+    if log_sigma_kind == "global":
+        sigmas = [1e-6, 1e-3, 0.1, 1.0, 30.0]
+        cases = [torch.tensor(math.log(s), dtype=torch.float64) for s in sigmas]
+    else:
+        cases = [torch.empty(1, 6, 5, dtype=torch.float64).uniform_(math.log(1e-6), math.log(10.0), generator=g)]
+    for log_sigma in cases:
+        sigma = torch.exp(log_sigma)
+        x = (mean + sigma * torch.randn(mean.shape, generator=g, dtype=torch.float64)).clamp(-1, 2)
+        ref = td.Independent(td.Normal(mean, sigma.expand_as(mean)), 3).log_prob(x)
+        ours = Gaussian(mean, log_sigma, 3).log_prob(x)
+        assert ours.shape == (4,)
+        torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-6)
+
+
+def test_gaussian_tiny_sigma_float32_is_finite_and_right():
+    mean = torch.full((2, 10), 0.5)
+    log_sigma = torch.tensor(math.log(1e-4))
+    x = mean + 1e-4  # one sigma away in every pixel: log p = 10 * (-0.5 log 2pi - log sigma - 0.5)
+    expected = 10 * (-0.5 * math.log(2 * math.pi) - math.log(1e-4) - 0.5)
+    torch.testing.assert_close(Gaussian(mean, log_sigma, 1).log_prob(x), torch.full((2,), expected), rtol=1e-3, atol=1e-3)
+
+
+def test_gaussian_mean_stddev_sample():
+    mean = torch.rand(100_000, 3, generator=_gen(13))
+    gauss = Gaussian(mean, torch.log(torch.tensor([0.1, 0.5, 2.0])), 1)
+    assert gauss.stddev.shape == mean.shape
+    s = gauss.sample(_gen(14))
+    torch.testing.assert_close((s - mean).std(0), torch.tensor([0.1, 0.5, 2.0]), rtol=0.02, atol=0)
+    torch.testing.assert_close((s - mean).mean(0), torch.zeros(3), atol=0.02, rtol=0)
+
+
+# ------------------------------------------------------------------------------- continuous Bernoulli
+
+
+def _cb_log_norm_quadrature(a: float) -> float:
+    """log C(l) by numerical integration (independent of any closed form):
+    C = 1 / int_0^1 exp(x log l + (1 - x) log(1 - l)) dx, l = sigmoid(a), via logsumexp + Simpson."""
+    x = np.linspace(0.0, 1.0, 400_001)
+    log_l, log_1ml = -np.logaddexp(0, -a), -np.logaddexp(0, a)
+    f = x * log_l + (1 - x) * log_1ml                                     # log of the integrand
+    w = np.ones_like(x)
+    w[1:-1:2], w[2:-1:2] = 4, 2                                          # Simpson weights
+    h = x[1] - x[0]
+    m = f.max()
+    log_integral = m + np.log(np.sum(w * np.exp(f - m)) * h / 3)
+    return -log_integral
+
+
+def _cb_mean_quadrature(a: float) -> float:
+    x = np.linspace(0.0, 1.0, 400_001)
+    f = x * a  # the density is proportional to exp(a x)
+    p = np.exp(f - f.max())
+    return float(np.trapezoid(x * p, x) / np.trapezoid(p, x))
+
+
+CB_LOGITS = [-1e3, -200.0, -50.0, -10.0, -2.0, -0.5, -0.05, -0.04, -0.039, -0.01, -1e-4, 0.0,
+             1e-7, 1e-3, 0.02, 0.0399, 0.0401, 0.1, 1.0, 7.0, 50.0, 1e3]
+
+
+def test_continuous_bernoulli_log_norm_against_quadrature_everywhere():
+    """Including |logits| up to 1e3 (where torch's own implementation clamps and is off by nats)."""
+    a = torch.tensor(CB_LOGITS, dtype=torch.float64)
+    ours = ContinuousBernoulli(a, 0)._log_norm()
+    ref = torch.tensor([_cb_log_norm_quadrature(v) for v in CB_LOGITS], dtype=torch.float64)
+    torch.testing.assert_close(ours, ref, rtol=1e-7, atol=1e-8)
+    ours32 = ContinuousBernoulli(a.float(), 0)._log_norm()
+    torch.testing.assert_close(ours32.double(), ref, rtol=1e-6, atol=1e-6)
+
+
+def test_continuous_bernoulli_taylor_branch_is_continuous_at_its_edge():
+    """The Taylor branch and the closed form agree where they meet (|logit| = 4 * band), in float64 and float32."""
+    edge = 4 * ContinuousBernoulli._TAYLOR_BAND
+    for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-6)):
+        a = torch.tensor([edge * (1 - 1e-6), edge * (1 + 1e-6), -edge * (1 - 1e-6), -edge * (1 + 1e-6)], dtype=dtype)
+        v = ContinuousBernoulli(a, 0)._log_norm()
+        assert abs(v[0] - v[1]) < tol + 1e-7 and abs(v[2] - v[3]) < tol + 1e-7
+    grid = torch.linspace(-3, 3, 20_001, dtype=torch.float64)
+    err = (ContinuousBernoulli(grid.float(), 0)._log_norm().double() - ContinuousBernoulli(grid, 0)._log_norm()).abs()
+    assert err.max() < 1e-6, (err.max(), grid[err.argmax()])
+    # near 0: log C(l) = log 2 + a^2/12 + O(a^4)
+    a = torch.tensor([0.0, 1e-8, -1e-4, 1e-3], dtype=torch.float64)
+    torch.testing.assert_close(ContinuousBernoulli(a, 0)._log_norm(), math.log(2) + a ** 2 / 12, rtol=0, atol=1e-13)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_continuous_bernoulli_log_prob_matches_torch(dtype):
+    """torch.distributions.ContinuousBernoulli as the oracle where it is accurate (|logits| <= 15 in float64,
+    its Taylor band included); random logits, random x in [0, 1] and the end points."""
+    g = _gen(15)
+    logits = torch.randn(6, 2, 7, 7, generator=g, dtype=torch.float64) * 4
+    flat = logits.view(6, -1)
+    flat[:, :12] = torch.tensor([-15.0, -0.05, -0.04, -0.039, -0.004, -1e-5, 0.0, 1e-5, 0.003, 0.039, 0.041, 15.0])
+    x = torch.rand(logits.shape, generator=g, dtype=torch.float64)
+    x.view(6, -1)[:, 12:14] = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    ref = td.Independent(td.ContinuousBernoulli(logits=logits), 3).log_prob(x)
+    ours = ContinuousBernoulli(logits.to(dtype), 3).log_prob(x.to(dtype))
+    assert ours.shape == (6,)
+    tol = dict(rtol=1e-5, atol=2e-4) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-8)
+    torch.testing.assert_close(ours.double(), ref, **tol)
+
+
+def test_continuous_bernoulli_extreme_logits_log_prob_normalises():
+    """At logits +-1e3 the density is still normalised: log p(x) = a x + log C - log(1 + e^a) with the exact C."""
+    a = torch.tensor([[-1e3, 1e3, -50.0, 50.0]], dtype=torch.float64)
+    x = torch.tensor([[0.001, 0.999, 0.3, 0.7]], dtype=torch.float64)
+    ref = torch.tensor([[_cb_log_norm_quadrature(v) for v in a[0].tolist()]], dtype=torch.float64)
+    log_l, log_1ml = torch.nn.functional.logsigmoid(a), torch.nn.functional.logsigmoid(-a)
+    expected = (x * log_l + (1 - x) * log_1ml + ref)
+    ours = torch.stack([ContinuousBernoulli(a[:, i:i + 1], 1).log_prob(x[:, i:i + 1]) for i in range(4)], 1)
+    torch.testing.assert_close(ours, expected, rtol=1e-7, atol=1e-6)
+    assert torch.isfinite(ContinuousBernoulli(a.float(), 1).log_prob(x.float())).all()
+
+
+def test_continuous_bernoulli_mean_against_torch_and_quadrature():
+    a = torch.tensor(CB_LOGITS, dtype=torch.float64)
+    ours = ContinuousBernoulli(a, 0).mean
+    quad = torch.tensor([_cb_mean_quadrature(v) for v in CB_LOGITS], dtype=torch.float64)
+    torch.testing.assert_close(ours, quad, rtol=0, atol=1e-6)
+    moderate = a.abs() <= 15
+    ref = td.ContinuousBernoulli(logits=a[moderate]).mean
+    torch.testing.assert_close(ours[moderate], ref, rtol=0, atol=1e-7)
+    ours32 = ContinuousBernoulli(a.float(), 0).mean
+    torch.testing.assert_close(ours32.double(), quad, rtol=0, atol=2e-6)
+    assert ((ours32 >= 0) & (ours32 <= 1)).all()
+    # float32 on a dense grid around 0.5, where the closed form cancels two ~1/|a| terms
+    grid = torch.linspace(-3, 3, 20_001, dtype=torch.float64)
+    err = (ContinuousBernoulli(grid.float(), 0).mean.double() - ContinuousBernoulli(grid, 0).mean).abs()
+    assert err.max() < 2e-6, (err.max(), grid[err.argmax()])
+
+
+def _cb_cdf(x: np.ndarray, a: float) -> np.ndarray:
+    """F(x) = (e^{a x} - 1) / (e^a - 1), written to be stable for either sign of a."""
+    if a == 0:
+        return x
+    if a < 0:
+        return np.expm1(a * x) / np.expm1(a)
+    return np.exp(a * (x - 1)) * (-np.expm1(-a * x)) / (-np.expm1(-a))
+
+
+@pytest.mark.parametrize("a", [-1e3, -30.0, -3.0, -0.3, -0.02, 0.0, 0.01, 0.5, 4.0, 30.0, 1e3])
+def test_continuous_bernoulli_sample_ks_and_moments(a):
+    from scipy import stats
+    n = 20_000
+    logits = torch.full((n,), a, dtype=torch.float64)
+    s = ContinuousBernoulli(logits, 0).sample(_gen(16)).numpy()
+    assert ((s >= 0) & (s <= 1)).all()
+    ks = stats.kstest(s, lambda v: _cb_cdf(np.asarray(v), a))
+    assert ks.pvalue > 1e-4, ks
+    ref_mean = _cb_mean_quadrature(a)
+    assert abs(s.mean() - ref_mean) < 5 * s.std() / math.sqrt(n) + 1e-9
+    if abs(a) <= 15:  # moments against torch's own sampler
+        t = td.ContinuousBernoulli(logits=torch.tensor(a, dtype=torch.float64)).sample((n,)).numpy()
+        assert abs(s.var() - t.var()) < 0.1 * t.var() + 1e-6
+
+
+@pytest.mark.parametrize("a", [-0.03, -1e-3, 1e-6, 0.03])
+def test_continuous_bernoulli_sample_is_not_uniform_near_half(a):
+    """Near l = 0.5 the density is e^{a x} C(a), not uniform: the sample mean is 0.5 + a/12 - a^3/720.
+    With 2M draws the standard error is 2e-4, so a = +-0.03 (a shift of 0.0025) is resolved."""
+    n = 2_000_000
+    s = ContinuousBernoulli(torch.full((n,), a, dtype=torch.float64), 0).sample(_gen(18))
+    se = s.std().item() / math.sqrt(n)
+    assert abs(s.mean().item() - (0.5 + a / 12 - a ** 3 / 720)) < 4 * se
+
+
+def test_continuous_bernoulli_sample_float32_is_in_range_and_not_nan():
+    logits = EXTREME_LOGITS.repeat(1000)
+    s = ContinuousBernoulli(logits, 0).sample(_gen(17))
+    assert torch.isfinite(s).all() and ((s >= 0) & (s <= 1)).all()
+    assert (s[logits == 1e3] > 0.99).all() and (s[logits == -1e3] < 0.01).all()
+
+
+def test_continuous_bernoulli_is_not_bce():
+    """The normaliser is what makes it a density: it differs from -BCE by log C > 0 per pixel."""
+    logits = torch.tensor([[0.0, 2.0]])
+    x = torch.tensor([[0.5, 0.5]])
+    cb = ContinuousBernoulli(logits, 1).log_prob(x)
+    bern = Bernoulli(logits, 1).log_prob(x)
+    assert (cb - bern).item() == pytest.approx(math.log(2) + math.log(2.0 / math.tanh(1.0)), rel=1e-5)

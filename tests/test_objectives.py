@@ -1,0 +1,362 @@
+"""Objectives and estimators against known answers: IWAE(k=1) = ELBO, the IS estimator on a linear-Gaussian
+VAE whose log p(x) is exact, gradients through the reparameterized sample, free bits, warm-up, AE loss,
+active units."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import distributions as td
+
+from vaekit.config import ModelConfig
+from vaekit.data import Dataset
+from vaekit.evaluate import active_units, evaluate, log_likelihood, posterior_means
+from vaekit.models import build_model
+from vaekit.objectives import ae_loss, elbo, free_bits_kl, iwae_bound, kl_weight, log_weights, training_loss
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _mlp_vae(likelihood="bernoulli", shape=(1, 6, 5), latent=4, hidden=(16,), model="vae", seed=0, **kw):
+    torch.manual_seed(seed)
+    return build_model(ModelConfig(model=model, input_shape=shape, latent_dim=latent, hidden=hidden,
+                                   likelihood=likelihood, **kw)).double()
+
+
+def _binary(shape, seed=1):
+    return torch.bernoulli(torch.full(shape, 0.4, dtype=torch.float64), generator=_gen(seed))
+
+
+# ------------------------------------------------------------------ a VAE whose log p(x) is known exactly
+
+D_X, D_Z, SIGMA = 6, 3, 0.5
+
+
+def _linear_gaussian(exact_posterior: bool, seed: int = 0):
+    """The library's own VAE with no hidden layers and a Gaussian likelihood: decoder x = W z + b, so
+    p(x) = N(b, W W^T + sigma^2 I). W has orthogonal columns, so the true posterior is a diagonal Gaussian
+    N(S W^T (x - b) / sigma^2, S), S = (I + W^T W / sigma^2)^-1, which a linear encoder represents exactly."""
+    model = _mlp_vae("gaussian", shape=(D_X,), latent=D_Z, hidden=(), sigma=SIGMA, seed=seed)
+    g = _gen(seed + 100)
+    q_mat, _ = torch.linalg.qr(torch.randn(D_X, D_X, generator=g, dtype=torch.float64))
+    w = q_mat[:, :D_Z] * torch.tensor([2.0, 1.0, 0.5], dtype=torch.float64)   # (D_X, D_Z)
+    b = torch.randn(D_X, generator=g, dtype=torch.float64) * 0.3
+    sigma = model.likelihood.log_sigma().exp().item()                          # what the likelihood really uses
+    assert sigma == pytest.approx(SIGMA, rel=1e-6)
+    dec = model.decoder.net[0]
+    enc = model.encoder.net[0]
+    assert isinstance(dec, torch.nn.Linear) and len(model.decoder.net) == 1 and len(model.encoder.net) == 1
+    with torch.no_grad():
+        dec.weight.copy_(w)
+        dec.bias.copy_(b)
+        if exact_posterior:
+            s = 1.0 / (1.0 + (w * w).sum(0) / sigma ** 2)                     # (D_Z,) diagonal of S
+            a = s[:, None] * w.T / sigma ** 2                                 # (D_Z, D_X)
+            enc.weight.copy_(torch.cat([a, torch.zeros(D_Z, D_X, dtype=torch.float64)]))
+            enc.bias.copy_(torch.cat([-a @ b, torch.log(s)]))
+        else:  # a poor but sane encoder: right direction, wrong scale, too-wide posterior
+            s = 1.0 / (1.0 + (w * w).sum(0) / sigma ** 2)
+            a = 0.8 * s[:, None] * w.T / sigma ** 2
+            enc.weight.copy_(torch.cat([a, torch.zeros(D_Z, D_X, dtype=torch.float64)]))
+            enc.bias.copy_(torch.cat([-a @ b + 0.1, torch.log(s) + 0.7]))
+    p_x = td.MultivariateNormal(b, w @ w.T + sigma ** 2 * torch.eye(D_X, dtype=torch.float64))
+    return model.eval(), p_x
+
+
+def _lg_data(p_x, n=8, seed=3):
+    torch.manual_seed(seed)
+    return p_x.sample((n,))
+
+
+def test_is_estimator_is_exact_with_the_true_posterior():
+    """With q = p(z|x) every importance weight equals p(x): any k gives log p(x) to rounding."""
+    model, p_x = _linear_gaussian(exact_posterior=True)
+    x = _lg_data(p_x)
+    exact = p_x.log_prob(x)
+    for k in (1, 7, 100):
+        torch.testing.assert_close(log_likelihood(model, x, k=k, generator=_gen(k)), exact, rtol=0, atol=1e-9)
+    t = elbo(model, x, analytic_kl=False)
+    torch.testing.assert_close(t.elbo, exact, rtol=0, atol=1e-9)
+
+
+def test_is_estimator_converges_to_exact_log_px_with_a_poor_encoder():
+    model, p_x = _linear_gaussian(exact_posterior=False)
+    x = _lg_data(p_x)
+    exact = p_x.log_prob(x)
+    torch.manual_seed(0)
+    mean_elbo = elbo(model, x.repeat(500, 1)).elbo.view(500, -1).mean(0)
+    assert (exact - mean_elbo).mean() > 0.5  # the encoder really is poor: the ELBO is far below log p(x)
+    est = log_likelihood(model, x, k=5000, generator=_gen(0))
+    torch.testing.assert_close(est, exact, rtol=0, atol=0.1)   # ~5 standard deviations of the estimator
+    assert (est - exact).mean().abs() < 0.03
+    # and it is a lower bound on average: over repeats, E[estimate] <= log p(x)
+    x_rep = x.repeat(50, 1)
+    est_k10 = log_likelihood(model, x_rep, k=10, generator=_gen(1)).view(50, -1)
+    assert (est_k10.mean(0) <= exact + 3 * est_k10.std(0) / math.sqrt(50)).all()
+    assert (exact - est_k10.mean(0)).mean() > 0.01
+
+
+def test_iwae_bound_non_decreasing_in_k_and_below_log_px():
+    model, p_x = _linear_gaussian(exact_posterior=False)
+    x = _lg_data(p_x, n=4)
+    exact = p_x.log_prob(x).mean().item()
+    reps = 400
+    x_rep = x.repeat(reps, 1)
+    torch.manual_seed(0)
+    means, ses = [], []
+    for k in (1, 2, 5, 20, 100):
+        b = iwae_bound(model, x_rep, k).view(reps, -1).mean(1)            # (reps,) mean over the 4 points
+        means.append(b.mean().item())
+        ses.append(b.std().item() / math.sqrt(reps))
+    for (m0, s0), (m1, s1) in zip(zip(means, ses), zip(means[1:], ses[1:])):
+        assert m1 >= m0 - 3 * math.hypot(s0, s1), means
+    assert means[-1] - means[0] > 0.2                                    # it does tighten
+    assert all(m <= exact + 3 * s for m, s in zip(means, ses)), (means, exact)
+    assert exact - means[-1] < 0.05
+
+
+def test_iwae_k1_equals_elbo_exactly_with_the_same_eps():
+    model = _mlp_vae()
+    x = _binary((5, 1, 6, 5))
+    eps = torch.randn(5, 4, generator=_gen(2), dtype=torch.float64)
+    t = elbo(model, x, eps=eps, analytic_kl=False)
+    bound = iwae_bound(model, x, 1, eps=eps[None])
+    torch.testing.assert_close(t.elbo, bound, rtol=1e-12, atol=1e-10)
+    # the Monte Carlo KL at that z is log q(z|x) - log p(z)
+    q = model.encode(x)
+    z = q.rsample(eps=eps)
+    torch.testing.assert_close(t.kl, q.log_prob(z) - model.prior.log_prob(z))
+    assert log_weights(model, x, 3, eps=eps.expand(3, 5, 4)).shape == (3, 5)
+
+
+def test_analytic_elbo_equals_iwae_k1_in_expectation():
+    model = _mlp_vae(seed=4)
+    with torch.no_grad():  # a wider posterior so the MC KL is noisy and the check means something
+        model.encoder.net[-1].bias[4:] += 1.0
+    x = _binary((3, 1, 6, 5), seed=5)
+    reps = 4000
+    x_rep = x.repeat(reps, 1, 1, 1)
+    torch.manual_seed(1)
+    analytic = elbo(model, x_rep).elbo.view(reps, 3)
+    mc = iwae_bound(model, x_rep, 1).view(reps, 3)
+    se = torch.sqrt(analytic.var(0) / reps + mc.var(0) / reps)
+    assert ((analytic.mean(0) - mc.mean(0)).abs() < 4 * se).all(), (analytic.mean(0), mc.mean(0), se)
+    assert (mc.var(0) > analytic.var(0)).all()  # same mean, but the analytic KL has less variance
+
+
+def test_chunking_over_k_gives_the_same_estimate():
+    model, p_x = _linear_gaussian(exact_posterior=False)
+    x = _lg_data(p_x, n=5)
+    ref = log_likelihood(model, x, k=60, chunk=60, generator=_gen(7))
+    for chunk in (1, 7, 59):
+        torch.testing.assert_close(log_likelihood(model, x, k=60, chunk=chunk, generator=_gen(7)), ref,
+                                   rtol=0, atol=1e-10)
+    other = log_likelihood(model, x, k=60, chunk=60, generator=_gen(8))
+    assert (other - ref).abs().max() > 1e-6  # the comparison is not vacuous
+
+
+def test_default_chunking_on_images_matches_one_chunk():
+    """784 pixels x B=4: the default chunk is ~1300 samples, so k=3000 runs in three chunks."""
+    model = _mlp_vae(shape=(1, 28, 28), latent=5, hidden=(32,)).float()
+    x = torch.bernoulli(torch.full((4, 1, 28, 28), 0.3), generator=_gen(9))
+    a = log_likelihood(model, x, k=3000, generator=_gen(10))
+    b = log_likelihood(model, x, k=3000, chunk=3000, generator=_gen(10))
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-4)
+    assert a.dtype == torch.float32 and torch.isfinite(a).all()
+    with pytest.raises(ValueError):
+        log_likelihood(model, x, k=0)
+
+
+def test_log_likelihood_refuses_an_autoencoder():
+    ae = _mlp_vae(model="ae")
+    with pytest.raises(ValueError, match="autoencoder"):
+        log_likelihood(ae, _binary((2, 1, 6, 5)), k=3)
+
+
+# ----------------------------------------------------------------------------------------------- gradients
+
+
+def _encoder_grad_norm(model) -> float:
+    grads = [p.grad for p in model.encoder.parameters()]
+    return math.sqrt(sum(float((g ** 2).sum()) for g in grads if g is not None))
+
+
+def test_reconstruction_gradient_reaches_encoder_only_through_rsample():
+    model = _mlp_vae(seed=6)
+    x = _binary((8, 1, 6, 5), seed=7)
+    eps = torch.randn(8, 4, generator=_gen(8), dtype=torch.float64)
+
+    q = model.encode(x)
+    (-model.decode(q.rsample(eps=eps)).log_prob(x).sum()).backward()
+    through_rsample = _encoder_grad_norm(model)
+    model.zero_grad(set_to_none=True)
+
+    q = model.encode(x)
+    (-model.decode(q.rsample(eps=eps).detach()).log_prob(x).sum()).backward()
+    detached = _encoder_grad_norm(model)
+    dec_grad = sum(float((p.grad ** 2).sum()) for p in model.decoder.parameters())
+    model.zero_grad(set_to_none=True)
+
+    q = model.encode(x)
+    (-model.decode(q.sample()).log_prob(x).sum()).backward()
+    sampled = _encoder_grad_norm(model)
+    model.zero_grad(set_to_none=True)
+
+    assert through_rsample > 1e-3
+    assert detached == 0.0 and sampled == 0.0
+    assert dec_grad > 0  # the decoder still learns; only the path to the encoder is cut
+
+
+def test_elbo_gradient_includes_the_reparameterized_path():
+    """The full ELBO's encoder gradient = KL gradient + reconstruction gradient through z; cutting z
+    leaves only the KL's part, which is measurably different."""
+    model = _mlp_vae(seed=8)
+    x = _binary((8, 1, 6, 5), seed=9)
+    eps = torch.randn(8, 4, generator=_gen(10), dtype=torch.float64)
+    (-elbo(model, x, eps=eps).elbo.sum()).backward()
+    full = [p.grad.clone() for p in model.encoder.parameters()]
+    model.zero_grad(set_to_none=True)
+    q = model.encode(x)
+    (-(model.decode(q.rsample(eps=eps).detach()).log_prob(x) - q.kl_std_normal()).sum()).backward()
+    kl_only = [p.grad.clone() for p in model.encoder.parameters()]
+    model.zero_grad(set_to_none=True)
+    diff = math.sqrt(sum(float(((a - b) ** 2).sum()) for a, b in zip(full, kl_only)))
+    norm = math.sqrt(sum(float((a ** 2).sum()) for a in full))
+    assert diff > 0.05 * norm > 0
+    # and the IWAE bound too sends gradient to the encoder
+    (-iwae_bound(model, x, 5).sum()).backward()
+    assert _encoder_grad_norm(model) > 1e-3
+
+
+def test_gradient_matches_finite_differences_through_the_sample():
+    """d ELBO / d(encoder bias) with eps fixed, against central differences (float64)."""
+    model = _mlp_vae(seed=11)
+    x = _binary((4, 1, 6, 5), seed=12)
+    eps = torch.randn(4, 4, generator=_gen(13), dtype=torch.float64)
+    bias = model.encoder.net[-1].bias
+    (elbo(model, x, eps=eps).elbo.sum()).backward()
+    grad = bias.grad.clone()
+    h = 1e-6
+    for j in (0, 5):  # one mu unit, one logvar unit
+        with torch.no_grad():
+            bias[j] += h
+            up = elbo(model, x, eps=eps).elbo.sum().item()
+            bias[j] -= 2 * h
+            down = elbo(model, x, eps=eps).elbo.sum().item()
+            bias[j] += h
+        assert grad[j].item() == pytest.approx((up - down) / (2 * h), rel=1e-5, abs=1e-7)
+
+
+# ------------------------------------------------------------------------- warm-up, free bits, AE loss
+
+
+def test_kl_weight_linear_warmup():
+    assert kl_weight(2.0, 0.0, 0.0) == 2.0
+    assert kl_weight(2.0, 0.0, 5.0) == 2.0
+    assert kl_weight(2.0, 4.0, 0.0) == 0.0
+    assert kl_weight(2.0, 4.0, 1.0) == pytest.approx(0.5)
+    assert kl_weight(2.0, 4.0, 2.0) == pytest.approx(1.0)
+    assert kl_weight(2.0, 4.0, 4.0) == pytest.approx(2.0)
+    assert kl_weight(2.0, 4.0, 40.0) == pytest.approx(2.0)
+    assert kl_weight(1.0, 0.5, 0.25) == pytest.approx(0.5)
+
+
+def test_free_bits_kl_semantics():
+    # dims: batch-mean KL 0.1 (below), 0.5 (below), 2.0 (above), 0.7 (above, but some examples below)
+    kl = torch.tensor([[0.1, 0.4, 1.0, 0.2],
+                       [0.1, 0.6, 3.0, 1.2]], requires_grad=True)
+    out = free_bits_kl(kl, 0.6)
+    torch.testing.assert_close(out, torch.tensor([0.6 + 0.6 + 1.0 + 0.2, 0.6 + 0.6 + 3.0 + 1.2]))
+    out.sum().backward()
+    torch.testing.assert_close(kl.grad, torch.tensor([[0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 1.0, 1.0]]))
+    # the batch objective equals sum_j max(lambda, mean_x KL_j) (Kingma et al. 2016, eq. 15)
+    torch.testing.assert_close(out.mean(), torch.clamp(kl.detach().mean(0), min=0.6).sum())
+    torch.testing.assert_close(free_bits_kl(kl.detach(), 0.0), kl.detach().sum(-1))
+
+
+def test_training_loss_beta_free_bits_and_iwae():
+    model = _mlp_vae(seed=14)
+    x = _binary((6, 1, 6, 5), seed=15)
+    torch.manual_seed(3)
+    t = elbo(model, x)
+    for beta, fb in ((1.0, 0.0), (0.25, 0.0), (4.0, 0.0), (1.0, 0.5)):
+        torch.manual_seed(3)
+        loss, terms = training_loss(model, x, beta=beta, free_bits=fb)
+        expected = -(t.recon - beta * free_bits_kl(t.kl_per_dim, fb))
+        torch.testing.assert_close(loss, expected)
+        torch.testing.assert_close(terms.elbo, t.elbo)  # reported terms are the plain ELBO
+    torch.manual_seed(4)
+    loss, terms = training_loss(model, x, iw_k=5)
+    torch.manual_seed(4)
+    torch.testing.assert_close(loss, -iwae_bound(model, x, 5))
+    assert loss.shape == (6,)
+
+
+def test_ae_loss_is_the_reconstruction_negative_log_likelihood():
+    ae = _mlp_vae(model="ae", seed=16)
+    x = _binary((5, 1, 6, 5), seed=17)
+    logits = ae.decoder(ae.encoder(x))
+    bce = F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum((1, 2, 3))
+    torch.testing.assert_close(ae_loss(ae, x), bce)
+    loss, t = training_loss(ae, x)
+    torch.testing.assert_close(loss, bce)
+    assert torch.equal(t.kl, torch.zeros(5)) and torch.equal(t.elbo, t.recon)
+    # deterministic: no sampling anywhere
+    torch.testing.assert_close(ae_loss(ae, x), ae_loss(ae, x), rtol=0, atol=0)
+
+    gae = _mlp_vae("gaussian", model="ae", seed=18, sigma=0.2)
+    xg = torch.rand(5, 1, 6, 5, generator=_gen(19), dtype=torch.float64)
+    m = gae.decoder(gae.encoder(xg))
+    n = 30
+    expected = 0.5 * ((xg - m) ** 2).sum((1, 2, 3)) / 0.2 ** 2 + n * (math.log(0.2) + 0.5 * math.log(2 * math.pi))
+    torch.testing.assert_close(ae_loss(gae, xg), expected, rtol=1e-6, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------- evaluation helpers
+
+
+def test_active_units_on_a_constructed_case():
+    g = _gen(20)
+    n = 4000
+    mu = torch.stack([torch.randn(n, generator=g) * 1.0,      # var 1: active
+                      torch.randn(n, generator=g) * 0.2,      # var 0.04: active
+                      torch.randn(n, generator=g) * 0.05,     # var 0.0025: inactive
+                      torch.full((n,), 3.0),                  # constant (collapsed to a non-zero mean): inactive
+                      torch.randn(n, generator=g) * 0.5 + 7,  # var 0.25: active
+                      torch.randn(n, generator=g) * 0.09], 1)  # var 0.0081: inactive (just under 0.01)
+    assert active_units(mu) == 3
+    assert active_units(mu, threshold=0.005) == 4
+    assert active_units(mu, threshold=2.0) == 0
+
+
+def test_posterior_means_and_evaluate_on_a_small_dataset():
+    model = _mlp_vae(seed=21).float()
+    x = (torch.rand(30, 1, 6, 5, generator=_gen(22)) * 255).to(torch.uint8)
+    ds = Dataset(x, torch.arange(30) % 3, "toy")
+    mu = posterior_means(model, [ds.batch(slice(i, i + 7)) for i in range(0, 30, 7)])
+    assert mu.shape == (30, 4)
+    res = evaluate(model, ds, binarize="dynamic", iw_samples=50, batch_size=8, per_example=True)
+    for key in ("split", "n", "elbo", "recon", "kl", "nll", "iw_samples", "active_units", "seconds"):
+        assert key in res
+    assert res["n"] == 30 and res["iw_samples"] == 50
+    assert res["elbo"] == pytest.approx(res["recon"] - res["kl"], rel=1e-5)
+    assert res["nll"] <= -res["elbo"] + 1e-3  # log p(x) >= ELBO (IS with 50 samples vs one-sample ELBO)
+    pe = res["per_example"]
+    assert pe["elbo"].shape == (30,) and pe["nll"].shape == (30,)
+    again = evaluate(model, ds, binarize="dynamic", iw_samples=50, batch_size=8)
+    assert again["nll"] == res["nll"] and again["elbo"] == res["elbo"]  # seeded: reproducible
+
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    evaluate(model, ds, iw_samples=5, batch_size=8)
+    assert torch.equal(torch.get_rng_state(), before)  # the caller's RNG stream is left alone
+    assert active_units(mu[:1]) == 0
+
+    ae = _mlp_vae(model="ae", seed=23).float()
+    res = evaluate(ae, ds, binarize="none", iw_samples=50)
+    assert res["nll"] is None and res["iw_samples"] == 0 and res["kl"] == 0
+    assert res["recon_loss"] == pytest.approx(-res["recon"])
