@@ -160,7 +160,7 @@ def cmd_data(args) -> int:
 
 def cmd_train(args) -> int:
     from vaekit.config import load_config_file, split_options
-    from vaekit.train import train
+    from vaekit.train import dist_info, train
     options = load_config_file(args.config) if args.config else {}
     where = str(args.config) if args.config else "flags"
     for flag, _, _ in TRAIN_FLAGS + [("--amp", None, None), ("--quiet", None, None)]:
@@ -168,10 +168,12 @@ def cmd_train(args) -> int:
         if v is not None:
             options[flag[2:].replace("-", "_")] = v
     rc = split_options(options, where)
-    run = train(rc, args.out, resume=args.resume, overwrite=args.overwrite)
+    run = train(rc, args.out, resume=args.resume, overwrite=args.overwrite,
+                given={str(k).replace("-", "_") for k in options})
     last = run.metrics[-1] if run.metrics else {}
     summary = {k: round(v, 3) for k, v in last.items() if isinstance(v, float)}
-    print(f"run: {args.out}  ({run.stopped}, {last.get('epoch', 0)} epochs)  {json.dumps(summary)}")
+    if dist_info()[0] == 0:  # under torchrun, rank 0 speaks for all
+        print(f"run: {args.out}  ({run.stopped}, {last.get('epoch', 0)} epochs)  {json.dumps(summary)}")
     return 0
 
 
@@ -273,6 +275,8 @@ def cmd_score(args) -> int:
     import csv
     import vaekit
     from vaekit.evaluate import evaluate
+    if args.iw_samples < 0:
+        raise VaekitError("--iw-samples must be >= 0 (0 skips -log p(x))")
     model = vaekit.load(args.run)
     cfg = model.run_config
     ds = _data_for(model, args.data, args.split, cfg)

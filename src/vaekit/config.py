@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,17 +49,28 @@ class ModelConfig:
             raise VaekitError(f"bad input shape {self.input_shape}")
         if self.arch == "conv" and len(self.input_shape) != 3:
             raise VaekitError(f"--arch conv needs image data (C, H, W); this data has shape {self.input_shape}")
-        if not self.sigma > 0 or not self.min_sigma > 0:
-            raise VaekitError("--sigma and min_sigma must be positive")
-        if self.learn_sigma != "none" and self.likelihood != "gaussian":
-            raise VaekitError(f"--learn-sigma {self.learn_sigma} applies only to --likelihood gaussian")
+        if not (0 < self.sigma < math.inf) or not (0 < self.min_sigma < math.inf):
+            raise VaekitError(f"--sigma and min_sigma must be positive and finite, got {self.sigma} and {self.min_sigma}")
+        if not self.sigma > self.min_sigma:
+            raise VaekitError(f"--sigma {self.sigma:g} must be larger than min_sigma {self.min_sigma:g} "
+                              f"(the floor of a Gaussian likelihood's sigma)")
+        defaults = ModelConfig()
+        if self.likelihood != "gaussian":
+            if self.learn_sigma != "none":
+                raise VaekitError(f"--learn-sigma {self.learn_sigma} applies only to --likelihood gaussian")
+            for name in ("sigma", "min_sigma"):
+                if getattr(self, name) != getattr(defaults, name):
+                    raise VaekitError(f"--{name.replace('_', '-')} applies only to --likelihood gaussian "
+                                      f"(this model's likelihood is {self.likelihood})")
+        if self.arch == "mlp" and tuple(self.channels) != defaults.channels:
+            raise VaekitError("--channels applies only to --arch conv (this model is an MLP)")
         return self
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     data: str = "mnist"
-    binarize: str = "dynamic"               # dynamic | static | none
+    binarize: str = "auto"                  # dynamic | static | none | auto (dynamic for bernoulli, else none)
     val_fraction: float = 0.05
     epochs: int = 10
     batch_size: int = 128
@@ -81,7 +93,7 @@ class TrainConfig:
     quiet: bool = False
 
     def validate(self, model: ModelConfig | None = None) -> "TrainConfig":
-        _choice("binarize", self.binarize, ("dynamic", "static", "none"))
+        _choice("binarize", self.binarize, ("dynamic", "static", "none", "auto"))
         _choice("schedule", self.schedule, SCHEDULES)
         _choice("device", self.device, ("auto", "cpu", "cuda"))
         _positive("epochs", self.epochs)
@@ -89,22 +101,28 @@ class TrainConfig:
         _positive("iw-k", self.iw_k)
         _positive("step-every", self.step_every)
         _positive("max-bad-steps", self.max_bad_steps)
-        if not self.lr > 0:
-            raise VaekitError(f"--lr must be positive, got {self.lr}")
+        if not 0 < self.lr < math.inf:
+            raise VaekitError(f"--lr must be positive and finite, got {self.lr}")
         for name in ("beta", "kl_warmup", "free_bits", "clip", "weight_decay"):
-            if not getattr(self, name) >= 0:
-                raise VaekitError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+            if not 0 <= getattr(self, name) < math.inf:
+                raise VaekitError(f"--{name.replace('_', '-')} must be >= 0 and finite, got {getattr(self, name)}")
         for name in ("threads", "checkpoint_every", "patience"):
             if getattr(self, name) < 0:
                 raise VaekitError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.val_fraction < 1:
             raise VaekitError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
+        if self.patience and not self.val_fraction > 0:
+            raise VaekitError("--patience stops on the validation ELBO, which needs --val-fraction > 0")
+        if self.amp and self.device == "cpu":
+            raise VaekitError("--amp (bf16 autocast) applies only on CUDA; drop it or use --device cuda")
+        if self.schedule != "step" and self.step_every != TrainConfig.step_every:
+            raise VaekitError(f"--step-every applies only to --schedule step (this run's schedule is {self.schedule})")
         if model is not None and model.model == "ae":
             for name, default in (("iw_k", 1), ("beta", 1.0), ("kl_warmup", 0.0), ("free_bits", 0.0)):
                 if getattr(self, name) != default:
                     raise VaekitError(f"--{name.replace('_', '-')} applies to a VAE only; "
                                       f"an autoencoder has no KL term or posterior to sample")
-        if model is not None and self.iw_k > 1 and (self.free_bits or self.kl_warmup or self.beta != 1.0):
+        if self.iw_k > 1 and (self.free_bits or self.kl_warmup or self.beta != 1.0):
             raise VaekitError("--iw-k > 1 trains on the IWAE bound, which has no separate KL term: "
                               "drop --beta/--kl-warmup/--free-bits")
         return self
