@@ -14,7 +14,6 @@ Numbers seen (1000 MNIST digits, batch 50, 2 epochs, 1 thread per process):
 """
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import subprocess
@@ -28,7 +27,7 @@ from safetensors.torch import load_file
 
 from conftest import ROOT
 
-T = importlib.import_module("vaekit.train")
+import vaekit.train as T
 pytestmark = pytest.mark.slow
 FLAGS = ["--batch-size", 50, "--threads", 1, "--checkpoint-every", 7]
 

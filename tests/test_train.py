@@ -8,7 +8,6 @@ its Nth checkpoint, which makes the interruption point deterministic without a t
 """
 from __future__ import annotations
 
-import importlib
 import io as _io
 import json
 import math
@@ -33,7 +32,7 @@ from vaekit.data import Dataset
 
 from conftest import ROOT, assert_clean_error
 
-T = importlib.import_module("vaekit.train")   # the module (`vaekit.train` is the train() function)
+import vaekit.train as T
 
 STEPS = 19  # 1000 examples, 5% held out -> 950 -> 19 steps of 50
 BASE = ["--epochs", 3, "--batch-size", 50, "--threads", 1]
@@ -42,9 +41,9 @@ BASE = ["--epochs", 3, "--batch-size", 50, "--threads", 1]
 # or as step T_AT_STEP (0-based) starts; or (T_KILL_WRITE=N) writing half of its N-th checkpoint's temp file
 # and then dying by SIGKILL.
 DRIVER = r"""
-import importlib, os, signal, sys, time
+import os, signal, sys, time
 import vaekit.io
-T = importlib.import_module("vaekit.train")   # `vaekit.train` itself is the train() function
+import vaekit.train as T
 env = os.environ
 n = [0]
 def send():

@@ -11,8 +11,8 @@ from vaekit.config import ModelConfig, RunConfig, TrainConfig
 from vaekit.errors import VaekitError
 from vaekit.io import load, save
 from vaekit.models import VAE, Autoencoder, build_model
-from vaekit.train import Run, fit, train
+from vaekit.train import Run, fit
 
 __version__ = "0.1.0"
-__all__ = ["data", "evaluate", "objectives", "load", "save", "fit", "train", "Run", "build_model", "VAE",
+__all__ = ["data", "evaluate", "objectives", "load", "save", "fit", "Run", "build_model", "VAE",
            "Autoencoder", "ModelConfig", "TrainConfig", "RunConfig", "VaekitError"]

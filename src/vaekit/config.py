@@ -174,6 +174,11 @@ def _coerce(value, hint, where: str):
             raise VaekitError(f"{where}: expected an integer, got {value!r}")
         return int(value)
     if hint is float:
+        if isinstance(value, str):  # YAML 1.1 reads `1e-3` (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise VaekitError(f"{where}: expected a number, got {value!r}")
         return float(value)

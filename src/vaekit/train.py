@@ -443,7 +443,7 @@ def fit(model, data, cfg: TrainConfig | None = None, out: str | Path | None = No
                     if show_bar:
                         if s % 25 == 0:
                             v = (sums[:4] / sums[4].clamp(min=1)).tolist()
-                            bar.set_postfix(elbo=f"{v[1]:.2f}", kl=f"{v[3]:.2f}", refresh=False)
+                            bar.set_postfix(elbo=f"{v[1]:.2f}", kl=f"{v[3]:.2f}")  # draws now: every 25 steps
                         bar.update(1)
                     if stop or (cfg.checkpoint_every and state["step"] % cfg.checkpoint_every == 0
                                 and s + 1 < steps_per_epoch):
