@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-quick bench data clean help
+.PHONY: demo test test-quick bench data system clean help
 
 help:
 	@echo "make demo   - fetch MNIST, train, evaluate, write the report (runs/demo)"
@@ -19,11 +19,14 @@ $(STAMP): pyproject.toml constraints.txt
 data: $(STAMP)
 	$(VENV)/bin/vaekit data fetch mnist
 
+system:
+	bash scripts/ensure-system-packages.sh
+
 demo: data
 	$(VENV)/bin/vaekit demo --out runs/demo
 
-test: data
-	bash scripts/ensure-chromium.sh
+test: system data
+	$(VENV)/bin/vaekit data fetch fashion-mnist
 	$(PY) -m pytest -q
 
 test-quick: $(STAMP)
