@@ -37,9 +37,8 @@ def report(tmp_path_factory, vae_run, ae_run, mnist_slice) -> Path:
 
 
 def test_every_image_loads_in_chromium(report):
-    sync_api = pytest.importorskip("playwright.sync_api")
-    if not CHROMIUM.exists():
-        pytest.skip("no /usr/bin/chromium (make test installs it: scripts/ensure-chromium.sh)")
+    from playwright import sync_api
+    assert CHROMIUM.exists(), "no /usr/bin/chromium (make test installs it: scripts/ensure-system-packages.sh)"
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
         try:
