@@ -223,7 +223,7 @@ def test_crash_during_checkpoint_write_keeps_the_previous_one(tmp_path, digits, 
         Path(path).write_bytes(b"\x00" * 1000)
         raise OSError(28, "No space left on device")
     monkeypatch.setattr(vaekit.io, "save_file", broken)
-    with pytest.raises(OSError):
+    with pytest.raises(vaekit.VaekitError, match="no space left on device"):
         T.fit(tiny_model(), digits, TrainConfig(epochs=2, batch_size=50, threads=1, quiet=True), out, resume=True)
     after = load_file(str(out / "checkpoint" / "state.safetensors"))
     assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in after)

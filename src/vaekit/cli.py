@@ -25,6 +25,43 @@ def _positive_int(s: str) -> int:
     return v
 
 
+def _int_in(lo: int, hi: int):
+    """An argparse type: an integer in lo..hi (a bound keeps a typo from reaching torch as an overflow)."""
+    def parse(s: str) -> int:
+        try:
+            v = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {s!r}") from None
+        if not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"expected an integer in {lo}..{hi}, got {s[:40]!r}")
+        return v
+    return parse
+
+
+MAX_IMAGES = 10_000      # -n of sample/reconstruct, --steps of interpolate: one image grid
+MAX_IW_SAMPLES = 1_000_000
+_seed = _int_in(0, 2**32 - 1)
+
+
+def _image_path(s: str) -> Path:
+    """-o of the picture commands: a file Pillow can write (its format follows the extension)."""
+    from PIL import Image
+    p = Path(s)
+    if p.is_dir():
+        raise argparse.ArgumentTypeError(f"{s} is a folder; give a file name such as {p / 'grid.png'}")
+    if Image.registered_extensions().get(p.suffix.lower()) not in Image.SAVE:
+        raise argparse.ArgumentTypeError(f"{s}: cannot write images as {p.suffix or 'a file without extension'!r}; "
+                                          f"use .png")
+    return p
+
+
+def _out_file(s: str) -> Path:
+    p = Path(s)
+    if p.is_dir():
+        raise argparse.ArgumentTypeError(f"{s} is a folder; give a file name")
+    return p
+
+
 def _int_list(s: str) -> list[int]:
     try:
         return [int(v) for v in s.replace(",", " ").split()]
@@ -92,46 +129,48 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("run", type=Path)
     e.add_argument("--split", default="test", choices=["train", "test"])
     e.add_argument("--data", help="evaluate on other data (a dataset name or a file) instead of the run's")
-    e.add_argument("--iw-samples", type=int, default=5000, help="importance samples for the NLL; 0 = skip")
+    e.add_argument("--iw-samples", type=_int_in(0, MAX_IW_SAMPLES), default=5000,
+                   help="importance samples for the NLL; 0 = skip")
     e.add_argument("--limit", type=_positive_int, help="only the first N examples")
     e.add_argument("--batch-size", type=_positive_int, default=100)
-    e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--device", default="auto")
+    e.add_argument("--seed", type=_seed, default=0)
+    e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     e.add_argument("--json", action="store_true", help="print one JSON object")
 
     s = sub.add_parser("sample", help="decode draws from the prior into an image grid")
     s.add_argument("run", type=Path)
-    s.add_argument("-n", type=_positive_int, default=64)
-    s.add_argument("-o", "--output", type=Path, help="PNG path (default RUN/figures/samples.png)")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("-n", type=_int_in(1, MAX_IMAGES), default=64)
+    s.add_argument("-o", "--output", type=_image_path, help="PNG path (default RUN/figures/samples.png)")
+    s.add_argument("--seed", type=_seed, default=0)
 
     r = sub.add_parser("reconstruct", help="test digits above their reconstructions")
     r.add_argument("run", type=Path)
-    r.add_argument("-n", type=_positive_int, default=16)
-    r.add_argument("-o", "--output", type=Path, help="PNG path (default RUN/figures/reconstructions.png)")
+    r.add_argument("-n", type=_int_in(1, MAX_IMAGES), default=16)
+    r.add_argument("-o", "--output", type=_image_path, help="PNG path (default RUN/figures/reconstructions.png)")
     r.add_argument("--split", default="test", choices=["train", "test"])
 
     i = sub.add_parser("interpolate", help="decode a path between two test examples")
     i.add_argument("run", type=Path)
     i.add_argument("--from", dest="src", type=int, required=True, help="index of the first test example")
     i.add_argument("--to", dest="dst", type=int, required=True, help="index of the second test example")
-    i.add_argument("--steps", type=_positive_int, default=10)
+    i.add_argument("--steps", type=_int_in(1, MAX_IMAGES), default=10)
     i.add_argument("--spherical", action="store_true", help="slerp instead of a straight line")
-    i.add_argument("-o", "--output", type=Path, help="PNG path (default RUN/figures/interpolation.png)")
+    i.add_argument("-o", "--output", type=_image_path, help="PNG path (default RUN/figures/interpolation.png)")
 
     en = sub.add_parser("encode", help="posterior means E[z|x] of a dataset, as .npy")
     en.add_argument("run", type=Path)
     en.add_argument("--data", required=True, help="a dataset name (its --split) or a file/folder")
     en.add_argument("--split", default="test", choices=["train", "test"])
-    en.add_argument("-o", "--output", type=Path, required=True, help="codes.npy, shape (N, D)")
+    en.add_argument("-o", "--output", type=_out_file, required=True, help="codes.npy, shape (N, D)")
 
     sc = sub.add_parser("score", help="per-example -ELBO and -log p(x) (anomaly scores), as CSV")
     sc.add_argument("run", type=Path)
     sc.add_argument("--data", required=True, help="a dataset name (its --split) or a file/folder")
     sc.add_argument("--split", default="test", choices=["train", "test"])
-    sc.add_argument("--iw-samples", type=int, default=1000, help="importance samples for -log p(x); 0 = skip")
+    sc.add_argument("--iw-samples", type=_int_in(0, MAX_IW_SAMPLES), default=1000,
+                    help="importance samples for -log p(x); 0 = skip")
     sc.add_argument("--limit", type=_positive_int)
-    sc.add_argument("-o", "--output", type=Path, required=True, help="scores.csv")
+    sc.add_argument("-o", "--output", type=_out_file, required=True, help="scores.csv")
 
     rp = sub.add_parser("report", help="the HTML report for one or more runs")
     rp.add_argument("runs", type=Path, nargs="+")
@@ -163,13 +202,21 @@ def cmd_train(args) -> int:
     from vaekit.train import dist_info, train
     options = load_config_file(args.config) if args.config else {}
     where = str(args.config) if args.config else "flags"
+    from_file = {str(k).replace("-", "_") for k in options}
     for flag, _, _ in TRAIN_FLAGS + [("--amp", None, None), ("--quiet", None, None)]:
         v = getattr(args, flag[2:].replace("-", "_"))
         if v is not None:
             options[flag[2:].replace("-", "_")] = v
+            from_file.discard(flag[2:].replace("-", "_"))
     rc = split_options(options, where)
-    run = train(rc, args.out, resume=args.resume, overwrite=args.overwrite,
-                given={str(k).replace("-", "_") for k in options})
+    try:
+        run = train(rc, args.out, resume=args.resume, overwrite=args.overwrite,
+                    given={str(k).replace("-", "_") for k in options})
+    except VaekitError as e:  # "--epochs must be ..." when `epochs: -3` came from the file: name the file too
+        first = str(e).split(maxsplit=1)[0] if str(e).startswith("--") else ""
+        if first.rstrip(":").lstrip("-").replace("-", "_") in from_file:
+            raise VaekitError(f"{args.config}: {e}") from None
+        raise
     last = run.metrics[-1] if run.metrics else {}
     summary = {k: round(v, 3) for k, v in last.items() if isinstance(v, float)}
     if dist_info()[0] == 0:  # under torchrun, rank 0 speaks for all
@@ -337,3 +384,7 @@ def main(argv: list[str] | None = None) -> int:
         return 128 + signal.SIGINT
     except BrokenPipeError:
         return 0
+    except OSError as e:  # a full disk, a read-only folder, a path through a file: one line, not a traceback
+        print(f"error: {e.filename or ''}{': ' if e.filename else ''}{(e.strerror or str(e)).lower()}",
+              file=sys.stderr)
+        return 2

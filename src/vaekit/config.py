@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import reprlib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,13 @@ from vaekit.errors import VaekitError
 LIKELIHOODS = ("bernoulli", "gaussian", "cbernoulli")
 LEARN_SIGMA = ("none", "global", "pixel")
 SCHEDULES = ("constant", "cosine", "step")
+# Sanity bounds: beyond them a value is a typo or a hostile file, and torch or numpy would fail with a
+# traceback (an integer overflow, an allocation of terabytes) instead of this one-line error.
+MAX_WIDTH = 1 << 16          # latent-dim, hidden and conv channel widths
+MAX_IW_K = 5000              # importance samples per example in training (eval's default k)
+MAX_THREADS = 1024
+MAX_SEED = 2**32 - 1         # numpy's seeds are 32-bit
+FLOAT32_MAX = 3.4028234e38   # weights are float32: a larger hyperparameter overflows on the way in
 
 
 @dataclass(frozen=True)
@@ -40,11 +48,12 @@ class ModelConfig:
         _choice("likelihood", self.likelihood, LIKELIHOODS)
         _choice("learn-sigma", self.learn_sigma, LEARN_SIGMA)
         _choice("activation", self.activation, tuple(ACTIVATIONS))
-        _positive("latent-dim", self.latent_dim)
+        _positive("latent-dim", self.latent_dim, MAX_WIDTH)
         for h in self.hidden:
-            _positive("hidden", h)
+            _positive("hidden", h, MAX_WIDTH)
         for c in self.channels:
-            _positive("channels", c)
+            _positive("channels", c, MAX_WIDTH)
+        _float32(self)
         if not self.input_shape or any(s <= 0 for s in self.input_shape):
             raise VaekitError(f"bad input shape {self.input_shape}")
         if self.arch == "conv" and len(self.input_shape) != 3:
@@ -98,7 +107,12 @@ class TrainConfig:
         _choice("device", self.device, ("auto", "cpu", "cuda"))
         _positive("epochs", self.epochs)
         _positive("batch-size", self.batch_size)
-        _positive("iw-k", self.iw_k)
+        _positive("iw-k", self.iw_k, MAX_IW_K)
+        _float32(self)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
+            raise VaekitError(f"--seed must be an integer in 0..{MAX_SEED}, got {_show(self.seed)}")
+        if isinstance(self.threads, int) and self.threads > MAX_THREADS:
+            raise VaekitError(f"--threads must be at most {MAX_THREADS}, got {_show(self.threads)}")
         _positive("step-every", self.step_every)
         _positive("max-bad-steps", self.max_bad_steps)
         if not 0 < self.lr < math.inf:
@@ -129,13 +143,37 @@ class TrainConfig:
 
 
 def _choice(flag: str, value, choices) -> None:
-    if value not in choices:
-        raise VaekitError(f"--{flag}: {value!r} is not one of {', '.join(map(str, choices))}")
+    if not isinstance(value, str) or value not in choices:
+        raise VaekitError(f"--{flag}: {_show(value)} is not one of {', '.join(map(str, choices))}")
 
 
-def _positive(flag: str, value) -> None:
+def _positive(flag: str, value, most: int | None = None) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise VaekitError(f"--{flag} must be a positive integer, got {value!r}")
+        raise VaekitError(f"--{flag} must be a positive integer, got {_show(value)}")
+    if most is not None and value > most:
+        raise VaekitError(f"--{flag} must be at most {most}, got {_show(value)}")
+
+
+def _float32(cfg) -> None:
+    """Every float field of `cfg` fits in float32 (NaN, inf and signs are the field's own checks)."""
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if isinstance(v, float) and math.isfinite(v) and abs(v) > FLOAT32_MAX:
+            raise VaekitError(f"--{f.name.replace('_', '-')} {v:g} is too large (more than float32 holds)")
+
+
+class _ShortRepr(reprlib.Repr):
+    def repr_int(self, x, level):  # repr() itself refuses integers of more than 4300 digits
+        return repr(x) if x.bit_length() <= 128 else f"<a {x.bit_length()}-bit integer>"
+
+
+_REPR = _ShortRepr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxtuple, _REPR.maxdict, _REPR.maxstring, _REPR.maxother = 2, 6, 6, 4, 60, 60
+
+
+def _show(value) -> str:
+    """repr(value) for an error message, cut short: a YAML alias bomb must not be expanded to print it."""
+    return _REPR.repr(value)
 
 
 def to_dict(cfg) -> dict:
@@ -152,7 +190,7 @@ def from_dict(cls, d: dict, where: str = "config"):
     for key, value in d.items():
         name = str(key).replace("-", "_")
         if name not in names:
-            raise VaekitError(f"{where}: unknown key {key!r}")
+            raise VaekitError(f"{where}: unknown key {_show(key)}")
         kwargs[name] = _coerce(value, hints[name], f"{where}: {key}")
     return cls(**kwargs)
 
@@ -163,15 +201,15 @@ def _coerce(value, hint, where: str):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             value = [value]
         if not isinstance(value, (list, tuple)):
-            raise VaekitError(f"{where}: expected a list of integers, got {value!r}")
+            raise VaekitError(f"{where}: expected a list of integers, got {_show(value)}")
         return tuple(_coerce(v, int, where) for v in value)
     if hint is bool:
         if not isinstance(value, bool):
-            raise VaekitError(f"{where}: expected true or false, got {value!r}")
+            raise VaekitError(f"{where}: expected true or false, got {_show(value)}")
         return value
     if hint is int:
         if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
-            raise VaekitError(f"{where}: expected an integer, got {value!r}")
+            raise VaekitError(f"{where}: expected an integer, got {_show(value)}")
         return int(value)
     if hint is float:
         if isinstance(value, str):  # YAML 1.1 reads `1e-3` (no dot) as a string
@@ -180,11 +218,14 @@ def _coerce(value, hint, where: str):
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise VaekitError(f"{where}: expected a number, got {value!r}")
-        return float(value)
+            raise VaekitError(f"{where}: expected a number, got {_show(value)}")
+        try:
+            return float(value)
+        except OverflowError:  # an int beyond any float
+            raise VaekitError(f"{where}: {_show(value)} is out of range") from None
     if hint is str:
         if not isinstance(value, str):
-            raise VaekitError(f"{where}: expected a string, got {value!r}")
+            raise VaekitError(f"{where}: expected a string, got {_show(value)}")
         return value
     return value
 
@@ -205,11 +246,17 @@ class RunConfig:
             d = json.loads(Path(path).read_text())
         except FileNotFoundError:
             raise VaekitError(f"{path}: missing (not a vaekit model folder)") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise VaekitError(f"{path}: not valid JSON ({e})") from None
+        except (OSError, UnicodeDecodeError, ValueError) as e:  # ValueError: JSONDecodeError, a 5000-digit int
+            raise VaekitError(f"{path}: not valid JSON ({str(e).splitlines()[0].split(';')[0][:160]})") from None
+        except RecursionError:
+            raise VaekitError(f"{path}: not valid JSON (nested too deeply)") from None
         if not isinstance(d, dict) or "model" not in d:
             raise VaekitError(f"{path}: not a vaekit config (no 'model' section)")
-        model = from_dict(ModelConfig, d["model"], f"{path}: model").validate()
+        model = from_dict(ModelConfig, d["model"], f"{path}: model")
+        try:
+            model.validate()
+        except VaekitError as e:  # the message names a flag; the value came from this file
+            raise VaekitError(f"{path}: {e}") from None
         train = from_dict(TrainConfig, d.get("train", {}), f"{path}: train")
         return cls(model, train)
 
@@ -228,6 +275,10 @@ def load_config_file(path: Path) -> dict:
     except yaml.YAMLError as e:
         line = getattr(getattr(e, "problem_mark", None), "line", None)
         raise VaekitError(f"{path}: not valid YAML/JSON" + (f" (line {line + 1})" if line is not None else "")) from None
+    except ValueError as e:  # e.g. an integer of more than 4300 digits
+        raise VaekitError(f"{path}: not valid YAML/JSON ({str(e).splitlines()[0].split(';')[0][:160]})") from None
+    except RecursionError:
+        raise VaekitError(f"{path}: not valid YAML/JSON (nested too deeply)") from None
     if d is None:
         return {}
     if not isinstance(d, dict):
@@ -247,5 +298,5 @@ def split_options(options: dict, where: str) -> RunConfig:
         elif name in train_names:
             t[name] = value
         else:
-            raise VaekitError(f"{where}: unknown option {key!r}")
+            raise VaekitError(f"{where}: unknown option {_show(key)}")
     return RunConfig(from_dict(ModelConfig, m, where), from_dict(TrainConfig, t, where))

@@ -526,8 +526,7 @@ def _forward_backward(net, opt, params, x, cfg: TrainConfig, beta: float, device
 
 def _write_epoch(out: Path, row: dict, model, tb) -> None:
     """Append the metrics row (and TensorBoard scalars); save the weights when this epoch is the best yet."""
-    with open(out / "metrics.jsonl", "a") as f:
-        f.write(json.dumps(row) + "\n")
+    io.append_text(out / "metrics.jsonl", json.dumps(row) + "\n")
     if model is not None:
         io.save_tensors(model.state_dict(), out / io.WEIGHTS)
     if tb is not None:
@@ -622,6 +621,7 @@ def train(run_config: RunConfig, out: str | Path, *, resume: bool = False, overw
         raise VaekitError(f"--data {cfg.data}: examples have shape {ds.shape}, the run was built for "
                           f"{tuple(model_cfg.input_shape)}")
     model_cfg.validate()
+    io.check_fits_in_memory(model_cfg, f"--data {cfg.data}")
     cfg = resolve_binarize(cfg, model_cfg).validate(model_cfg)
     run_config = RunConfig(model_cfg, cfg)
     if world > 1:

@@ -6,14 +6,18 @@ the file and the problem (VaekitError), never a traceback.
 """
 from __future__ import annotations
 
+import lzma
+import warnings
 import zipfile
+import zlib
+from math import prod
 from pathlib import Path
 
 import numpy as np
 
 from vaekit.errors import VaekitError
 
-from .idx import GZIP_MAGIC, read_idx
+from .idx import GZIP_MAGIC, MAX_GZIP_RATIO, read_idx
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 IMAGE_KEYS = ("x", "images")
@@ -41,7 +45,8 @@ def load_file(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
             head = f.read(2)
     except OSError as e:
         raise VaekitError(f"{path}: cannot read ({e.strerror or e})") from None
-    if head not in (b"\x00\x00", GZIP_MAGIC):  # IDX starts with two zero bytes
+    named_idx = "idx" in path.name.lower() or "ubyte" in path.name.lower()  # read_idx says what is wrong
+    if head not in (b"\x00\x00", GZIP_MAGIC) and not named_idx:  # IDX starts with two zero bytes
         raise VaekitError(f"{path}: unknown format: vaekit reads .npy, .npz, IDX files "
                           f"and folders of PNG/JPEG/BMP images")
     return as_examples(read_idx(path), path), None
@@ -57,20 +62,27 @@ def _load_numpy(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
         try:
             # Memory-mapped: checked where it lies, then copied once into memory.
             x = np.load(path, mmap_mode="r", allow_pickle=False)
-        except ValueError as e:
+        except OSError as e:
+            raise VaekitError(f"{path}: cannot read ({e.strerror or e})") from None
+        except Exception as e:  # numpy parses the header with ast and tokenize: ValueError, SyntaxError...
             if "Python objects" in str(e):
                 raise VaekitError(f"{path}: holds Python objects (pickled data), which vaekit does not "
                                   f"load; save a numeric array") from None
-            raise VaekitError(f"{path}: corrupt or truncated .npy file ({e})") from None
-        except OSError as e:
-            raise VaekitError(f"{path}: cannot read ({e.strerror or e})") from None
+            raise VaekitError(f"{path}: corrupt or truncated .npy file ({_first_line(e)})") from None
+        extra = path.stat().st_size - x.offset - x.nbytes if isinstance(x, np.memmap) else 0
+        if extra:  # np.save twice into one file: numpy would read the first array and say nothing
+            raise VaekitError(f"{path}: {extra} bytes of trailing data after the {x.shape} {x.dtype} array "
+                              f"the header describes")
         return as_examples(x, path), None
     if head.startswith(b"PK"):  # .npz is a zip archive
         try:
-            with np.load(path, allow_pickle=False) as npz:
+            with open(path, "rb") as f, np.load(f, allow_pickle=False) as npz:
                 return _from_npz(npz, path)
-        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
-            raise VaekitError(f"{path}: corrupt .npz archive ({e})") from None
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, lzma.LZMAError,
+                NotImplementedError, RuntimeError) as e:  # zipfile: unknown method, "encrypted" flag bits
+            raise VaekitError(f"{path}: corrupt .npz archive ({_first_line(e)})") from None
+        except MemoryError:
+            raise VaekitError(f"{path}: the arrays do not fit in memory") from None
     raise VaekitError(f"{path}: not a NumPy .npy/.npz file (it starts with {head!r})")
 
 
@@ -81,6 +93,9 @@ def _from_npz(npz, path: Path) -> tuple[np.ndarray, np.ndarray | None]:
         raise VaekitError(f"{path}: cannot tell which array holds the examples (keys: "
                           f"{', '.join(keys) or 'none'}); name it 'x' or 'images'")
     y_key = next((k for k in LABEL_KEYS if k in keys), None)
+    for key in (x_key, y_key):
+        if key is not None:
+            _check_npz_member(npz.zip, key, path)
     try:
         x, y = npz[x_key], None if y_key is None else npz[y_key]
     except ValueError as e:
@@ -90,6 +105,42 @@ def _from_npz(npz, path: Path) -> tuple[np.ndarray, np.ndarray | None]:
         raise
     x = as_examples(x, f"{path}[{x_key}]")
     return x, None if y is None else _as_labels(y, len(x), f"{path}[{y_key}]")
+
+
+def _check_npz_member(archive: zipfile.ZipFile, key: str, path: Path) -> None:
+    """Refuse a member that is no .npy array, or whose header claims more data than the member holds,
+    before numpy allocates what the header claims."""
+    name = key + ".npy"
+    if name not in archive.namelist():
+        raise VaekitError(f"{path}: member {key!r} is not a .npy array; save the arrays with np.savez")
+    info = archive.getinfo(name)
+    if info.compress_type in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED) and \
+            info.file_size > max(info.compress_size, 1) * MAX_GZIP_RATIO:
+        raise VaekitError(f"{path}[{key}]: corrupt: the archive says {info.file_size} bytes, more than "
+                          f"{info.compress_size} compressed bytes can hold")
+    with archive.open(info) as f:
+        try:
+            version = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                np.lib.format.read_array_header_2_0
+            shape, _, dtype = read_header(f, max_header_size=10_000)
+        except Exception as e:  # ValueError, SyntaxError, tokenize.TokenError from a damaged header
+            raise VaekitError(f"{path}[{key}]: not a .npy array ({_first_line(e)})") from None
+        held = info.file_size - f.tell()
+    if dtype.hasobject:
+        raise VaekitError(f"{path}[{key}]: holds Python objects (pickled data), which vaekit does not load; "
+                          f"save numeric arrays")
+    claimed = prod(shape) * dtype.itemsize
+    if claimed > held:
+        raise VaekitError(f"{path}[{key}]: truncated or corrupt: header says {shape} {dtype} = {claimed} bytes, "
+                          f"the archive member holds {held}")
+    if claimed < held:
+        raise VaekitError(f"{path}[{key}]: {held - claimed} bytes of trailing data after the {shape} {dtype} "
+                          f"array the header describes")
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
 
 
 def _as_labels(y: np.ndarray, n: int, where: str) -> np.ndarray:
@@ -191,9 +242,12 @@ def _read_images(paths: list[Path]) -> np.ndarray:
     pixels, first = [], None
     for p in paths:
         try:
-            with Image.open(p) as im:
-                im.load()
-                a = _to_grey_or_rgb(im, p)
+            with warnings.catch_warnings():
+                # Pillow only warns between 1x and 2x its pixel limit: a second stderr line, then a huge image
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(p) as im:
+                    im.load()
+                    a = _to_grey_or_rgb(im, p)
         except VaekitError:
             raise
         except Exception as e:  # Pillow raises OSError, ValueError, SyntaxError, DecompressionBombError...
