@@ -92,13 +92,14 @@ def test_classifier_shapes():
 
 
 def test_classifier_learns_mnist_slice(mnist_train):
-    """Two epochs on 3000 real training digits already classify held-out test digits well."""
+    """Three epochs on 3000 real training digits already classify held-out test digits well."""
     import vaekit
     test = vaekit.data.load("mnist", "test").subset(slice(0, 1000))
-    cfg = ClassifierConfig(epochs=2)
+    cfg = ClassifierConfig(epochs=3)
+    torch.manual_seed(cfg.seed)  # the initial weights; otherwise they depend on which tests ran first
     model = Classifier(cfg)
     rows = fit_classifier(model, mnist_train.subset(slice(0, 3000)), cfg, test=test)
-    assert len(rows) == 2 and rows[1]["train_loss"] < rows[0]["train_loss"]
+    assert len(rows) == 3 and rows[2]["train_loss"] < rows[0]["train_loss"]
     assert accuracy(model, test) > 0.85
     s = generation_scores(model, test.batch(slice(0, 300)), test.batch(slice(300, 600)))
     assert s["confidence"] > 0.7 and s["coverage"] > 0.8 and s["frechet"] >= 0 and sum(s["label_counts"]) == 300

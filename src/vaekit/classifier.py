@@ -192,6 +192,7 @@ def train_classifier(cfg: ClassifierConfig, out: str | Path, *, resume: bool = F
     cfg = replace(cfg, input_shape=ds.shape)
     test = load_data(cfg.data, "test") if cfg.data in DATASETS else None
     io.atomic_write_text(out / io.CONFIG, cfg.to_json() + "\n")
+    torch.manual_seed(cfg.seed)  # reproducible initial weights
     model = Classifier(cfg)
     fit_classifier(model, ds, cfg, out, test=test, resume=resume, quiet=quiet)
     return model
