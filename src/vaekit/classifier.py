@@ -95,32 +95,15 @@ def accuracy(model: Classifier, ds: Dataset, batch_size: int = 2000) -> float:
 
 def _save_checkpoint(path: Path, model, opt, state: dict, gens: dict[str, torch.Generator]) -> None:
     """Weights, Adam's state and the data-order generator in one safetensors file; scalars as metadata."""
-    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-    osd = opt.state_dict()
-    for pid, st in osd["state"].items():
-        for k, v in st.items():
-            tensors[f"optim.{pid}.{k}"] = v if isinstance(v, torch.Tensor) else torch.tensor(v)
-    tensors.update({f"rng.{k}": g.get_state() for k, g in gens.items()})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    io.save_tensors(tensors, path, metadata={"state": json.dumps({**state, "param_groups": osd["param_groups"]})})
+    io.save_training_state(path, model, opt, {f"rng.{k}": g.get_state() for k, g in gens.items()}, state)
 
 
 def _load_checkpoint(path: Path, model, opt, gens: dict[str, torch.Generator]) -> dict:
-    from safetensors import safe_open
-    tensors = io.load_tensors(path)
+    tensors, state = io.load_training_state(path, model, opt, what="classifier")
     try:
-        with safe_open(str(path), "pt") as f:
-            state = json.loads(f.metadata()["state"])
-        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-        opt_state: dict[int, dict] = {}
-        for k, v in tensors.items():
-            if k.startswith("optim."):
-                _, pid, name = k.split(".", 2)
-                opt_state.setdefault(int(pid), {})[name] = v
-        opt.load_state_dict({"state": opt_state, "param_groups": state.pop("param_groups")})
         for k, g in gens.items():
             g.set_state(tensors[f"rng.{k}"])
-    except (KeyError, ValueError, RuntimeError, TypeError) as e:
+    except (KeyError, RuntimeError) as e:
         raise VaekitError(f"{path}: checkpoint does not match this classifier ({str(e).splitlines()[0][:120]})") from None
     return state
 

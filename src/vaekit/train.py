@@ -151,47 +151,33 @@ def save_checkpoint(path: Path, model, opt, state: dict, rngs: dict[str, torch.T
     """One safetensors file, written atomically: weights, optimizer, RNG states, permutation; scalars as metadata.
 
     `rngs` maps a name (torch, binarize, order, cuda; with a `.r{rank}` suffix under DDP) to its state."""
-    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-    osd = opt.state_dict()
-    for pid, s in osd["state"].items():
-        for k, v in s.items():
-            tensors[f"optim.{pid}.{k}"] = v if isinstance(v, torch.Tensor) else torch.tensor(v)
-    tensors.update({f"rng.{k}": v for k, v in rngs.items()})
     np_state = np.random.get_state()
-    tensors["rng.numpy"] = torch.from_numpy(np_state[1].astype(np.int64))
-    tensors["perm"] = perm
-    meta = {**state, "param_groups": osd["param_groups"], "numpy_pos": int(np_state[2]),
-            "python_rng": list(random.getstate()[1])}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    io.save_tensors(tensors, path, metadata={"state": json.dumps(meta)})
+    extra = {f"rng.{k}": v for k, v in rngs.items()}
+    extra["rng.numpy"] = torch.from_numpy(np_state[1].astype(np.int64))
+    extra["perm"] = perm
+    meta = {**state, "numpy_pos": int(np_state[2]), "python_rng": list(random.getstate()[1])}
+    io.save_training_state(path, model, opt, extra, meta)
 
 
 def load_checkpoint(path: Path, model, opt) -> tuple[dict, dict[str, torch.Tensor], torch.Tensor]:
     """Restore the weights, optimizer, numpy and python RNGs; returns (scalar state, RNG states, permutation)."""
-    from safetensors import safe_open
-    tensors = io.load_tensors(path)
+    tensors, meta = io.load_training_state(path, model, opt)
     try:
-        with safe_open(str(path), "pt") as f:
-            meta = json.loads(f.metadata()["state"])
-        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-        opt_state: dict[int, dict] = {}
-        for k, v in tensors.items():
-            if k.startswith("optim."):
-                _, pid, name = k.split(".", 2)
-                opt_state.setdefault(int(pid), {})[name] = v
-        opt.load_state_dict({"state": opt_state, "param_groups": meta.pop("param_groups")})
         np.random.set_state(("MT19937", tensors["rng.numpy"].numpy().astype(np.uint32), meta.pop("numpy_pos"), 0, 0.0))
         random.setstate((3, tuple(meta.pop("python_rng")), None))
-    except (KeyError, ValueError, RuntimeError, TypeError, json.JSONDecodeError) as e:
+        perm = tensors["perm"]
+    except (KeyError, ValueError, TypeError) as e:
         raise VaekitError(f"{path}: checkpoint does not match this model ({str(e).splitlines()[0][:120]})") from None
     rngs = {k[4:]: v for k, v in tensors.items() if k.startswith("rng.") and k != "rng.numpy"}
-    return meta, rngs, tensors["perm"]
+    return meta, rngs, perm
 
 
-def _remove_stray_temps(folder: Path) -> None:
-    """A kill -9 during a checkpoint write leaves its temp file behind (the checkpoint itself is intact)."""
-    for p in folder.glob(f".{CKPT_FILE}.*.tmp"):
-        p.unlink(missing_ok=True)
+def _remove_stray_temps(out: Path) -> None:
+    """A kill -9 during an atomic write (checkpoint, weights, config, metrics) leaves its temp file behind;
+    the file it was replacing is intact. Remove those leftovers from the run folder and its checkpoint/."""
+    for folder in (out, out / CKPT_DIR):
+        for p in folder.glob(".*.tmp"):
+            p.unlink(missing_ok=True)
 
 
 # ------------------------------------------------------------------------------------------- the loop
@@ -331,7 +317,7 @@ def fit(model, data, cfg: TrainConfig | None = None, out: str | Path | None = No
     run_config = run_config or RunConfig(model.config, cfg)
     if writer:
         prepare_out(out, resume, overwrite)
-        _remove_stray_temps(out / CKPT_DIR)
+        _remove_stray_temps(out)
     if world > 1 and out is not None:
         torch.distributed.barrier()
 
