@@ -47,7 +47,8 @@ def main():
             f"Roofline: decoder matmuls only ({flops / 1e12:.1f} TFLOP) at the measured fp32 matmul peak of "
             f"{peak:.0f} GFLOP/s; the element-wise log-likelihood terms come on top.\n")
     append_results("Evaluation speed: importance-sampled NLL",
-                   f"python benchmarks/eval_speed.py --k {args.k} --limit {args.limit}", body)
+                   f"python benchmarks/eval_speed.py --k {args.k} --limit {args.limit}"
+                   + (f" --run {args.run}" if args.run else ""), body)
 
 
 if __name__ == "__main__":

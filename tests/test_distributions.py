@@ -335,3 +335,17 @@ def test_continuous_bernoulli_is_not_bce():
     cb = ContinuousBernoulli(logits, 1).log_prob(x)
     bern = Bernoulli(logits, 1).log_prob(x)
     assert (cb - bern).item() == pytest.approx(math.log(2) + math.log(2.0 / math.tanh(1.0)), rel=1e-5)
+
+
+@pytest.mark.parametrize("scale", [1.0, 30.0, 1e3])
+def test_bernoulli_log_prob_broadcast_over_samples_matches_torch(scale):
+    """x (B, ...) shared by k importance samples of logits (k, B, ...): the einsum path equals the oracle."""
+    g = torch.Generator().manual_seed(7)
+    logits = torch.randn(5, 3, 1, 4, 4, generator=g, dtype=torch.float64) * scale
+    x = torch.bernoulli(torch.full((3, 1, 4, 4), 0.5, dtype=torch.float64), generator=g)
+    ours = Bernoulli(logits, event_ndim=3).log_prob(x)
+    oracle = torch.distributions.Bernoulli(logits=logits).log_prob(x.expand_as(logits)).sum((-3, -2, -1))
+    assert ours.shape == (5, 3)
+    torch.testing.assert_close(ours, oracle, rtol=1e-9, atol=1e-9)
+    same_shape = Bernoulli(logits, event_ndim=3).log_prob(x.expand_as(logits).clone())  # the fused-kernel path
+    torch.testing.assert_close(ours, same_shape, rtol=1e-9, atol=1e-9)
