@@ -339,7 +339,7 @@ def test_continuous_bernoulli_is_not_bce():
 
 @pytest.mark.parametrize("scale", [1.0, 30.0, 1e3])
 def test_bernoulli_log_prob_broadcast_over_samples_matches_torch(scale):
-    """x (B, ...) shared by k importance samples of logits (k, B, ...): the einsum path equals the oracle."""
+    """x (B, ...) shared by k importance samples of logits (k, B, ...), as in the IS estimator: equals the oracle."""
     g = torch.Generator().manual_seed(7)
     logits = torch.randn(5, 3, 1, 4, 4, generator=g, dtype=torch.float64) * scale
     x = torch.bernoulli(torch.full((3, 1, 4, 4), 0.5, dtype=torch.float64), generator=g)
@@ -347,5 +347,3 @@ def test_bernoulli_log_prob_broadcast_over_samples_matches_torch(scale):
     oracle = torch.distributions.Bernoulli(logits=logits).log_prob(x.expand_as(logits)).sum((-3, -2, -1))
     assert ours.shape == (5, 3)
     torch.testing.assert_close(ours, oracle, rtol=1e-9, atol=1e-9)
-    same_shape = Bernoulli(logits, event_ndim=3).log_prob(x.expand_as(logits).clone())  # the fused-kernel path
-    torch.testing.assert_close(ours, same_shape, rtol=1e-9, atol=1e-9)

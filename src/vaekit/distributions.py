@@ -115,13 +115,7 @@ class Bernoulli:
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """sum_j x_j log p_j + (1 - x_j) log(1 - p_j), i.e. -BCE, per example. x broadcasts against logits."""
-        if x.dim() < self.logits.dim():
-            # x shared by k importance samples (k, B, ...): as sum_j x_j l_j - softplus(l_j) the first term is a
-            # batched matrix-vector product and nothing is expanded; half the time of the fused BCE kernel.
-            n = self.event_ndim
-            l, x = self.logits.flatten(-n) if n else self.logits.unsqueeze(-1), x.flatten(-n) if n else x.unsqueeze(-1)
-            return torch.einsum("...j,...j->...", l, x) - F.softplus(l).sum(-1)
-        x = x.expand_as(self.logits)  # same shapes (training): the fused kernel is fastest, forward and backward
+        x = x.expand_as(self.logits)
         return -_sum_event(F.binary_cross_entropy_with_logits(self.logits, x, reduction="none"), self.event_ndim)
 
 
