@@ -17,7 +17,7 @@ import numpy as np
 
 from vaekit.errors import VaekitError
 
-from .idx import GZIP_MAGIC, MAX_GZIP_RATIO, read_idx
+from .idx import GZIP_MAGIC, MAX_GZIP_RATIO, check_size, read_idx
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 IMAGE_KEYS = ("x", "images")
@@ -130,13 +130,7 @@ def _check_npz_member(archive: zipfile.ZipFile, key: str, path: Path) -> None:
     if dtype.hasobject:
         raise VaekitError(f"{path}[{key}]: holds Python objects (pickled data), which vaekit does not load; "
                           f"save numeric arrays")
-    claimed = prod(shape) * dtype.itemsize
-    if claimed > held:
-        raise VaekitError(f"{path}[{key}]: truncated or corrupt: header says {shape} {dtype} = {claimed} bytes, "
-                          f"the archive member holds {held}")
-    if claimed < held:
-        raise VaekitError(f"{path}[{key}]: {held - claimed} bytes of trailing data after the {shape} {dtype} "
-                          f"array the header describes")
+    check_size(f"{path}[{key}]", f"{shape} {dtype}", prod(shape) * dtype.itemsize, held, "the archive member")
 
 
 def _first_line(e: Exception) -> str:

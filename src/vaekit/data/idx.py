@@ -89,12 +89,7 @@ def _read_stream(f, path: Path, data_size: int | None, gz_size: int | None) -> n
 
     if data_size is not None:
         available = data_size - 4 - 4 * ndim
-        if expected > available:
-            raise VaekitError(f"{path}: truncated or corrupt: header says {described} = {expected} "
-                              f"bytes of data, the file holds {available}")
-        if expected < available:
-            raise VaekitError(f"{path}: {available - expected} bytes of trailing data after the "
-                              f"{described} array the header describes")
+        check_size(str(path), described, expected, available, "the file")
         buf = bytearray(expected)
         if f.readinto(buf) != expected:  # the file shrank while we read it
             raise VaekitError(f"{path}: truncated while reading")
@@ -151,3 +146,14 @@ def write_idx(path: str | Path, array: np.ndarray) -> None:
             f.write(data)
     except OSError as e:
         raise VaekitError(f"{path}: cannot write ({e.strerror or e})") from None
+
+
+def check_size(where: str, described: str, expected: int, held: int, holder: str) -> None:
+    """Refuse data whose header promises more bytes than `holder` holds (truncated) or fewer (trailing data),
+    before anything of the promised size is allocated."""
+    if expected > held:
+        raise VaekitError(f"{where}: truncated or corrupt: header says {described} = {expected} "
+                          f"bytes of data, {holder} holds {held}")
+    if expected < held:
+        raise VaekitError(f"{where}: {held - expected} bytes of trailing data after the "
+                          f"{described} array the header describes")
