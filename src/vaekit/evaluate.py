@@ -10,7 +10,7 @@ import time
 
 import torch
 
-from vaekit.objectives import elbo
+from vaekit.objectives import elbo, log_weights
 
 
 @torch.inference_mode()
@@ -37,8 +37,7 @@ def log_likelihood(model, x: torch.Tensor, k: int = 5000, chunk: int | None = No
         n = min(chunk, k - done)
         eps = torch.stack([torch.randn(q.mu.shape, generator=generator, dtype=q.mu.dtype, device=q.mu.device)
                            for _ in range(n)])                           # (n, B, D)
-        z = q.rsample(n, eps=eps)                                        # (n, B, D)
-        log_w = model.decode(z).log_prob(x) + model.prior.log_prob(z) - q.log_prob(z)  # (n, B)
+        log_w = log_weights(model, x, n, eps=eps, q=q)                   # (n, B)
         acc = torch.logaddexp(acc, torch.logsumexp(log_w, 0))
         done += n
     return acc - math.log(k)

@@ -44,16 +44,17 @@ def elbo(model, x: torch.Tensor, eps: torch.Tensor | None = None, analytic_kl: b
     return Terms(recon - kl, recon, kl, kl_d)
 
 
-def log_weights(model, x: torch.Tensor, k: int, eps: torch.Tensor | None = None) -> torch.Tensor:
-    """Importance log-weights log p(x, z_i) - log q(z_i|x) for k posterior draws, (k, B)."""
-    q = model.encode(x)
+def log_weights(model, x: torch.Tensor, k: int, eps: torch.Tensor | None = None, q=None) -> torch.Tensor:
+    """Importance log-weights log p(x, z_i) - log q(z_i|x) for k posterior draws, (k, B).
+    `q` is model.encode(x) when the caller already has it."""
+    q = model.encode(x) if q is None else q
     z = q.rsample(k, eps=eps)                                            # (k, B, D)
     return model.decode(z).log_prob(x) + model.prior.log_prob(z) - q.log_prob(z)
 
 
-def iwae_bound(model, x: torch.Tensor, k: int, eps: torch.Tensor | None = None) -> torch.Tensor:
+def iwae_bound(model, x: torch.Tensor, k: int, eps: torch.Tensor | None = None, q=None) -> torch.Tensor:
     """The importance-weighted bound with k samples, (B,); k=1 is the (Monte Carlo KL) ELBO."""
-    log_w = log_weights(model, x, k, eps)                               # (k, B)
+    log_w = log_weights(model, x, k, eps, q)                            # (k, B)
     return torch.logsumexp(log_w, 0) - math.log(k)
 
 
@@ -84,10 +85,9 @@ def training_loss(model, x: torch.Tensor, *, beta: float = 1.0, free_bits: float
         t = elbo(model, x)
         return -t.recon, t
     if iw_k > 1:
-        bound = iwae_bound(model, x, iw_k)
-        with torch.no_grad():
-            q = model.encode(x)
-            kl = q.kl_std_normal()
+        q = model.encode(x)
+        bound = iwae_bound(model, x, iw_k, q=q)
+        kl = q.kl_std_normal().detach()  # reported only; the bound has no separate KL term
         return -bound, Terms(bound, bound + kl, kl)  # reported recon is the bound plus the analytic KL
     t = elbo(model, x)
     kl = free_bits_kl(t.kl_per_dim, free_bits)
