@@ -33,6 +33,15 @@ def assert_clean_error(p: subprocess.CompletedProcess, *needles: str) -> None:
         assert n.lower() in lines[0].lower(), (n, lines[0])
 
 
+@pytest.fixture(autouse=True)
+def _keep_threads():
+    """Tests that train with --threads in-process must not change the thread count of the tests after them."""
+    import torch
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def mnist_train():
     import vaekit

@@ -46,13 +46,6 @@ def digits_npz(tmp_path_factory, mnist_train) -> Path:
     return path
 
 
-@pytest.fixture(autouse=True)
-def _keep_threads():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
-
-
 def flags(data: Path, out: Path, *extra) -> list[str]:
     return [str(a) for a in ("train", "--data", data, *BASE, "--checkpoint-every", 5, "--quiet", "--out", out, *extra)]
 

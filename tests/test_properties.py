@@ -34,6 +34,14 @@ def one_line(e: VaekitError) -> None:
     assert msg and "\n" not in msg and len(msg) < 2000, msg
 
 
+def damaged(raw: bytes, cut: int, flips) -> bytes:
+    """`raw` with each (index, mask) of `flips` XORed in, then the last `cut` bytes (mod length) cut off."""
+    raw = bytearray(raw)
+    for i, v in flips:
+        raw[i % len(raw)] ^= v
+    return bytes(raw[:len(raw) - cut % (len(raw) + 1)])
+
+
 def write(path, data: bytes):
     path.write_bytes(data)
     return path
@@ -119,10 +127,7 @@ def test_npy_loader_damaged_files(tmp_path, a, cut, flips):
     """A real .npy, cut short and with bytes flipped: a result that keeps the promises, or one error line."""
     b = io.BytesIO()
     np.save(b, a)
-    raw = bytearray(b.getvalue())
-    for i, v in flips:
-        raw[i % len(raw)] ^= v
-    path = write(tmp_path / "a.npy", bytes(raw[:len(raw) - cut % (len(raw) + 1)]))
+    path = write(tmp_path / "a.npy", damaged(b.getvalue(), cut, flips))
     try:
         x, _ = files.load_file(path)
     except VaekitError as e:
@@ -161,10 +166,7 @@ def test_npz_loader_damaged_archives(tmp_path, compressed, cut, flips):
     b = io.BytesIO()
     x = np.arange(3 * 8 * 8, dtype=np.uint8).reshape(3, 8, 8)
     (np.savez_compressed if compressed else np.savez)(b, x=x, y=np.arange(3))
-    raw = bytearray(b.getvalue())
-    for i, v in flips:
-        raw[i % len(raw)] ^= v
-    path = write(tmp_path / "a.npz", bytes(raw[:len(raw) - cut % (len(raw) + 1)]))
+    path = write(tmp_path / "a.npz", damaged(b.getvalue(), cut, flips))
     try:
         x, y = files.load_file(path)
     except VaekitError as e:

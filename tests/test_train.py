@@ -113,13 +113,6 @@ def reference(tmp_path_factory, small_npz) -> Path:
     return out
 
 
-@pytest.fixture(autouse=True)
-def _keep_threads():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
-
-
 def ckpt_meta(run: Path) -> dict:
     with safe_open(str(run / "checkpoint" / "state.safetensors"), "pt") as f:
         return json.loads(f.metadata()["state"])
