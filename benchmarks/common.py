@@ -31,9 +31,9 @@ def machine() -> str:
             f"Python {platform.python_version()}, {platform.system()} {platform.release()}")
 
 
-def matmul_gflops(n: int = 1024, seconds: float = 2.0) -> float:
-    """Measured fp32 matmul throughput of this machine, GFLOP/s (best of repeated n x n products)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_gflops(n: int = 1024, seconds: float = 2.0, dtype: torch.dtype = torch.float32) -> float:
+    """Measured matmul throughput of this machine, GFLOP/s (best of repeated n x n products)."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     for _ in range(3):
         a @ b
     best, t_end = 0.0, time.perf_counter() + seconds

@@ -201,7 +201,6 @@ TRAIN_FLAG_ERRORS = [
     (["--val-fraction", -0.1], ["val-fraction"]),
     (["--patience", 3, "--val-fraction", 0], ["patience", "val-fraction"]),
     (["--patience", -1], ["patience"]),
-    (["--amp", "--device", "cpu"], ["amp"]),
     (["--device", "tpu"], ["device"]),
     (["--threads", -2], ["threads"]),
     (["--max-bad-steps", 0], ["max-bad-steps"]),

@@ -122,7 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     g = t.add_mutually_exclusive_group()
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     g.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
-    t.add_argument("--amp", action="store_true", default=None, help="bf16 mixed precision on CUDA")
+    t.add_argument("--amp", action="store_true", default=None,
+                   help="bf16 mixed precision (CUDA, or a CPU with AVX512-BF16/AMX): ~1.5-2x faster steps")
+    t.add_argument("--compile", action="store_true", default=None,
+                   help="torch.compile the training step (a one-off compile of ~5-30 s, then faster steps)")
     t.add_argument("--quiet", action="store_true", default=None, help="no progress output")
 
     e = sub.add_parser("eval", help="ELBO, reconstruction, KL and importance-sampled NLL, in nats")
@@ -203,7 +206,7 @@ def cmd_train(args) -> int:
     options = load_config_file(args.config) if args.config else {}
     where = str(args.config) if args.config else "flags"
     from_file = {str(k).replace("-", "_") for k in options}
-    for flag, _, _ in TRAIN_FLAGS + [("--amp", None, None), ("--quiet", None, None)]:
+    for flag, _, _ in TRAIN_FLAGS + [("--amp", None, None), ("--compile", None, None), ("--quiet", None, None)]:
         v = getattr(args, flag[2:].replace("-", "_"))
         if v is not None:
             options[flag[2:].replace("-", "_")] = v

@@ -76,6 +76,18 @@ class ModelConfig:
         return self
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slower."""
+    import torch
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def check_cpu_bf16() -> None:
+    if not cpu_has_bf16():
+        raise VaekitError("--amp on CPU needs native bf16 (AVX512-BF16 or AMX), which this CPU lacks "
+                          "(emulated bf16 is slower than fp32); drop --amp")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     data: str = "mnist"
@@ -98,7 +110,8 @@ class TrainConfig:
     checkpoint_every: int = 500             # steps between mid-epoch checkpoints; 0 = epoch ends only
     patience: int = 0                       # early stopping on validation ELBO; 0 = off
     max_bad_steps: int = 20                 # consecutive non-finite steps before training stops
-    amp: bool = False                       # bf16 autocast on CUDA
+    amp: bool = False                       # bf16 autocast: CUDA, or a CPU with native bf16 (AVX512-BF16/AMX)
+    compile: bool = False                   # torch.compile the training step's forward pass
     quiet: bool = False
 
     def validate(self, model: ModelConfig | None = None) -> "TrainConfig":
@@ -128,7 +141,7 @@ class TrainConfig:
         if self.patience and not self.val_fraction > 0:
             raise VaekitError("--patience stops on the validation ELBO, which needs --val-fraction > 0")
         if self.amp and self.device == "cpu":
-            raise VaekitError("--amp (bf16 autocast) applies only on CUDA; drop it or use --device cuda")
+            check_cpu_bf16()
         if self.schedule != "step" and self.step_every != TrainConfig.step_every:
             raise VaekitError(f"--step-every applies only to --schedule step (this run's schedule is {self.schedule})")
         if model is not None and model.model == "ae":

@@ -13,15 +13,46 @@ import torch
 from vaekit.objectives import elbo, log_weights
 
 
+# Above this much work (importance samples x examples x pixels) the log-weights are computed by a
+# torch.compile'd function: one fused kernel for the log-likelihood's element-wise terms and their sum
+# instead of several passes over the (samples, batch, pixels) decoder output. k=5000 over MNIST's test set
+# (3.9e10) took 312 s eager and ~190 s compiled on 2 cores; below ~10 s of work the compile does not pay.
+COMPILE_MIN_WORK = 5e9
+_compiled = {}
+
+
+def _log_weights_fn(compile: bool):
+    """objectives.log_weights, compiled when asked and the backend works (else the eager one: same numbers
+    to float rounding, ~1.7x slower)."""
+    if not compile:
+        return log_weights
+    if "fn" not in _compiled:
+        _compiled["fn"] = torch.compile(log_weights)
+    fn = _compiled["fn"]
+
+    def call(*args, **kwargs):
+        if _compiled.get("broken"):
+            return log_weights(*args, **kwargs)
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:  # no C++ compiler, an unsupported op...: the eager function, once and for all
+            if not type(e).__module__.startswith(("torch._dynamo", "torch._inductor")):
+                raise
+            _compiled["broken"] = True
+            return log_weights(*args, **kwargs)
+    return call
+
+
 @torch.inference_mode()
 def log_likelihood(model, x: torch.Tensor, k: int = 5000, chunk: int | None = None,
-                   generator: torch.Generator | None = None) -> torch.Tensor:
+                   generator: torch.Generator | None = None, compile: bool | None = None) -> torch.Tensor:
     """Importance-sampled log p(x) with exactly k posterior samples, (B,) in nats.
 
     Vectorised over the batch and chunked over k, so k = 5000 fits in memory: at most
     `chunk` x B decoder outputs exist at once (default: ~2^22 values). The noise is drawn
     one sample (B, D) at a time, so the estimate does not depend on `chunk`: the same
-    generator state gives the same answer however k is split.
+    generator state gives the same answer however k is split. `compile` (default: when k x B x pixels
+    exceeds COMPILE_MIN_WORK) computes the log-weights with torch.compile, in float32 like the eager path.
     """
     if k < 1:
         raise ValueError(f"log p(x) needs k >= 1 importance samples, got {k}")
@@ -31,13 +62,16 @@ def log_likelihood(model, x: torch.Tensor, k: int = 5000, chunk: int | None = No
     b = x.shape[0]
     numel = math.prod(x.shape[1:])
     chunk = chunk or max(1, min(k, (1 << 22) // max(1, b * numel)))
+    if compile is None:
+        compile = k * b * numel > COMPILE_MIN_WORK
+    weights = _log_weights_fn(compile)
     acc = torch.full((b,), -math.inf, dtype=q.mu.dtype, device=q.mu.device)  # running logsumexp
     done = 0
     while done < k:
         n = min(chunk, k - done)
         eps = torch.stack([torch.randn(q.mu.shape, generator=generator, dtype=q.mu.dtype, device=q.mu.device)
                            for _ in range(n)])                           # (n, B, D)
-        log_w = log_weights(model, x, n, eps=eps, q=q)                   # (n, B)
+        log_w = weights(model, x, n, eps=eps, q=q)                       # (n, B)
         acc = torch.logaddexp(acc, torch.logsumexp(log_w, 0))
         done += n
     return acc - math.log(k)
@@ -79,6 +113,7 @@ def evaluate(model, ds, *, binarize: str = "dynamic", iw_samples: int = 5000, ba
     """
     dev = torch.device(device)
     g = torch.Generator(device=dev).manual_seed(seed + 1)
+    compile = iw_samples * len(ds) * math.prod(ds.shape) > COMPILE_MIN_WORK
     t0 = time.perf_counter()
     cols = {"elbo": [], "recon": [], "kl": [], "nll": [], "mu": [], "kl_per_dim": []}
     with torch.random.fork_rng(devices=[dev.index or 0] if dev.type == "cuda" else []):
@@ -92,7 +127,7 @@ def evaluate(model, ds, *, binarize: str = "dynamic", iw_samples: int = 5000, ba
             if model.is_vae:
                 cols["kl_per_dim"].append(t.kl_per_dim)
                 if iw_samples > 0:
-                    cols["nll"].append(-log_likelihood(model, x, iw_samples, generator=g))
+                    cols["nll"].append(-log_likelihood(model, x, iw_samples, generator=g, compile=compile))
     cat = {k: torch.cat(v).cpu() for k, v in cols.items() if v}
     out = {"split": None, "n": len(ds), "elbo": cat["elbo"].mean().item(), "recon": cat["recon"].mean().item(),
            "kl": cat["kl"].mean().item(), "nll": cat["nll"].mean().item() if "nll" in cat else None,

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from vaekit import io
-from vaekit.config import ModelConfig, RunConfig, TrainConfig
+from vaekit.config import ModelConfig, RunConfig, TrainConfig, check_cpu_bf16
 from vaekit.data import Dataset, binarize as draw_binary, load as load_data, split_validation
 from vaekit.errors import VaekitError
 from vaekit.models import build_model
@@ -304,6 +304,8 @@ def fit(model, data, cfg: TrainConfig | None = None, out: str | Path | None = No
         raise VaekitError("resume=True needs the run folder `out` that holds the checkpoint")
     rank, world = dist_info()
     device = resolve_device(cfg.device)
+    if cfg.amp and device.type == "cpu":
+        check_cpu_bf16()
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())  # torchrun: set from LOCAL_RANK in train()
     if cfg.threads:
@@ -332,6 +334,8 @@ def fit(model, data, cfg: TrainConfig | None = None, out: str | Path | None = No
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
         net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        net = _compiled(net)
 
     n = len(train_ds)
     if n < world:
@@ -496,9 +500,26 @@ def fit(model, data, cfg: TrainConfig | None = None, out: str | Path | None = No
     return Run(out, model, metrics, stopped)
 
 
+def _compiled(net):
+    """torch.compile(net), with a one-line error if the backend cannot compile (no C++ compiler, ...).
+    Shapes are fixed (the last partial batch is dropped) and the KL weight is a traced float, so it compiles
+    once per run."""
+    compiled = torch.compile(net)
+
+    def call(*args, **kwargs):
+        try:
+            return compiled(*args, **kwargs)
+        except Exception as e:
+            if type(e).__module__.startswith(("torch._dynamo", "torch._inductor")):
+                raise VaekitError(f"--compile: torch.compile failed ({type(e).__name__}: "
+                                  f"{str(e).splitlines()[0] if str(e) else ''}); train without --compile") from None
+            raise
+    return call
+
+
 def _forward_backward(net, opt, params, x, cfg: TrainConfig, beta: float, device):
     """Loss, gradients (clipped if cfg.clip) and whether both are finite, as a tensor (no sync here)."""
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda"):
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp):
         loss_vec, terms = net(x, beta=beta, free_bits=cfg.free_bits, iw_k=cfg.iw_k)   # (B,), Terms
     loss = loss_vec.mean()
     opt.zero_grad(set_to_none=True)
@@ -656,7 +677,7 @@ def _resume_model(saved: ModelConfig, new: ModelConfig, given: set[str] | None) 
 
 # what may change on --resume: more epochs, how it runs, and lr/clip (the way on after a divergence)
 _RESUMABLE = ("epochs", "quiet", "device", "threads", "checkpoint_every", "max_bad_steps", "patience", "lr", "clip",
-              "amp")
+              "amp", "compile")
 
 
 def _resume_overrides(saved: TrainConfig, given_cfg: TrainConfig, given: set[str] | None,

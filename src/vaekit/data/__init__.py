@@ -43,7 +43,13 @@ class Dataset:
 
     def batch(self, idx: torch.Tensor | slice, device: torch.device | str = "cpu") -> torch.Tensor:
         """Examples `idx` as float32 in [0, 1] on `device`."""
-        xb = self.x[idx].to(device, non_blocking=True)
+        if (isinstance(idx, torch.Tensor) and idx.dim() == 1 and idx.dtype == torch.int64 and len(self.x)
+                and self.x.is_contiguous()):
+            # index_select on the flattened rows: ~2x faster than advanced indexing on (N, C, H, W)
+            xb = self.x.view(len(self.x), -1).index_select(0, idx).view(len(idx), *self.shape)
+        else:
+            xb = self.x[idx]
+        xb = xb.to(device, non_blocking=True)
         if xb.dtype == torch.uint8:
             return xb.float().div_(255.0)
         return xb.float()
