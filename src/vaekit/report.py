@@ -31,7 +31,7 @@ import torch
 
 from vaekit import figures, io
 from vaekit.classifier import Classifier, generation_scores, is_classifier_folder, load_classifier
-from vaekit.data import Dataset, DATASETS, load as load_data
+from vaekit.data import Dataset, DATASETS, binarize, load as load_data
 from vaekit.errors import VaekitError
 from vaekit.evaluate import evaluate, log_likelihood
 from vaekit.latent import interpolate, normal_grid
@@ -127,7 +127,7 @@ def test_set(entries: list[Entry], source: str | None) -> tuple[Dataset, str]:
 
 def binarized(model, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     """x as the model saw it in training: a Bernoulli draw when it was trained on binarized data."""
-    return torch.bernoulli(x, generator=g) if model.run_config.train.binarize != "none" else x
+    return binarize(x, g) if model.run_config.train.binarize != "none" else x
 
 
 # ------------------------------------------------------------------------------------------- measures
@@ -178,7 +178,7 @@ def shift_study(model, x: torch.Tensor, other: torch.Tensor, k: int, draws: int,
     logp = torch.zeros(len(images), dtype=torch.float64)
     n = draws if binary else 1
     for _ in range(n):
-        b, bo = (torch.bernoulli(x, generator=g), torch.bernoulli(other, generator=g)) if binary else (x, other)
+        b, bo = (binarize(x, g), binarize(other, g)) if binary else (x, other)
         batch = torch.stack([b] + [shift_right(b, s) for s in shifts] + [bo])
         logp += log_likelihood(model, batch, k, generator=gk).double()
     return {"images": images, "mse": mse.tolist(), "logp": (logp / n).tolist()}
