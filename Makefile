@@ -4,12 +4,13 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-quick bench data system clean help
+.PHONY: demo test test-quick bench bench-quality data system clean help
 
 help:
 	@echo "make demo   - fetch MNIST, train, evaluate, write the report (runs/demo)"
 	@echo "make test   - the whole test suite"
 	@echo "make bench  - speed benchmarks (results appended to benchmarks/RESULTS.md)"
+	@echo "make bench-quality - test NLL of configs/mnist-best.yaml within 60 minutes of training"
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,6 +37,9 @@ bench: data
 	$(PY) benchmarks/train_speed.py
 	$(PY) benchmarks/time_to_quality.py
 	$(PY) benchmarks/eval_speed.py
+
+bench-quality: data
+	$(PY) benchmarks/quality.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

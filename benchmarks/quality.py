@@ -22,6 +22,11 @@ from pathlib import Path
 from common import ROOT, append_results, mnist_dir, run_json_lines, vaekit_cmd
 
 
+def _shown(path: Path) -> Path:
+    path = path.resolve()
+    return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", type=Path, default=ROOT / "configs" / "mnist-best.yaml")
@@ -55,7 +60,7 @@ def main():
                 f"{'bf16 ' if t['amp'] else ''}{'compiled' if t['compile'] else ''}")
     body = ("| config | settings | epochs | training minutes | test NLL (nats, k=%d) | test -ELBO | active units |"
             " eval seconds |\n|---|---|---|---|---|---|---|---|\n" % args.k
-            + f"| `{args.config.relative_to(ROOT) if args.config.is_relative_to(ROOT) else args.config}` | {settings} | "
+            + f"| `{_shown(args.config)}` | {settings} | "
               f"{len(metrics)}/{t['epochs']}{' (stopped by the budget)' if stopped else ''} | {minutes:.1f} | "
               f"**{res['nll']:.2f}** | {-res['elbo']:.2f} | {res['active_units']}/{m['latent_dim']} | "
               f"{res['seconds']:.0f} |\n\n"
@@ -63,7 +68,7 @@ def main():
             "(Burda et al. 2015, 3280 epochs on a GPU); pythae IWAE 86.82. Target: at most 84.5 nats within "
             f"{args.budget_minutes:g} minutes on this machine.\n")
     append_results("Quality: test NLL within a CPU training budget",
-                   f"python benchmarks/quality.py --config {args.config} --budget-minutes {args.budget_minutes:g}",
+                   f"python benchmarks/quality.py --config {_shown(args.config)} --budget-minutes {args.budget_minutes:g}",
                    body)
 
 
