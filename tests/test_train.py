@@ -535,3 +535,31 @@ def test_amp_and_compile_train_to_the_same_loss_as_fp32(tmp_path, small_npz):
         assert json.loads((tmp_path / name / "config.json").read_text())["train"]["compile"] == ("compile" in name)
     for name, loss in runs.items():
         assert abs(loss - runs["fp32"]) < 0.01 * runs["fp32"], runs
+
+
+def _failing_compile(fn, *args, **kwargs):
+    """torch.compile as it behaves without a working backend: the first call raises dynamo's error."""
+    import torch._dynamo.exc
+
+    def call(*a, **k):
+        raise torch._dynamo.exc.InternalTorchDynamoError("no C++ compiler found\nmore detail")
+    return call
+
+
+def test_compile_failure_is_a_one_line_error(digits, monkeypatch):
+    monkeypatch.setattr(torch, "compile", _failing_compile)
+    model = vaekit.build_model(ModelConfig(hidden=(16,), latent_dim=2))
+    with pytest.raises(vaekit.VaekitError, match=r"--compile: torch.compile failed .*no C\+\+ compiler found\)"):
+        T.fit(model, digits, TrainConfig(epochs=1, batch_size=100, val_fraction=0, compile=True, quiet=True))
+
+
+def test_evaluation_falls_back_to_eager_when_compile_fails(digits, monkeypatch):
+    import vaekit.evaluate as E
+    monkeypatch.setattr(torch, "compile", _failing_compile)
+    monkeypatch.setattr(E, "_compiled", {})
+    model = vaekit.build_model(ModelConfig(hidden=(16,), latent_dim=2))
+    x = digits.batch(slice(0, 5))
+    g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    got = E.log_likelihood(model, x, k=20, generator=g(), compile=True)
+    assert E._compiled.get("broken")
+    torch.testing.assert_close(got, E.log_likelihood(model, x, k=20, generator=g(), compile=False), rtol=0, atol=0)

@@ -10,6 +10,7 @@ import time
 
 import torch
 
+from vaekit.errors import is_compile_error
 from vaekit.objectives import elbo, log_weights
 
 
@@ -36,7 +37,7 @@ def _log_weights_fn(compile: bool):
         try:
             return fn(*args, **kwargs)
         except Exception as e:  # no C++ compiler, an unsupported op...: the eager function, once and for all
-            if not type(e).__module__.startswith(("torch._dynamo", "torch._inductor")):
+            if not is_compile_error(e):
                 raise
             _compiled["broken"] = True
             return log_weights(*args, **kwargs)

@@ -433,12 +433,16 @@ def _section_latent(page: Page, entries, main, clf, x_eval, y_eval, ds, s: Repor
             f'classifier\'s {c.config.hidden[-1]} last-hidden-layer features of the generated digits and of '
             f'{n_ref} real test digits (the idea of FID, with an MNIST classifier); lower is better. The last '
             f'column scores {n_ref} other real test digits the same way: the floor that finite samples allow.</p>']
-        ae = next((e for e in main if not e.is_vae), None)
-        vae = next((e for e in main if e.is_vae), None)
+        ae, vae = _ae_and_vae(main)
         if ae is not None and vae is not None:
             body.append(_verdict(scores[ae.name], scores[vae.name], ae, vae))
     page.section(3, "gaps", "Problem 1: gaps in the AE latent space", body)
     return scores
+
+
+def _ae_and_vae(entries: list[Entry]) -> tuple[Entry | None, Entry | None]:
+    """The first autoencoder and the first VAE among `entries` (None where there is none)."""
+    return (next((e for e in entries if not e.is_vae), None), next((e for e in entries if e.is_vae), None))
 
 
 def _verdict(a: dict, v: dict, ae: Entry, vae: Entry) -> str:
@@ -520,8 +524,7 @@ def _section_interp(page: Page, main, clf, x_eval, y_eval, s: ReportSettings) ->
              f'spreads its change evenly (max / mean near 1); a jump shows as a large max. Confidence: the '
              f'classifier\'s top probability per frame, over all frames of all pairs; a low minimum marks frames '
              f'that look like no digit.</p>']
-    ae = next((e for e in main if not e.is_vae), None)
-    vae = next((e for e in main if e.is_vae), None)
+    ae, vae = _ae_and_vae(main)
     if ae is not None and vae is not None:
         body.append(_interp_verdict(stats, ae.name, vae.name))
     if details:

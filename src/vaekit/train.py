@@ -38,7 +38,7 @@ import torch
 from vaekit import io
 from vaekit.config import ModelConfig, RunConfig, TrainConfig, check_cpu_bf16
 from vaekit.data import Dataset, binarize as draw_binary, load as load_data, split_validation
-from vaekit.errors import VaekitError
+from vaekit.errors import VaekitError, is_compile_error
 from vaekit.models import build_model
 from vaekit.objectives import kl_weight
 
@@ -510,7 +510,7 @@ def _compiled(net):
         try:
             return compiled(*args, **kwargs)
         except Exception as e:
-            if type(e).__module__.startswith(("torch._dynamo", "torch._inductor")):
+            if is_compile_error(e):
                 raise VaekitError(f"--compile: torch.compile failed ({type(e).__name__}: "
                                   f"{str(e).splitlines()[0] if str(e) else ''}); train without --compile") from None
             raise
