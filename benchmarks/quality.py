@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from common import ROOT, append_results, mnist_dir, run_json_lines, vaekit_cmd
+from vaekit.io import read_metrics
 
 
 def _shown(path: Path) -> Path:
@@ -50,7 +51,7 @@ def main():
     err = proc.stderr.read()
     if proc.returncode != 0 and not stopped:
         raise SystemExit(f"{' '.join(map(str, cmd))} failed:\n{err[-2000:]}")
-    metrics = [json.loads(line) for line in (args.out / "metrics.jsonl").read_text().splitlines()]
+    metrics = read_metrics(args.out)
     cfg = json.loads((args.out / "config.json").read_text())
     print(f"trained {len(metrics)} epochs in {minutes:.1f} min; evaluating with k={args.k}...", flush=True)
     res = run_json_lines(vaekit_cmd("eval", args.out, "--iw-samples", args.k, "--json"))[0]

@@ -13,7 +13,6 @@ and test evaluation are excluded for both.
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 import tempfile
@@ -21,6 +20,7 @@ from pathlib import Path
 
 from common import REFERENCE, append_results, mnist_dir, run_json_lines, vaekit_cmd
 from vaekit.config import cpu_has_bf16
+from vaekit.io import read_metrics
 
 AMP = ["--amp"] if cpu_has_bf16() else []
 FAST = ["--batch-size", "80", "--lr", "5e-3", "--schedule", "cosine"]
@@ -33,7 +33,7 @@ def vaekit_run(flags: list[str], epochs: int) -> tuple[float, float]:
         out = Path(d) / "run"
         run_json_lines(vaekit_cmd("train", "--data", "mnist", "--binarize", "none", "--val-fraction", 0, "--quiet",
                                   "--checkpoint-every", 0, "--epochs", epochs, "--out", out, *flags))
-        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        rows = read_metrics(out)
         res = run_json_lines(vaekit_cmd("eval", out, "--iw-samples", 0, "--json"))[0]
     return sum(r["epoch_seconds"] for r in rows), -res["elbo"]
 

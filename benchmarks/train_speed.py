@@ -13,7 +13,6 @@ give the fraction of the bf16 roofline.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -24,6 +23,7 @@ import torch
 from common import (REFERENCE, append_results, matmul_gflops, mlp_vae_flops_per_example, mnist_dir,
                     run_json_lines, vaekit_cmd)
 from vaekit.config import cpu_has_bf16
+from vaekit.io import read_metrics
 
 
 def vaekit_epochs(epochs: int, batch: int, flags: list[str]) -> list[float]:
@@ -31,7 +31,7 @@ def vaekit_epochs(epochs: int, batch: int, flags: list[str]) -> list[float]:
         run_json_lines(vaekit_cmd("train", "--data", "mnist", "--epochs", epochs, "--batch-size", batch,
                                   "--val-fraction", 0, "--quiet", "--checkpoint-every", 0, "--out", Path(d) / "run",
                                   *flags))
-        rows = [json.loads(line) for line in (Path(d) / "run" / "metrics.jsonl").read_text().splitlines()]
+        rows = read_metrics(Path(d) / "run")
     return [r["epoch_seconds"] for r in rows]
 
 

@@ -42,6 +42,19 @@ def damaged(raw: bytes, cut: int, flips) -> bytes:
     return bytes(raw[:len(raw) - cut % (len(raw) + 1)])
 
 
+def load_or_clean_error(path) -> tuple | None:
+    """files.load_file(path): (x, y) keeping the loader's promises (x (N, D) or (N, C, H, W), uint8 or
+    float32; y None or int64 (N,)), or None after exactly one clean error line."""
+    try:
+        x, y = files.load_file(path)
+    except VaekitError as e:
+        one_line(e)
+        return None
+    assert x.ndim in (2, 4) and x.dtype in (np.uint8, np.float32)
+    assert y is None or (y.dtype == np.int64 and y.shape == (len(x),))
+    return x, y
+
+
 def write(path, data: bytes):
     path.write_bytes(data)
     return path
@@ -111,13 +124,10 @@ def _check_examples(x: np.ndarray, a: np.ndarray) -> None:
 def test_npy_loader_arbitrary_arrays(tmp_path, a, fortran):
     path = tmp_path / "a.npy"
     np.save(path, np.asfortranarray(a) if fortran else a)
-    try:
-        x, y = files.load_file(path)
-    except VaekitError as e:
-        one_line(e)
-    else:
-        assert y is None
-        _check_examples(x, a)
+    loaded = load_or_clean_error(path)
+    if loaded is not None:
+        assert loaded[1] is None
+        _check_examples(loaded[0], a)
 
 
 @SETTINGS
@@ -128,12 +138,7 @@ def test_npy_loader_damaged_files(tmp_path, a, cut, flips):
     b = io.BytesIO()
     np.save(b, a)
     path = write(tmp_path / "a.npy", damaged(b.getvalue(), cut, flips))
-    try:
-        x, _ = files.load_file(path)
-    except VaekitError as e:
-        one_line(e)
-    else:
-        assert x.ndim in (2, 4) and x.dtype in (np.uint8, np.float32)
+    load_or_clean_error(path)
 
 
 @SETTINGS
@@ -149,13 +154,7 @@ def test_npz_loader_arbitrary_archives(tmp_path, members, compressed, junk):
                 b = io.BytesIO()
                 np.save(b, a)
                 z.writestr(k + ".npy", b.getvalue() + (junk if k == "a" else b""))
-    try:
-        x, y = files.load_file(path)
-    except VaekitError as e:
-        one_line(e)
-    else:
-        assert y is None or (y.dtype == np.int64 and y.shape == (len(x),))
-        assert x.ndim in (2, 4) and x.dtype in (np.uint8, np.float32)
+    load_or_clean_error(path)
 
 
 @SETTINGS
@@ -167,12 +166,7 @@ def test_npz_loader_damaged_archives(tmp_path, compressed, cut, flips):
     x = np.arange(3 * 8 * 8, dtype=np.uint8).reshape(3, 8, 8)
     (np.savez_compressed if compressed else np.savez)(b, x=x, y=np.arange(3))
     path = write(tmp_path / "a.npz", damaged(b.getvalue(), cut, flips))
-    try:
-        x, y = files.load_file(path)
-    except VaekitError as e:
-        one_line(e)
-    else:
-        assert x.ndim in (2, 4) and x.dtype in (np.uint8, np.float32)
+    load_or_clean_error(path)
 
 
 def _every_byte_damaged(raw: bytes):
@@ -198,10 +192,7 @@ def test_every_single_byte_corruption(tmp_path, kind):
     path = tmp_path / ("a." + kind.split("-")[0])
     for raw in _every_byte_damaged(b.getvalue()):
         path.write_bytes(raw)
-        try:
-            files.load_file(path)
-        except VaekitError as e:
-            one_line(e)
+        load_or_clean_error(path)
 
 
 # ----------------------------------------------------------------------------------------------- config
