@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-quick bench bench-quality data system clean help
+.PHONY: demo test test-quick lint bench bench-quality data system clean help
 
 help:
 	@echo "make demo   - fetch MNIST, train, evaluate, write the report (runs/demo)"
@@ -26,11 +26,15 @@ system:
 demo: data
 	$(VENV)/bin/vaekit demo --out runs/demo
 
-test: system data
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: system data lint
 	$(VENV)/bin/vaekit data fetch fashion-mnist
 	$(PY) -m pytest -q
 
-test-quick: $(STAMP)
+test-quick: lint
 	$(PY) -m pytest -q -m "not slow and not browser"
 
 bench: data

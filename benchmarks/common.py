@@ -1,5 +1,6 @@
 """Shared by the benchmarks: the machine's description, its measured matmul peak, the reference script,
 and appending a section to RESULTS.md."""
+
 from __future__ import annotations
 
 import datetime
@@ -27,8 +28,10 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return (f"{cpu}, {os.cpu_count()} CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-            f"Python {platform.python_version()}, {platform.system()} {platform.release()}")
+    return (
+        f"{cpu}, {os.cpu_count()} CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+        f"Python {platform.python_version()}, {platform.system()} {platform.release()}"
+    )
 
 
 def matmul_gflops(n: int = 1024, seconds: float = 2.0, dtype: torch.dtype = torch.float32) -> float:
@@ -41,7 +44,7 @@ def matmul_gflops(n: int = 1024, seconds: float = 2.0, dtype: torch.dtype = torc
         t0 = time.perf_counter()
         for _ in range(5):
             a @ b
-        best = max(best, 5 * 2 * n ** 3 / (time.perf_counter() - t0) / 1e9)
+        best = max(best, 5 * 2 * n**3 / (time.perf_counter() - t0) / 1e9)
     return best
 
 
@@ -54,6 +57,7 @@ def mlp_vae_flops_per_example(d_in: int = 784, h: int = 400, d: int = 20) -> flo
 
 def mnist_dir() -> Path:
     from vaekit.data import fetch
+
     return fetch("mnist", quiet=True)
 
 
@@ -72,8 +76,7 @@ def run_json_lines(cmd: list[str], env: dict | None = None) -> list[dict]:
 
 def append_results(title: str, command: str, body: str) -> None:
     stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
-    text = (f"\n## {title}\n\n- command: `{command}`\n- date: {stamp}\n- machine: {machine()}\n\n"
-            f"{body.rstrip()}\n")
+    text = f"\n## {title}\n\n- command: `{command}`\n- date: {stamp}\n- machine: {machine()}\n\n{body.rstrip()}\n"
     if not RESULTS.exists():
         RESULTS.write_text("# Benchmark results\n\nEach section is appended by the script it names.\n")
     with open(RESULTS, "a") as f:

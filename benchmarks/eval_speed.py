@@ -5,6 +5,7 @@
 Without --run it trains the 784-400-20 MLP VAE for 2 epochs first (the weights do not change the
 cost). Target: under 4 minutes for k=5000 x 10k digits.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,10 +30,17 @@ def main():
         run = args.run
         if run is None:
             run = Path(d) / "vae"
-            subprocess.run(vaekit_cmd("train", "--data", "mnist", "--epochs", 2, "--quiet", "--out", run),
-                           check=True, env={**os.environ, **env})
-        p = subprocess.run(vaekit_cmd("eval", run, "--iw-samples", args.k, "--limit", args.limit, "--json"),
-                           capture_output=True, text=True, env={**os.environ, **env})
+            subprocess.run(
+                vaekit_cmd("train", "--data", "mnist", "--epochs", 2, "--quiet", "--out", run),
+                check=True,
+                env={**os.environ, **env},
+            )
+        p = subprocess.run(
+            vaekit_cmd("eval", run, "--iw-samples", args.k, "--limit", args.limit, "--json"),
+            capture_output=True,
+            text=True,
+            env={**os.environ, **env},
+        )
         if p.returncode != 0:
             sys.exit(p.stderr)
         res = json.loads(p.stdout)
@@ -40,15 +48,20 @@ def main():
     # Decoder FLOPs per importance sample (20-400-784), the part that scales with k.
     flops = 2 * (20 * 400 + 400 * 784) * args.k * res["n"]
     roof = flops / (peak * 1e9)
-    body = (f"| k | test digits | seconds | NLL (nats) | -ELBO (nats) | roofline s | fraction of roofline |\n"
-            f"|---|---|---|---|---|---|---|\n"
-            f"| {args.k} | {res['n']} | {res['seconds']:.1f} | {res['nll']:.2f} | {-res['elbo']:.2f} | "
-            f"{roof:.1f} | {roof / res['seconds']:.0%} |\n\n"
-            f"Roofline: decoder matmuls only ({flops / 1e12:.1f} TFLOP) at the measured fp32 matmul peak of "
-            f"{peak:.0f} GFLOP/s; the element-wise log-likelihood terms come on top.\n")
-    append_results("Evaluation speed: importance-sampled NLL",
-                   f"python benchmarks/eval_speed.py --k {args.k} --limit {args.limit}"
-                   + (f" --run {args.run}" if args.run else ""), body)
+    body = (
+        f"| k | test digits | seconds | NLL (nats) | -ELBO (nats) | roofline s | fraction of roofline |\n"
+        f"|---|---|---|---|---|---|---|\n"
+        f"| {args.k} | {res['n']} | {res['seconds']:.1f} | {res['nll']:.2f} | {-res['elbo']:.2f} | "
+        f"{roof:.1f} | {roof / res['seconds']:.0%} |\n\n"
+        f"Roofline: decoder matmuls only ({flops / 1e12:.1f} TFLOP) at the measured fp32 matmul peak of "
+        f"{peak:.0f} GFLOP/s; the element-wise log-likelihood terms come on top.\n"
+    )
+    append_results(
+        "Evaluation speed: importance-sampled NLL",
+        f"python benchmarks/eval_speed.py --k {args.k} --limit {args.limit}"
+        + (f" --run {args.run}" if args.run else ""),
+        body,
+    )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ test NLL with k=5000 over the full 10k test set (`vaekit eval --iw-samples 5000`
 not part of the budget. Published references (dynamically binarized MNIST, one stochastic layer, 3280
 epochs on a GPU): VAE 86.76 and IWAE(k=50) 84.78 nats (Burda et al. 2015); pythae's IWAE 86.82.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,6 +21,7 @@ import time
 from pathlib import Path
 
 from common import ROOT, append_results, mnist_dir, run_json_lines, vaekit_cmd
+
 from vaekit.io import read_metrics
 
 
@@ -56,21 +58,26 @@ def main():
     print(f"trained {len(metrics)} epochs in {minutes:.1f} min; evaluating with k={args.k}...", flush=True)
     res = run_json_lines(vaekit_cmd("eval", args.out, "--iw-samples", args.k, "--json"))[0]
     m, t = cfg["model"], cfg["train"]
-    settings = (f"{m['model']} {m['arch']} {'-'.join(map(str, [784, *m['hidden'], m['latent_dim']]))} {m['activation']}, "
-                f"iw_k {t['iw_k']}, batch {t['batch_size']}, lr {t['lr']} {t['schedule']}, "
-                f"{'bf16 ' if t['amp'] else ''}{'compiled' if t['compile'] else ''}")
-    body = ("| config | settings | epochs | training minutes | test NLL (nats, k=%d) | test -ELBO | active units |"
-            " eval seconds |\n|---|---|---|---|---|---|---|---|\n" % args.k
-            + f"| `{_shown(args.config)}` | {settings} | "
-              f"{len(metrics)}/{t['epochs']}{' (stopped by the budget)' if stopped else ''} | {minutes:.1f} | "
-              f"**{res['nll']:.2f}** | {-res['elbo']:.2f} | {res['active_units']}/{m['latent_dim']} | "
-              f"{res['seconds']:.0f} |\n\n"
-            "Published (dynamically binarized MNIST, 1 stochastic layer): VAE 86.76, IWAE(k=50) 84.78 nats "
-            "(Burda et al. 2015, 3280 epochs on a GPU); pythae IWAE 86.82. Target: at most 84.5 nats within "
-            f"{args.budget_minutes:g} minutes on this machine.\n")
-    append_results("Quality: test NLL within a CPU training budget",
-                   f"python benchmarks/quality.py --config {_shown(args.config)} --budget-minutes {args.budget_minutes:g}",
-                   body)
+    settings = (
+        f"{m['model']} {m['arch']} {'-'.join(map(str, [784, *m['hidden'], m['latent_dim']]))} {m['activation']}, "
+        f"iw_k {t['iw_k']}, batch {t['batch_size']}, lr {t['lr']} {t['schedule']}, "
+        f"{'bf16 ' if t['amp'] else ''}{'compiled' if t['compile'] else ''}"
+    )
+    body = (
+        "| config | settings | epochs | training minutes | test NLL (nats, k=%d) | test -ELBO | active units |"
+        " eval seconds |\n|---|---|---|---|---|---|---|---|\n" % args.k + f"| `{_shown(args.config)}` | {settings} | "
+        f"{len(metrics)}/{t['epochs']}{' (stopped by the budget)' if stopped else ''} | {minutes:.1f} | "
+        f"**{res['nll']:.2f}** | {-res['elbo']:.2f} | {res['active_units']}/{m['latent_dim']} | "
+        f"{res['seconds']:.0f} |\n\n"
+        "Published (dynamically binarized MNIST, 1 stochastic layer): VAE 86.76, IWAE(k=50) 84.78 nats "
+        "(Burda et al. 2015, 3280 epochs on a GPU); pythae IWAE 86.82. Target: at most 84.5 nats within "
+        f"{args.budget_minutes:g} minutes on this machine.\n"
+    )
+    append_results(
+        "Quality: test NLL within a CPU training budget",
+        f"python benchmarks/quality.py --config {_shown(args.config)} --budget-minutes {args.budget_minutes:g}",
+        body,
+    )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ keeps one keep-alive connection and sends its next request when the last one is 
 the same machine as the server, so on a small machine both share the cores: the figures are an upper bound
 on latency, not the server alone.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,6 +44,7 @@ def fresh_run(folder: Path) -> Path:
     """An untrained 784-400-20 MLP VAE saved as a run folder (the map uses MNIST's test split)."""
     import vaekit
     from vaekit.config import ModelConfig, RunConfig, TrainConfig
+
     cfg = RunConfig(ModelConfig(), TrainConfig(data="mnist"))
     vaekit.save(vaekit.build_model(cfg.model), folder, cfg)
     return folder
@@ -50,8 +52,13 @@ def fresh_run(folder: Path) -> Path:
 
 def start_server(run: Path):
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    proc = subprocess.Popen([sys.executable, "-m", "vaekit", "serve", str(run), "--port", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vaekit", "serve", str(run), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
     line = proc.stdout.readline()
     m = re.search(r"http://127\.0\.0\.1:\d+", line)
     if not m:
@@ -65,11 +72,14 @@ def bodies(endpoint: str, n: int = 64) -> list[bytes]:
     import json
 
     import torch
+
     g = torch.Generator().manual_seed(0)
     if endpoint == "decode":
-        return [json.dumps({"z": [round(v, 4) for v in torch.randn(20, generator=g).tolist()]}).encode()
-                for _ in range(n)]
+        return [
+            json.dumps({"z": [round(v, 4) for v in torch.randn(20, generator=g).tolist()]}).encode() for _ in range(n)
+        ]
     import vaekit
+
     x = vaekit.data.load("mnist", "test").batch(slice(0, n)).flatten(1)
     return [json.dumps({"pixels": [round(v, 3) for v in row.tolist()]}).encode() for row in x]
 
@@ -77,8 +87,14 @@ def bodies(endpoint: str, n: int = 64) -> list[bytes]:
 async def phase(port: int, endpoint: str, clients: int, seconds: float, max_requests: int, pool: list[bytes]):
     """`clients` keep-alive connections, each sending its next request when the last is answered. A plain
     asyncio HTTP/1.1 client: an HTTP library would cost the shared CPU more than the server does."""
-    reqs = [(f"POST /api/{endpoint} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-             f"Content-Length: {len(b)}\r\n\r\n").encode() + b for b in pool]
+    reqs = [
+        (
+            f"POST /api/{endpoint} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(b)}\r\n\r\n"
+        ).encode()
+        + b
+        for b in pool
+    ]
     lat: list[float] = []
     errors = sent = 0
     deadline = time.perf_counter() + seconds
@@ -110,8 +126,17 @@ async def phase(port: int, endpoint: str, clients: int, seconds: float, max_requ
     wall = time.perf_counter() - t0
     lat.sort()
     q = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))] * 1000  # noqa: E731
-    return {"endpoint": endpoint, "clients": clients, "requests": len(lat), "errors": errors,
-            "p50": q(0.50), "p99": q(0.99), "max": lat[-1] * 1000, "rps": len(lat) / wall, "seconds": wall}
+    return {
+        "endpoint": endpoint,
+        "clients": clients,
+        "requests": len(lat),
+        "errors": errors,
+        "p50": q(0.50),
+        "p99": q(0.99),
+        "max": lat[-1] * 1000,
+        "rps": len(lat) / wall,
+        "seconds": wall,
+    }
 
 
 def main():
@@ -131,7 +156,7 @@ def main():
         proc, port = start_server(run)
         try:
             pools = {e: bodies(e) for e in args.endpoints}
-            asyncio.run(phase(port, args.endpoints[0], 4, 1.0, 200, pools[args.endpoints[0]]))   # warm-up
+            asyncio.run(phase(port, args.endpoints[0], 4, 1.0, 200, pools[args.endpoints[0]]))  # warm-up
             rss = [("after start and warm-up", rss_mib(proc.pid))]
             rows = []
             for e in args.endpoints:
@@ -139,26 +164,40 @@ def main():
                     r = asyncio.run(phase(port, e, n, args.seconds, args.max_requests, pools[e]))
                     rows.append(r)
                     rss.append((f"after {e} x {n}", rss_mib(proc.pid)))
-                    print(f"{e:7s} {n:3d} clients: {r['requests']:6d} requests, {r['errors']} errors, "
-                          f"p50 {r['p50']:.1f} ms, p99 {r['p99']:.1f} ms, {r['rps']:.0f}/s, RSS {rss[-1][1]:.0f} MiB",
-                          flush=True)
+                    print(
+                        f"{e:7s} {n:3d} clients: {r['requests']:6d} requests, {r['errors']} errors, "
+                        f"p50 {r['p50']:.1f} ms, p99 {r['p99']:.1f} ms, {r['rps']:.0f}/s, RSS {rss[-1][1]:.0f} MiB",
+                        flush=True,
+                    )
             alive = proc.poll() is None
         finally:
             proc.terminate()
             proc.wait(10)
-    table = ["| endpoint | clients | requests | errors | p50 ms | p99 ms | max ms | requests/s |",
-             "|---|---|---|---|---|---|---|---|"]
-    table += [f"| /api/{r['endpoint']} | {r['clients']} | {r['requests']} | {r['errors']} | {r['p50']:.1f} | "
-              f"{r['p99']:.1f} | {r['max']:.0f} | {r['rps']:.0f} |" for r in rows]
+    table = [
+        "| endpoint | clients | requests | errors | p50 ms | p99 ms | max ms | requests/s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    table += [
+        f"| /api/{r['endpoint']} | {r['clients']} | {r['requests']} | {r['errors']} | {r['p50']:.1f} | "
+        f"{r['p99']:.1f} | {r['max']:.0f} | {r['rps']:.0f} |"
+        for r in rows
+    ]
     model = "a fresh 784-400-20 MLP VAE" if args.run is None else f"the run {args.run}"
-    body = "\n".join(table) + "\n\nServer RSS: " + ", ".join(f"{k} {v:.0f} MiB" for k, v in rss) + ".\n\n" + (
-        f"Serving {model}; {args.seconds:g} s per phase, closed loop (each client sends its next request when "
-        f"the last is answered), loopback. The server answers requests one at a time on its event loop, torch "
-        f"on 1 thread, so p50 at n clients is about n x the service time. The load generator (plain asyncio "
-        f"HTTP/1.1, one keep-alive connection per client) shares the machine's cores with the server: these "
-        f"are upper bounds on the server's own latency. Load average (1 min) before the run: {load_before:.1f} "
-        f"on {os.cpu_count()} CPUs (anything above 0 is other work sharing the machine). "
-        f"Still serving afterwards: {alive}.\n")
+    body = (
+        "\n".join(table)
+        + "\n\nServer RSS: "
+        + ", ".join(f"{k} {v:.0f} MiB" for k, v in rss)
+        + ".\n\n"
+        + (
+            f"Serving {model}; {args.seconds:g} s per phase, closed loop (each client sends its next request when "
+            f"the last is answered), loopback. The server answers requests one at a time on its event loop, torch "
+            f"on 1 thread, so p50 at n clients is about n x the service time. The load generator (plain asyncio "
+            f"HTTP/1.1, one keep-alive connection per client) shares the machine's cores with the server: these "
+            f"are upper bounds on the server's own latency. Load average (1 min) before the run: {load_before:.1f} "
+            f"on {os.cpu_count()} CPUs (anything above 0 is other work sharing the machine). "
+            f"Still serving afterwards: {alive}.\n"
+        )
+    )
     cmd = " ".join(["python", "benchmarks/serve_load.py", *sys.argv[1:]])
     if args.no_results:
         print(body)

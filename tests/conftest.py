@@ -1,4 +1,5 @@
 """Shared fixtures: the CLI as a subprocess, a slice of real MNIST, small trained runs."""
+
 from __future__ import annotations
 
 import os
@@ -12,12 +13,15 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_cli(*args, check: bool = False, timeout: float = 600, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
+def run_cli(
+    *args, check: bool = False, timeout: float = 600, env: dict | None = None, **kw
+) -> subprocess.CompletedProcess:
     """`python -m vaekit ARGS` in a subprocess; returns the CompletedProcess (text mode)."""
     e = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
     e.update(env or {})
-    p = subprocess.run([sys.executable, "-m", "vaekit", *map(str, args)], capture_output=True, text=True,
-                       timeout=timeout, env=e, **kw)
+    p = subprocess.run(
+        [sys.executable, "-m", "vaekit", *map(str, args)], capture_output=True, text=True, timeout=timeout, env=e, **kw
+    )
     if check and p.returncode != 0:
         raise AssertionError(f"vaekit {' '.join(map(str, args))} failed ({p.returncode}):\n{p.stderr}")
     return p
@@ -37,6 +41,7 @@ def assert_clean_error(p: subprocess.CompletedProcess, *needles: str) -> None:
 def _keep_threads():
     """Tests that train with --threads in-process must not change the thread count of the tests after them."""
     import torch
+
     n = torch.get_num_threads()
     yield
     torch.set_num_threads(n)
@@ -45,6 +50,7 @@ def _keep_threads():
 @pytest.fixture(scope="session")
 def mnist_train():
     import vaekit
+
     return vaekit.data.load("mnist", "train")
 
 

@@ -3,6 +3,7 @@
 Happy paths with shape checks, hostile requests (each answered 4xx, the server serving on), arbitrary JSON
 (hypothesis) and a bounded schemathesis run over /openapi.json: never a 5xx, never a traceback.
 """
+
 from __future__ import annotations
 
 import base64
@@ -21,11 +22,10 @@ import time
 
 import httpx
 import pytest
+from conftest import ROOT, assert_clean_error, run_cli
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
-
-from conftest import ROOT, assert_clean_error, run_cli
 
 POSTS = ["/api/decode", "/api/encode", "/api/sample", "/api/interpolate"]
 
@@ -35,8 +35,13 @@ class Server:
 
     def __init__(self, *runs, timeout: float = 120):
         env = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
-        self.proc = subprocess.Popen([sys.executable, "-m", "vaekit", "serve", *map(str, runs), "--port", "0"],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "vaekit", "serve", *map(str, runs), "--port", "0"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
         self.lines: queue.Queue = queue.Queue()
         self.errors: list[str] = []
         threading.Thread(target=lambda: [self.lines.put(x) for x in self.proc.stdout], daemon=True).start()
@@ -99,7 +104,7 @@ def test_models(client):
     assert [m["name"] for m in models] == ["vae", "ae"]
     for m in models:
         assert m["latent_dim"] == 20 and m["input_shape"] == [1, 28, 28] and m["points"] == 2000
-        assert m["has_labels"] and m["split"] == "file" and m["data"] == "mnist3k.npz"   # a name, not a path
+        assert m["has_labels"] and m["split"] == "file" and m["data"] == "mnist3k.npz"  # a name, not a path
     assert models[0]["elbo_mean"] < 0 and models[1]["elbo_mean"] is None
     assert r.json()["limits"]["max_body_bytes"] == 1 << 20
 
@@ -111,9 +116,15 @@ def test_page_and_schema(client):
     assert "http" not in re.sub(r"http://www\.w3\.org/\S+", "", client.get("/static/app.js").text)  # no CDN
     assert client.get("/static/style.css").status_code == 200
     paths = client.get("/openapi.json").json()["paths"]
-    assert set(paths) == {"/api/models", "/api/latents", "/api/decode", "/api/encode", "/api/sample",
-                          "/api/interpolate"}
-    assert client.get("/docs").status_code == 404               # FastAPI's docs page would load a CDN
+    assert set(paths) == {
+        "/api/models",
+        "/api/latents",
+        "/api/decode",
+        "/api/encode",
+        "/api/sample",
+        "/api/interpolate",
+    }
+    assert client.get("/docs").status_code == 404  # FastAPI's docs page would load a CDN
 
 
 def test_latents_pca_plane(client):
@@ -157,7 +168,7 @@ def test_encode_drawing(client):
     assert len(e["mu"]) == len(e["sigma"]) == 20 and all(s > 0 for s in e["sigma"])
     assert image(e["reconstruction"]).size == image(e["image"]).size == (28, 28)
     assert e["elbo"] < 0 and e["kl"] > 0 and math.isclose(e["elbo"], e["recon"] - e["kl"], rel_tol=1e-4)
-    assert client.post("/api/encode", json={"model": 0, "pixels": stroke()}).json() == e   # fixed noise
+    assert client.post("/api/encode", json={"model": 0, "pixels": stroke()}).json() == e  # fixed noise
     ae = client.post("/api/encode", json={"model": "ae", "pixels": stroke()}).json()
     assert ae["elbo"] is None and ae["kl"] is None and set(ae["sigma"]) == {0.0} and ae["recon"] < 0
 
@@ -165,7 +176,7 @@ def test_encode_drawing(client):
 def test_sample(client):
     r = client.post("/api/sample", json={"model": 0, "n": 10, "seed": 3})
     assert r.status_code == 200 and r.json()["nrow"] == 4
-    assert image(r.json()["image"]).size == (4 * 30 + 2, 3 * 30 + 2)       # 28-pixel digits, 2-pixel gutters
+    assert image(r.json()["image"]).size == (4 * 30 + 2, 3 * 30 + 2)  # 28-pixel digits, 2-pixel gutters
     assert client.post("/api/sample", json={"model": 0, "n": 10, "seed": 3}).json() == r.json()
     assert client.post("/api/sample", json={"model": 0, "n": 10, "seed": 4}).json()["image"] != r.json()["image"]
     assert client.post("/api/sample", json={"model": "ae", "n": 1}).status_code == 200
@@ -174,15 +185,18 @@ def test_sample(client):
 @pytest.mark.parametrize("spherical", [False, True])
 def test_interpolate(client, spherical):
     mu = [client.post("/api/encode", json={"model": 0, "index": i}).json()["mu"] for i in (0, 1)]
-    r = client.post("/api/interpolate", json={"model": 0, "start": {"index": 0}, "end": {"index": 1}, "steps": 5,
-                                              "spherical": spherical})
+    r = client.post(
+        "/api/interpolate",
+        json={"model": 0, "start": {"index": 0}, "end": {"index": 1}, "steps": 5, "spherical": spherical},
+    )
     assert r.status_code == 200
     out = r.json()
     assert len(out["z"]) == 5 and image(out["image"]).size == (5 * 30 + 2, 32)
     assert all(math.isclose(a, b, abs_tol=1e-3) for a, b in zip(out["z"][0], mu[0]))
     assert all(math.isclose(a, b, abs_tol=1e-3) for a, b in zip(out["z"][-1], mu[1]))
-    mixed = client.post("/api/interpolate", json={"model": "ae", "start": {"pixels": stroke()},
-                                                  "end": {"z": [0.5] * 20}, "steps": 2})
+    mixed = client.post(
+        "/api/interpolate", json={"model": "ae", "start": {"pixels": stroke()}, "end": {"z": [0.5] * 20}, "steps": 2}
+    )
     assert mixed.status_code == 200 and mixed.json()["z"][-1] == [0.5] * 20
 
 
@@ -198,42 +212,51 @@ def detail(r) -> str:
 
 
 def test_oversized_body_is_413(client):
-    big = json.dumps({"model": 0, "z": [0.0] * 400_000})          # ~2 MB
+    big = json.dumps({"model": 0, "z": [0.0] * 400_000})  # ~2 MB
     r = post_raw(client, "/api/decode", big)
     assert r.status_code == 413 and "limit" in detail(r)
 
 
 def test_streamed_body_over_the_limit_is_413(client):
-    def chunks():                                                  # no Content-Length: chunked encoding
+    def chunks():  # no Content-Length: chunked encoding
         yield b'{"model": 0, "z": ['
         for _ in range(300):
             yield b"0.0," * 1000
         yield b"0.0]}"
+
     r = client.post("/api/decode", content=chunks(), headers={"content-type": "application/json"})
     assert r.status_code == 413
 
 
-@pytest.mark.parametrize("path,body", [
-    ("/api/sample", {"n": 10 ** 9}),
-    ("/api/sample", {"n": 0}),
-    ("/api/sample", {"n": -5}),
-    ("/api/sample", {"n": 10, "nrow": 10 ** 6}),
-    ("/api/sample", {"seed": 2 ** 80}),
-    ("/api/interpolate", {"start": {"index": 0}, "end": {"index": 1}, "steps": 10 ** 6}),
-    ("/api/interpolate", {"start": {"index": 0}, "end": {"index": 1}, "steps": 1}),
-    ("/api/encode", {"index": 10 ** 6}),
-    ("/api/encode", {"index": -1}),
-])
+@pytest.mark.parametrize(
+    "path,body",
+    [
+        ("/api/sample", {"n": 10**9}),
+        ("/api/sample", {"n": 0}),
+        ("/api/sample", {"n": -5}),
+        ("/api/sample", {"n": 10, "nrow": 10**6}),
+        ("/api/sample", {"seed": 2**80}),
+        ("/api/interpolate", {"start": {"index": 0}, "end": {"index": 1}, "steps": 10**6}),
+        ("/api/interpolate", {"start": {"index": 0}, "end": {"index": 1}, "steps": 1}),
+        ("/api/encode", {"index": 10**6}),
+        ("/api/encode", {"index": -1}),
+    ],
+)
 def test_huge_or_bad_counts_are_422(client, path, body):
     r = client.post(path, json=body)
     assert r.status_code == 422, r.text
 
 
-@pytest.mark.parametrize("raw", ['{"z": [NaN' + ', 0.0' * 19 + ']}',
-                                 '{"z": [Infinity' + ', 0.0' * 19 + ']}',
-                                 '{"z": [-Infinity' + ', 0.0' * 19 + ']}',
-                                 '{"z": [1e999' + ', 0.0' * 19 + ']}',
-                                 '{"z": [1e5' + ', 0.0' * 19 + ']}'])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        '{"z": [NaN' + ", 0.0" * 19 + "]}",
+        '{"z": [Infinity' + ", 0.0" * 19 + "]}",
+        '{"z": [-Infinity' + ", 0.0" * 19 + "]}",
+        '{"z": [1e999' + ", 0.0" * 19 + "]}",
+        '{"z": [1e5' + ", 0.0" * 19 + "]}",
+    ],
+)
 def test_non_finite_latents_are_422(client, raw):
     r = post_raw(client, "/api/decode", raw)
     assert r.status_code == 422 and "body" in detail(r)
@@ -242,53 +265,89 @@ def test_non_finite_latents_are_422(client, raw):
 def test_nan_in_pixels_and_ends_is_422(client):
     px = json.dumps(stroke()[:-1] + [float("nan")])
     assert post_raw(client, "/api/encode", f'{{"pixels": {px}}}').status_code == 422
-    ends = '{"start": {"z": [NaN' + ', 0' * 19 + ']}, "end": {"index": 0}}'
+    ends = '{"start": {"z": [NaN' + ", 0" * 19 + ']}, "end": {"index": 0}}'
     assert post_raw(client, "/api/interpolate", ends).status_code == 422
 
 
-@pytest.mark.parametrize("path,body,needle", [
-    ("/api/decode", {"model": 0, "z": [0.0] * 19}, "latent_dim 20"),
-    ("/api/decode", {"model": 0, "z": [0.0] * 21}, "latent_dim 20"),
-    ("/api/decode", {"model": 0, "z": []}, "at least 1"),
-    ("/api/encode", {"model": 0, "pixels": [0.0] * 783}, "784"),
-    ("/api/encode", {"model": 0, "pixels": [0.0] * 28}, "784"),
-    ("/api/encode", {"model": 0, "pixels": [2.0] * 784}, "less than or equal to 1"),
-    ("/api/encode", {"model": 0, "pixels": [0.0] * 784, "index": 3}, "exactly one"),
-    ("/api/encode", {"model": 0}, "exactly one"),
-    ("/api/interpolate", {"start": {"z": [0.0] * 3}, "end": {"index": 0}}, "latent_dim 20"),
-    ("/api/decode", {"model": 0, "z": [0.0] * 20, "extra": 1}, "extra"),
-    ("/api/sample", {"n": "10"}, "integer"),
-    ("/api/sample", {"n": True}, "integer"),
-])
+@pytest.mark.parametrize(
+    "path,body,needle",
+    [
+        ("/api/decode", {"model": 0, "z": [0.0] * 19}, "latent_dim 20"),
+        ("/api/decode", {"model": 0, "z": [0.0] * 21}, "latent_dim 20"),
+        ("/api/decode", {"model": 0, "z": []}, "at least 1"),
+        ("/api/encode", {"model": 0, "pixels": [0.0] * 783}, "784"),
+        ("/api/encode", {"model": 0, "pixels": [0.0] * 28}, "784"),
+        ("/api/encode", {"model": 0, "pixels": [2.0] * 784}, "less than or equal to 1"),
+        ("/api/encode", {"model": 0, "pixels": [0.0] * 784, "index": 3}, "exactly one"),
+        ("/api/encode", {"model": 0}, "exactly one"),
+        ("/api/interpolate", {"start": {"z": [0.0] * 3}, "end": {"index": 0}}, "latent_dim 20"),
+        ("/api/decode", {"model": 0, "z": [0.0] * 20, "extra": 1}, "extra"),
+        ("/api/sample", {"n": "10"}, "integer"),
+        ("/api/sample", {"n": True}, "integer"),
+    ],
+)
 def test_wrong_shapes_and_types_are_422_with_a_message(client, path, body, needle):
     r = client.post(path, json=body)
     assert r.status_code == 422 and needle in detail(r), r.text
 
 
-@pytest.mark.parametrize("ctype", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data",
-                                   "application/xml", ""])
+@pytest.mark.parametrize(
+    "ctype", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data", "application/xml", ""]
+)
 def test_wrong_content_type_is_415(client, ctype):
     r = post_raw(client, "/api/decode", json.dumps({"z": [0.0] * 20}), ctype=ctype)
     assert r.status_code == 415 and "application/json" in detail(r)
 
 
-@pytest.mark.parametrize("ref", ["../../etc/passwd", "/etc/passwd", "~/runs/vae", "C:\\Windows\\win.ini",
-                                 "file:///etc/passwd", "vae/../ae", "%2e%2e%2f", "nope", 99, "2"])
+@pytest.mark.parametrize(
+    "ref",
+    [
+        "../../etc/passwd",
+        "/etc/passwd",
+        "~/runs/vae",
+        "C:\\Windows\\win.ini",
+        "file:///etc/passwd",
+        "vae/../ae",
+        "%2e%2e%2f",
+        "nope",
+        99,
+        "2",
+    ],
+)
 def test_path_like_or_unknown_models_are_404(client, ref):
     r = client.post("/api/decode", json={"model": ref, "z": [0.0] * 20})
     assert r.status_code == 404 and "unknown model" in detail(r)
     assert client.get("/api/latents", params={"model": str(ref)}).status_code == 404
 
 
-@pytest.mark.parametrize("path", ["/static/../server.py", "/static/%2e%2e/server.py", "/static/..%2fserver.py",
-                                  "/static//etc/passwd", "/../../etc/passwd"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/static/../server.py",
+        "/static/%2e%2e/server.py",
+        "/static/..%2fserver.py",
+        "/static//etc/passwd",
+        "/../../etc/passwd",
+    ],
+)
 def test_path_traversal_finds_nothing(client, path):
     r = client.get(path)
     assert r.status_code in (400, 404) and "import" not in r.text
 
 
-@pytest.mark.parametrize("body", ['{"z": [0.0, ', "not json", '{"z": "/etc/passwd"}', "[" * 50_000,
-                                  '{"n": ' + "9" * 5000 + "}", b"\xff\xfe{}", '"just a string"', "null"])
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"z": [0.0, ',
+        "not json",
+        '{"z": "/etc/passwd"}',
+        "[" * 50_000,
+        '{"n": ' + "9" * 5000 + "}",
+        b"\xff\xfe{}",
+        '"just a string"',
+        "null",
+    ],
+)
 def test_malformed_json_is_4xx(client, body):
     r = post_raw(client, "/api/sample", body)
     assert 400 <= r.status_code < 500, r.text
@@ -301,8 +360,14 @@ def test_foreign_host_header_is_400(client):
 
 
 def test_bad_latents_queries_are_422(client):
-    for params in ({"plane": "dims", "x": 25}, {"plane": "dims", "x": 2, "y": 2}, {"plane": "tsne"},
-                   {"n": 0}, {"n": 10 ** 6}, {"x": -1}):
+    for params in (
+        {"plane": "dims", "x": 25},
+        {"plane": "dims", "x": 2, "y": 2},
+        {"plane": "tsne"},
+        {"n": 0},
+        {"n": 10**6},
+        {"x": -1},
+    ):
         assert client.get("/api/latents", params=params).status_code == 422, params
 
 
@@ -321,11 +386,12 @@ def test_lying_and_garbled_connections_leave_the_server_up(server):
             except (ConnectionResetError, BrokenPipeError):
                 pass
         return out
+
     head = b"POST /api/decode HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-    raw(head + b"Content-Length: 100\r\n\r\n{\"z\": [")                 # says 100 bytes, sends 8, hangs up
+    raw(head + b'Content-Length: 100\r\n\r\n{"z": [')  # says 100 bytes, sends 8, hangs up
     assert raw(head + b"Content-Length: -1\r\n\r\n").startswith(b"HTTP/1.1 400")
     assert raw(b"\x16\x03\x01\x02\x00" + bytes(range(256))).startswith(b"HTTP/1.1 400")  # a TLS hello
-    raw(b"GET / HTTP/1.1\r\n" + b"X: " + b"a" * 100_000 + b"\r\n\r\n")     # an oversized header
+    raw(b"GET / HTTP/1.1\r\n" + b"X: " + b"a" * 100_000 + b"\r\n\r\n")  # an oversized header
     assert server.alive()
 
 
@@ -345,6 +411,7 @@ def test_concurrent_requests_all_succeed(server):
     def one(i):
         with httpx.Client(base_url=server.url, timeout=30) as c:
             return c.post("/api/decode", json={"model": i % 2, "z": [i / 10] * 20}).status_code
+
     threads, codes = [], []
     for i in range(16):
         threads.append(threading.Thread(target=lambda i=i: codes.append(one(i))))
@@ -357,9 +424,10 @@ def test_concurrent_requests_all_succeed(server):
 # ------------------------------------------------------------------------------------- properties
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-2 ** 70, 2 ** 70) | st.floats() | st.text(max_size=12),
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=12),
     lambda inner: st.lists(inner, max_size=6) | st.dictionaries(st.text(max_size=8), inner, max_size=5),
-    max_leaves=25)
+    max_leaves=25,
+)
 FIELDS = ["model", "z", "pixels", "index", "n", "seed", "nrow", "steps", "spherical", "start", "end"]
 bodies = json_values | st.dictionaries(st.sampled_from(FIELDS), json_values, max_size=6)
 
@@ -370,6 +438,7 @@ def test_request_models_only_raise_validation_errors(body):
     from pydantic import ValidationError
 
     from vaekit.app.schema import DecodeRequest, EncodeRequest, InterpolateRequest, SampleRequest
+
     for cls in (DecodeRequest, EncodeRequest, SampleRequest, InterpolateRequest):
         try:
             cls.model_validate(body)
@@ -377,12 +446,14 @@ def test_request_models_only_raise_validation_errors(body):
             pass
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                   HealthCheck.too_slow])
+@settings(
+    max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 @given(path=st.sampled_from(POSTS), body=bodies)
 def test_arbitrary_json_never_yields_a_5xx(server, path, body):
-    r = httpx.post(server.url + path, content=json.dumps(body), headers={"content-type": "application/json"},
-                   timeout=30)
+    r = httpx.post(
+        server.url + path, content=json.dumps(body), headers={"content-type": "application/json"}, timeout=30
+    )
     assert r.status_code in (200, 404, 422), (r.status_code, r.text[:300])
 
 
@@ -394,11 +465,31 @@ def test_schemathesis_finds_no_server_errors(server, tmp_path):
     """
     assert importlib.util.find_spec("schemathesis"), "schemathesis is missing: pip install -e '.[dev]'"
     t0 = time.perf_counter()
-    p = subprocess.run([sys.executable, "-m", "schemathesis.cli", "run", f"{server.url}/openapi.json",
-                        "--checks", "all", "--exclude-checks", "positive_data_acceptance",
-                        "--max-examples", "50", "--seed", "1", "--workers", "1", "--no-shrink"],
-                       capture_output=True, text=True, timeout=120, cwd=tmp_path,
-                       env={**os.environ, "NO_COLOR": "1", "SCHEMATHESIS_HOOKS": ""})
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "schemathesis.cli",
+            "run",
+            f"{server.url}/openapi.json",
+            "--checks",
+            "all",
+            "--exclude-checks",
+            "positive_data_acceptance",
+            "--max-examples",
+            "50",
+            "--seed",
+            "1",
+            "--workers",
+            "1",
+            "--no-shrink",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env={**os.environ, "NO_COLOR": "1", "SCHEMATHESIS_HOOKS": ""},
+    )
     assert p.returncode == 0, p.stdout[-4000:]
     assert time.perf_counter() - t0 < 60
     assert "5xx" not in p.stdout.split("SUMMARY")[-1] and "Server error" not in p.stdout
@@ -429,6 +520,7 @@ def test_serve_refuses_a_port_in_use(vae_run):
 
 def test_loopback_detection():
     from vaekit.app.guard import _hostname, is_loopback
+
     assert all(map(is_loopback, ["127.0.0.1", "localhost", "::1", "[::1]", "127.0.0.2"]))
     assert not any(map(is_loopback, ["0.0.0.0", "192.168.1.2", "example.com", "::", ""]))
     assert [_hostname(h) for h in ["a:80", "[::1]:80", "127.0.0.1", "[::1]"]] == ["a", "::1", "127.0.0.1", "::1"]

@@ -4,6 +4,7 @@ The screenshot for the README: VAEKIT_SCREENSHOT=docs/explorer.png, optionally w
 VAEKIT_SCREENSHOT_RUNS="runs/demo/vae runs/demo/ae" (default: the test runs), then
 `pytest -m browser -k screenshot`.
 """
+
 from __future__ import annotations
 
 import os
@@ -11,15 +12,19 @@ import shutil
 from pathlib import Path
 
 import pytest
-from playwright import sync_api
-
 from conftest import ROOT
+from playwright import sync_api
 from test_app import Server
 
 pytestmark = pytest.mark.browser
 
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync"]
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def chromium_path() -> str | None:
@@ -73,8 +78,11 @@ def src(page, selector: str) -> str:
 
 def changes(page, selector: str, old: str, timeout: float = 10_000) -> str:
     """Wait until the image's src differs from `old`; return the new one."""
-    page.wait_for_function("([s, old]) => (document.querySelector(s).getAttribute('src') || '') !== old",
-                           arg=[selector, old], timeout=timeout)
+    page.wait_for_function(
+        "([s, old]) => (document.querySelector(s).getAttribute('src') || '') !== old",
+        arg=[selector, old],
+        timeout=timeout,
+    )
     return src(page, selector)
 
 
@@ -99,7 +107,7 @@ def test_page_loads_with_both_models_and_no_console_errors(page):
         const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; let n = 0;
         for (let i = 0; i < d.length; i += 4) if (d[i] + d[i + 1] + d[i + 2] < 600) n++; return n; }""")
     assert lit > 1000
-    assert page.locator(".view .sliders input[type=range]").count() == 32      # 16 per 20-D model
+    assert page.locator(".view .sliders input[type=range]").count() == 32  # 16 per 20-D model
 
 
 def test_dragging_on_the_map_changes_the_decoded_image(page):
@@ -113,14 +121,15 @@ def test_dragging_on_the_map_changes_the_decoded_image(page):
     page.mouse.up()
     assert changes(page, sel, at_a) != at_a
     cur = page.locator(".view:nth-child(1) svg .current")
-    assert abs(float(cur.get_attribute("cx")) - 0.8 * 360) < 3                # the marker followed the pointer
+    assert abs(float(cur.get_attribute("cx")) - 0.8 * 360) < 3  # the marker followed the pointer
 
 
 def test_a_slider_changes_the_decoded_image(page):
     sel = ".view:nth-child(2) img.decoded"
     before = src(page, sel)
     page.locator(".view:nth-child(2) .sliders input").first.evaluate(
-        "el => { el.value = el.max; el.dispatchEvent(new Event('input')); }")
+        "el => { el.value = el.max; el.dispatchEvent(new Event('input')); }"
+    )
     changes(page, sel, before)
 
 
@@ -134,7 +143,7 @@ def test_a_stroke_yields_a_reconstruction_and_a_circle_on_the_map(page):
     assert float(ellipse.get_attribute("rx")) > 0 and float(ellipse.get_attribute("ry")) > 0
     assert vae.locator("svg circle.posterior-mean").is_visible()
     assert "ELBO" in vae.locator(".elbo").inner_text() and "nats" in vae.locator(".elbo").inner_text()
-    assert "no ELBO" in page.locator(".view:nth-child(2) .elbo").inner_text()   # the AE says why not
+    assert "no ELBO" in page.locator(".view:nth-child(2) .elbo").inner_text()  # the AE says why not
     assert page.locator(".view:nth-child(2) svg circle.posterior-mean").is_visible()
 
 

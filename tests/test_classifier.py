@@ -1,5 +1,6 @@
 """The reference classifier and the scores it gives generated digits: Frechet distance on known answers,
 class coverage, a short real training run."""
+
 from __future__ import annotations
 
 import json
@@ -9,9 +10,19 @@ import pytest
 import scipy.linalg
 import torch
 
-from vaekit.classifier import (Classifier, ClassifierConfig, accuracy, class_coverage, feature_frechet,
-                               fit_classifier, frechet_distance, generation_scores, is_classifier_folder,
-                               load_classifier, train_classifier)
+from vaekit.classifier import (
+    Classifier,
+    ClassifierConfig,
+    accuracy,
+    class_coverage,
+    feature_frechet,
+    fit_classifier,
+    frechet_distance,
+    generation_scores,
+    is_classifier_folder,
+    load_classifier,
+    train_classifier,
+)
 
 
 def _random_cov(rng, d):
@@ -40,7 +51,7 @@ def test_frechet_diagonal_closed_form():
     m1, m2 = np.array([0.0, 1.0, 2.0]), np.array([1.0, 1.0, 0.0])
     s1, s2 = np.array([1.0, 2.0, 3.0]), np.array([2.0, 2.0, 1.0])
     want = ((m1 - m2) ** 2).sum() + ((s1 - s2) ** 2).sum()
-    assert frechet_distance(m1, np.diag(s1 ** 2), m2, np.diag(s2 ** 2)) == pytest.approx(want)
+    assert frechet_distance(m1, np.diag(s1**2), m2, np.diag(s2**2)) == pytest.approx(want)
 
 
 def test_frechet_shift_only_is_squared_mean_distance():
@@ -94,6 +105,7 @@ def test_classifier_shapes():
 def test_classifier_learns_mnist_slice(mnist_train):
     """Three epochs on 3000 real training digits already classify held-out test digits well."""
     import vaekit
+
     test = vaekit.data.load("mnist", "test").subset(slice(0, 1000))
     cfg = ClassifierConfig(epochs=3)
     torch.manual_seed(cfg.seed)  # the initial weights; otherwise they depend on which tests ran first
@@ -109,7 +121,8 @@ def test_classifier_folder_round_trip_and_resume(tmp_path):
     out = tmp_path / "clf"
     model = train_classifier(ClassifierConfig(epochs=1, limit=2000, hidden=(64, 32)), out)
     assert is_classifier_folder(out) and {"config.json", "model.safetensors", "metrics.jsonl"} <= {
-        p.name for p in out.iterdir()}
+        p.name for p in out.iterdir()
+    }
     assert "classifier" in json.loads((out / "config.json").read_text())
     loaded = load_classifier(out)
     x = torch.rand(5, 1, 28, 28)

@@ -7,6 +7,7 @@ temp folder, and one test checks that the checked-in tests/corpus/ is what the s
 with `python scripts/make_corpus.py`). Cases run `vaekit.cli.main` in this process (milliseconds each); a
 few also run the real `python -m vaekit` to show the process behaves the same.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -19,7 +20,6 @@ import warnings
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, assert_clean_error, run_cli
 
 CORPUS = ROOT / "tests" / "corpus"
@@ -55,7 +55,7 @@ def apply_patch(run: Path, patch: list[dict], corpus: Path) -> None:
     for p in patch:
         target = run / p["path"]
         if p["op"] == "truncate":
-            target.write_bytes(target.read_bytes()[:p["size"]])
+            target.write_bytes(target.read_bytes()[: p["size"]])
         elif p["op"] == "delete":
             target.unlink()
         elif p["op"] == "copy":
@@ -96,8 +96,9 @@ def _run_for(case: dict, shared: Path, vae_run: Path, tmp_path: Path, corpus: Pa
     return run
 
 
-def _check(case: dict, p: subprocess.CompletedProcess, run: Path, before: dict, out: Path, shared: Path,
-           vae_run: Path) -> None:
+def _check(
+    case: dict, p: subprocess.CompletedProcess, run: Path, before: dict, out: Path, shared: Path, vae_run: Path
+) -> None:
     after = snapshot(run)
     if run == shared and after != before:  # put it back, so one failure does not fail every later case
         shutil.rmtree(run)
@@ -108,13 +109,15 @@ def _check(case: dict, p: subprocess.CompletedProcess, run: Path, before: dict, 
         assert n.lower() in problem.lower(), (n, p.stderr)
     assert p.stdout == "", p.stdout
     assert after == before, f"{case['id']}: the run folder changed: " + ", ".join(
-        sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k)))
+        sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+    )
     assert not any(out.iterdir()), f"{case['id']}: left {sorted(p.name for p in out.iterdir())}"
 
 
 @pytest.mark.parametrize("case", CASES, ids=list(BY_ID))
 def test_case(case, corpus, shared_run, vae_run, tmp_path, capsys):
     from vaekit.cli import main
+
     run = _run_for(case, shared_run, vae_run, tmp_path, corpus)
     out = tmp_path / "out"
     out.mkdir()
@@ -147,8 +150,10 @@ def test_case_in_a_real_process(case_id, corpus, shared_run, vae_run, tmp_path):
 def test_the_checked_in_corpus_is_what_the_script_writes(corpus):
     """Same cases, same files, same bytes -- except where zlib compressed them (gzip, PNG), whose bytes
     may change with the zlib build; the tests above run on the fresh copy either way."""
+
     def files(root: Path) -> dict[str, bytes]:
         return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
     fresh, checked_in = files(corpus), files(CORPUS)
     assert sorted(fresh) == sorted(checked_in), "run: python scripts/make_corpus.py"
     assert json.loads(fresh["cases.json"]) == CASES, "run: python scripts/make_corpus.py"
@@ -170,10 +175,23 @@ def test_the_controls_are_good(corpus, capsys):
     """The corpus's good data file and tiny model folder work: a case fails for its one defect."""
     import vaekit
     from vaekit.cli import main
+
     ds = vaekit.data.load(corpus / "data" / "good.npz")
     assert ds.shape == (1, 8, 8) and len(ds) == 60
     model = vaekit.load(corpus / "models" / "good")
     assert model.sample(2).shape == (2, 1, 8, 8)
-    assert main(["eval", str(corpus / "models" / "good"), "--data", str(corpus / "data" / "good.npz"),
-                 "--iw-samples", "0", "--json"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(corpus / "models" / "good"),
+                "--data",
+                str(corpus / "data" / "good.npz"),
+                "--iw-samples",
+                "0",
+                "--json",
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)["n"] == 60

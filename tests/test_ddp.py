@@ -12,6 +12,7 @@ Numbers seen (1000 MNIST digits, batch 50, 2 epochs, 1 thread per process):
   AE:  max |w1 - w2| = 5.8e-6; train ELBO -214.0744 in both.
   VAE: train ELBO -223.14 (1 process) vs -223.45 (2 processes); max |w1 - w2| = 0.048.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,11 +24,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT
 from safetensors.torch import load_file
 
-from conftest import ROOT
-
 import vaekit.train as T
+
 pytestmark = pytest.mark.slow
 FLAGS = ["--batch-size", 50, "--threads", 1, "--checkpoint-every", 7]
 
@@ -40,10 +41,27 @@ def _env() -> dict:
 
 
 def train(out: Path, *flags, procs: int = 1) -> subprocess.CompletedProcess:
-    launch = [sys.executable, "-m", "vaekit"] if procs == 1 else \
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(procs), "-m", "vaekit"]
-    p = subprocess.run([*launch, "train", *map(str, flags), *map(str, FLAGS), "--out", str(out)],
-                       capture_output=True, text=True, timeout=300, env=_env())
+    launch = (
+        [sys.executable, "-m", "vaekit"]
+        if procs == 1
+        else [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            str(procs),
+            "-m",
+            "vaekit",
+        ]
+    )
+    p = subprocess.run(
+        [*launch, "train", *map(str, flags), *map(str, FLAGS), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=_env(),
+    )
     assert p.returncode == 0, p.stderr
     return p
 
@@ -84,8 +102,8 @@ def test_vae_two_processes_close_to_one_and_resume_exactly(tmp_path, data):
     train(tmp_path / "one", "--data", data, "--epochs", 2)
     train(tmp_path / "two", "--data", data, "--epochs", 2, procs=2)
     e1, e2 = metrics(tmp_path / "one")[-1]["train_elbo"], metrics(tmp_path / "two")[-1]["train_elbo"]
-    assert e2 == pytest.approx(e1, rel=0.01)          # seen: -223.14 vs -223.45
-    assert max_diff(tmp_path / "one", tmp_path / "two") < 0.5   # seen: 0.048 (the noise differs per rank)
+    assert e2 == pytest.approx(e1, rel=0.01)  # seen: -223.14 vs -223.45
+    assert max_diff(tmp_path / "one", tmp_path / "two") < 0.5  # seen: 0.048 (the noise differs per rank)
     # 1 epoch, then --resume to 2, under torchrun: bit-identical to the uninterrupted DDP run
     train(tmp_path / "resumed", "--data", data, "--epochs", 1, procs=2)
     train(tmp_path / "resumed", "--data", data, "--epochs", 2, "--resume", procs=2)

@@ -1,5 +1,6 @@
 """`vaekit demo --quick` end to end: every section and every number of the report, the figures, and reuse of
 finished runs on a second call. Plus the demo's refusal to touch a run that is not its own."""
+
 from __future__ import annotations
 
 import base64
@@ -10,12 +11,19 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from conftest import run_cli
 from PIL import Image
 
-from conftest import run_cli
-
-FIGURES = ["training_curves", "reconstructions", "latent_scatter", "samples", "interpolation_1",
-           "interpolation_2", "manifold", "shift"]
+FIGURES = [
+    "training_curves",
+    "reconstructions",
+    "latent_scatter",
+    "samples",
+    "interpolation_1",
+    "interpolation_2",
+    "manifold",
+    "shift",
+]
 RUNS = ["ae", "vae", "vae2d", "classifier"]
 # Every number the issue asks for, by the name the report gives it.
 REQUIRED = (
@@ -23,12 +31,22 @@ REQUIRED = (
     + ["ae.recon", "eval.n", "eval.k", "classifier.test_accuracy"]
     + [f"{m}.recon_mse" for m in ("ae", "vae", "vae2d")]
     + [f"{m}.gen_{k}" for m in ("ae", "vae", "real") for k in ("confidence", "coverage", "frechet")]
-    + [f"{m}.interp_{p}.{k}" for m in ("ae", "vae") for p in ("linear", "spherical")
-       for k in ("mean_change", "max_change", "mean_confidence", "min_confidence")]
+    + [
+        f"{m}.interp_{p}.{k}"
+        for m in ("ae", "vae")
+        for p in ("linear", "spherical")
+        for k in ("mean_change", "max_change", "mean_confidence", "min_confidence")
+    ]
     + ["vae.interp_linear.pair0.frame0", "ae.interp_spherical.pair1.frame7", "vae2d.manifold_inside"]
     + [f"shift.{k}.{v}" for k in ("orig", "shift1", "shift2", "shift3", "other") for v in ("mse", "logp", "confidence")]
-    + ["reparam.reparam.norm", "reparam.detached.norm", "reparam.score.norm", "reparam.reparam.rel_std",
-       "reparam.score.rel_std", "reparam.kl_norm"]
+    + [
+        "reparam.reparam.norm",
+        "reparam.detached.norm",
+        "reparam.score.norm",
+        "reparam.reparam.rel_std",
+        "reparam.score.rel_std",
+        "reparam.kl_norm",
+    ]
 )
 
 
@@ -70,7 +88,7 @@ def test_quick_demo_writes_full_report(quick_demo):
     out, p, seconds = quick_demo
     report = out / "report.html"
     assert p.stdout.strip().splitlines()[-1] == str(report)
-    assert "NLL" in p.stdout and "ELBO" in p.stdout           # the headline numbers
+    assert "NLL" in p.stdout and "ELBO" in p.stdout  # the headline numbers
     assert seconds < 120, f"--quick took {seconds:.0f} s"
     for name in RUNS:
         assert (out / name / "model.safetensors").is_file() and (out / name / "config.json").is_file()
@@ -114,7 +132,9 @@ def test_unfinished_run_is_resumed_not_replaced(quick_demo, tmp_path):
     demo) continues from its checkpoint: its first epoch is kept."""
     import shutil
     from dataclasses import replace
+
     from vaekit.demo import ensure_run, plan
+
     out, _, _ = quick_demo
     folder = tmp_path / "vae"
     shutil.copytree(out / "vae", folder)
@@ -131,6 +151,7 @@ def test_report_for_a_single_vae(quick_demo, tmp_path):
     """`vaekit report RUN` for one VAE: what applies (training, reconstructions, its latent plot,
     interpolation; no classifier numbers, no 2-D manifold)."""
     from vaekit.report import QUICK, write_report
+
     out, _, _ = quick_demo
     path = write_report([out / "vae"], tmp_path / "one.html", settings=QUICK)
     r = parse(path)
@@ -143,6 +164,7 @@ def test_report_for_a_single_vae(quick_demo, tmp_path):
 
 def test_demo_refuses_a_folder_holding_another_run(tmp_path):
     from vaekit.config import ModelConfig, RunConfig
+
     out = tmp_path / "demo"
     (out / "ae").mkdir(parents=True)
     (out / "ae" / "config.json").write_text(RunConfig(ModelConfig(model="ae", latent_dim=7)).to_json())

@@ -1,5 +1,6 @@
 """Every log_prob, mean, sample and KL in vaekit.distributions against an oracle: torch.distributions
 (Independent, summed over the event dims), numerical quadrature, or a Monte Carlo estimate."""
+
 from __future__ import annotations
 
 import math
@@ -30,7 +31,9 @@ def test_normal_log_prob_matches_torch(dtype):
     ref = td.Independent(td.Normal(mu, torch.exp(0.5 * logvar)), 1).log_prob(z)
     ours = Normal(mu, logvar).log_prob(z)
     assert ours.shape == (4, 6)
-    torch.testing.assert_close(ours, ref, rtol=1e-5 if dtype == torch.float32 else 1e-12, atol=1e-4 if dtype == torch.float32 else 1e-10)
+    torch.testing.assert_close(
+        ours, ref, rtol=1e-5 if dtype == torch.float32 else 1e-12, atol=1e-4 if dtype == torch.float32 else 1e-10
+    )
 
 
 def test_normal_mean_stddev_and_rsample_with_eps():
@@ -77,8 +80,8 @@ def test_analytic_kl_matches_monte_carlo():
     logvar = torch.tensor([[0.0, 0.0], [-2.0, 1.0], [-0.5, -3.0]], dtype=torch.float64)
     q, prior = Normal(mu, logvar), StandardNormal(2)
     torch.manual_seed(0)
-    z = q.rsample(200_000)                                               # (k, B, D)
-    log_ratio = q.log_prob(z) - prior.log_prob(z)                       # (k, B)
+    z = q.rsample(200_000)  # (k, B, D)
+    log_ratio = q.log_prob(z) - prior.log_prob(z)  # (k, B)
     mc, se = log_ratio.mean(0), log_ratio.std(0) / math.sqrt(z.shape[0])
     analytic = q.kl_std_normal()
     assert ((mc - analytic).abs() <= 5 * se + 1e-12).all(), (mc, analytic, se)
@@ -132,7 +135,7 @@ def test_bernoulli_extreme_logits_float32_are_exact_where_they_should_be():
 
 
 def test_bernoulli_broadcasts_x_against_k_samples_of_logits():
-    logits = torch.randn(3, 2, 4, generator=_gen(9))          # (k, B, D)
+    logits = torch.randn(3, 2, 4, generator=_gen(9))  # (k, B, D)
     x = torch.bernoulli(torch.full((2, 4), 0.5), generator=_gen(10))  # (B, D)
     ours = Bernoulli(logits, 1).log_prob(x)
     ref = td.Independent(td.Bernoulli(logits=logits), 1).log_prob(x.expand(3, 2, 4))
@@ -175,7 +178,9 @@ def test_gaussian_tiny_sigma_float32_is_finite_and_right():
     log_sigma = torch.tensor(math.log(1e-4))
     x = mean + 1e-4  # one sigma away in every pixel: log p = 10 * (-0.5 log 2pi - log sigma - 0.5)
     expected = 10 * (-0.5 * math.log(2 * math.pi) - math.log(1e-4) - 0.5)
-    torch.testing.assert_close(Gaussian(mean, log_sigma, 1).log_prob(x), torch.full((2,), expected), rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(
+        Gaussian(mean, log_sigma, 1).log_prob(x), torch.full((2,), expected), rtol=1e-3, atol=1e-3
+    )
 
 
 def test_gaussian_mean_stddev_sample():
@@ -195,9 +200,9 @@ def _cb_log_norm_quadrature(a: float) -> float:
     C = 1 / int_0^1 exp(x log l + (1 - x) log(1 - l)) dx, l = sigmoid(a), via logsumexp + Simpson."""
     x = np.linspace(0.0, 1.0, 400_001)
     log_l, log_1ml = -np.logaddexp(0, -a), -np.logaddexp(0, a)
-    f = x * log_l + (1 - x) * log_1ml                                     # log of the integrand
+    f = x * log_l + (1 - x) * log_1ml  # log of the integrand
     w = np.ones_like(x)
-    w[1:-1:2], w[2:-1:2] = 4, 2                                          # Simpson weights
+    w[1:-1:2], w[2:-1:2] = 4, 2  # Simpson weights
     h = x[1] - x[0]
     m = f.max()
     log_integral = m + np.log(np.sum(w * np.exp(f - m)) * h / 3)
@@ -211,8 +216,30 @@ def _cb_mean_quadrature(a: float) -> float:
     return float(np.trapezoid(x * p, x) / np.trapezoid(p, x))
 
 
-CB_LOGITS = [-1e3, -200.0, -50.0, -10.0, -2.0, -0.5, -0.05, -0.04, -0.039, -0.01, -1e-4, 0.0,
-             1e-7, 1e-3, 0.02, 0.0399, 0.0401, 0.1, 1.0, 7.0, 50.0, 1e3]
+CB_LOGITS = [
+    -1e3,
+    -200.0,
+    -50.0,
+    -10.0,
+    -2.0,
+    -0.5,
+    -0.05,
+    -0.04,
+    -0.039,
+    -0.01,
+    -1e-4,
+    0.0,
+    1e-7,
+    1e-3,
+    0.02,
+    0.0399,
+    0.0401,
+    0.1,
+    1.0,
+    7.0,
+    50.0,
+    1e3,
+]
 
 
 def test_continuous_bernoulli_log_norm_against_quadrature_everywhere():
@@ -237,7 +264,7 @@ def test_continuous_bernoulli_taylor_branch_is_continuous_at_its_edge():
     assert err.max() < 1e-6, (err.max(), grid[err.argmax()])
     # near 0: log C(l) = log 2 + a^2/12 + O(a^4)
     a = torch.tensor([0.0, 1e-8, -1e-4, 1e-3], dtype=torch.float64)
-    torch.testing.assert_close(ContinuousBernoulli(a, 0)._log_norm(), math.log(2) + a ** 2 / 12, rtol=0, atol=1e-13)
+    torch.testing.assert_close(ContinuousBernoulli(a, 0)._log_norm(), math.log(2) + a**2 / 12, rtol=0, atol=1e-13)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -263,8 +290,8 @@ def test_continuous_bernoulli_extreme_logits_log_prob_normalises():
     x = torch.tensor([[0.001, 0.999, 0.3, 0.7]], dtype=torch.float64)
     ref = torch.tensor([[_cb_log_norm_quadrature(v) for v in a[0].tolist()]], dtype=torch.float64)
     log_l, log_1ml = torch.nn.functional.logsigmoid(a), torch.nn.functional.logsigmoid(-a)
-    expected = (x * log_l + (1 - x) * log_1ml + ref)
-    ours = torch.stack([ContinuousBernoulli(a[:, i:i + 1], 1).log_prob(x[:, i:i + 1]) for i in range(4)], 1)
+    expected = x * log_l + (1 - x) * log_1ml + ref
+    ours = torch.stack([ContinuousBernoulli(a[:, i : i + 1], 1).log_prob(x[:, i : i + 1]) for i in range(4)], 1)
     torch.testing.assert_close(ours, expected, rtol=1e-7, atol=1e-6)
     assert torch.isfinite(ContinuousBernoulli(a.float(), 1).log_prob(x.float())).all()
 
@@ -298,6 +325,7 @@ def _cb_cdf(x: np.ndarray, a: float) -> np.ndarray:
 @pytest.mark.parametrize("a", [-1e3, -30.0, -3.0, -0.3, -0.02, 0.0, 0.01, 0.5, 4.0, 30.0, 1e3])
 def test_continuous_bernoulli_sample_ks_and_moments(a):
     from scipy import stats
+
     n = 20_000
     logits = torch.full((n,), a, dtype=torch.float64)
     s = ContinuousBernoulli(logits, 0).sample(_gen(16)).numpy()
@@ -318,7 +346,7 @@ def test_continuous_bernoulli_sample_is_not_uniform_near_half(a):
     n = 2_000_000
     s = ContinuousBernoulli(torch.full((n,), a, dtype=torch.float64), 0).sample(_gen(18))
     se = s.std().item() / math.sqrt(n)
-    assert abs(s.mean().item() - (0.5 + a / 12 - a ** 3 / 720)) < 4 * se
+    assert abs(s.mean().item() - (0.5 + a / 12 - a**3 / 720)) < 4 * se
 
 
 def test_continuous_bernoulli_sample_float32_is_in_range_and_not_nan():

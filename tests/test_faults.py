@@ -7,6 +7,7 @@ resume afterwards ends bit-identical to a run that never failed. kill -9 at seed
 short run, then --resume, also ends bit-identical (tests/test_train.py has the deterministic cases:
 SIGTERM at chosen checkpoints, SIGKILL in the middle of a checkpoint write).
 """
+
 from __future__ import annotations
 
 import errno
@@ -20,16 +21,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT, assert_clean_error
 from safetensors import SafetensorError
+from test_train import BASE, assert_same_run, ckpt_meta
 
 import vaekit
 import vaekit.io
 import vaekit.train as T
 from vaekit.cli import main
 from vaekit.errors import VaekitError
-
-from conftest import ROOT, assert_clean_error
-from test_train import BASE, assert_same_run, ckpt_meta
 
 CKPT = Path("checkpoint") / "state.safetensors"
 
@@ -71,6 +71,7 @@ def failing_save_file(monkeypatch, target: str, nth: int, error: Exception) -> l
                 Path(path).write_bytes(b"\x00" * 512)
                 raise error
         real(tensors, path, metadata=metadata)
+
     monkeypatch.setattr(vaekit.io, "save_file", save_file)
     return calls
 
@@ -96,9 +97,16 @@ def loadable_checkpoint(out: Path) -> dict:
 # ---------------------------------------------------------------------------------------- a full disk
 
 
-@pytest.mark.parametrize("error", [enospc(), SafetensorError(
-    'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })')],
-    ids=["OSError", "SafetensorError"])
+@pytest.mark.parametrize(
+    "error",
+    [
+        enospc(),
+        SafetensorError(
+            'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })'
+        ),
+    ],
+    ids=["OSError", "SafetensorError"],
+)
 def test_disk_full_during_a_checkpoint_write(tmp_path, digits_npz, reference, monkeypatch, capsys, error):
     """The 3rd checkpoint (step 15) fails halfway: exit 2, one line naming the checkpoint; the 2nd (step 10)
     is intact and loadable; --resume once there is space ends bit-identical to the reference."""
@@ -121,7 +129,7 @@ def test_disk_full_while_saving_the_best_weights(tmp_path, digits_npz, reference
     assert main(flags(digits_npz, out)) == 2
     line = one_error_line(capsys)
     assert str(out / "model.safetensors") in line and "no space left on device" in line
-    model = vaekit.load(out)                      # epoch 1's weights, whole
+    model = vaekit.load(out)  # epoch 1's weights, whole
     assert model.sample(2).shape == (2, 1, 28, 28)
     assert len(vaekit.io.read_metrics(out)) == 2  # the row of epoch 2 was written; the checkpoint says 1 line
     assert ckpt_meta(out)["metrics_lines"] == 1 and stray_temps(out) == []
@@ -138,22 +146,25 @@ def test_disk_full_appending_metrics(tmp_path, digits_npz, monkeypatch, capsys):
         if str(path).endswith("metrics.jsonl") and "a" in mode:
             raise enospc()
         return real_open(path, mode, *a, **k)
+
     monkeypatch.setattr(vaekit.io, "open", open_, raising=False)
     assert main(flags(digits_npz, out)) == 2
     line = one_error_line(capsys)
     assert str(out / "metrics.jsonl") in line and "no space left on device" in line
-    assert loadable_checkpoint(out)["epoch"] == 0   # the mid-epoch checkpoints of epoch 1 are intact
+    assert loadable_checkpoint(out)["epoch"] == 0  # the mid-epoch checkpoints of epoch 1 are intact
 
 
 def test_permission_denied_creating_the_temp_file(tmp_path, digits_npz, reference, monkeypatch, capsys):
     """A folder that refuses new files (as a non-root user's read-only run folder would)."""
     import shutil
+
     out = tmp_path / "run"
     shutil.copytree(reference, out)
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
 
     def mkstemp(*a, dir=None, **k):
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(dir))
+
     monkeypatch.setattr(vaekit.io.tempfile, "mkstemp", mkstemp)
     assert main(flags(digits_npz, out, "--resume", "--epochs", 4)) == 2
     line = one_error_line(capsys)
@@ -164,11 +175,14 @@ def test_permission_denied_creating_the_temp_file(tmp_path, digits_npz, referenc
 def test_library_save_on_a_full_disk_keeps_the_old_model(tmp_path, digits_npz, reference, monkeypatch):
     """vaekit.io.save from Python: a VaekitError naming the file, the old model folder still loads."""
     import shutil
+
     folder = tmp_path / "model"
     shutil.copytree(reference, folder)
     old = vaekit.load(folder)
+
     def save_file(tensors, path, metadata=None):
         raise enospc()
+
     monkeypatch.setattr(vaekit.io, "save_file", save_file)
     fresh = vaekit.build_model(old.run_config.model)
     with pytest.raises(VaekitError, match="model.safetensors: cannot write \\(no space left on device\\)"):
@@ -198,8 +212,9 @@ sys.exit(main(sys.argv[1:]))
 def test_disk_full_in_a_real_process(tmp_path, digits_npz):
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "T_ENOSPC": "2"}
-    p = subprocess.run([sys.executable, "-c", DRIVER, *flags(digits_npz, out)], capture_output=True, text=True,
-                       env=env, timeout=300)
+    p = subprocess.run(
+        [sys.executable, "-c", DRIVER, *flags(digits_npz, out)], capture_output=True, text=True, env=env, timeout=300
+    )
     assert_clean_error(p, str(out / CKPT), "no space left on device")
     assert ckpt_meta(out)["step"] == 5
 
@@ -221,8 +236,9 @@ def test_kill_9_at_random_points_then_resume_is_bit_identical(tmp_path, digits_n
         ckpt = out / CKPT
         seen = ckpt.stat().st_mtime_ns if ckpt.exists() else None
         argv = flags(digits_npz, out, *(["--resume"] if seen else []))
-        proc = subprocess.Popen([sys.executable, "-m", "vaekit", *argv], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, env=env)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "vaekit", *argv], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env
+        )
         try:
             if round_ < 3:
                 deadline = time.monotonic() + 120
@@ -240,7 +256,7 @@ def test_kill_9_at_random_points_then_resume_is_bit_identical(tmp_path, digits_n
             kills.append(ckpt_meta(out)["step"])
         else:
             assert proc.returncode == 0, err.decode()
-            if round_ < 3:   # it finished before the kill: nothing left to interrupt
+            if round_ < 3:  # it finished before the kill: nothing left to interrupt
                 break
     assert kills, "no kill landed while training"
     assert_same_run(reference, out)

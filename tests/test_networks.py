@@ -1,4 +1,5 @@
 """Encoders/decoders sized from the input shape; models composed from them; likelihood objects."""
+
 from __future__ import annotations
 
 import math
@@ -30,8 +31,9 @@ def test_conv_encoder_decoder_shapes(shape):
 @pytest.mark.parametrize("model", ["vae", "ae"])
 def test_conv_models_round_trip_every_shape(shape, model):
     torch.manual_seed(0)
-    m = build_model(ModelConfig(model=model, arch="conv", input_shape=shape, latent_dim=3, hidden=(16,),
-                                channels=(4, 8)))
+    m = build_model(
+        ModelConfig(model=model, arch="conv", input_shape=shape, latent_dim=3, hidden=(16,), channels=(4, 8))
+    )
     x = torch.rand(2, *shape)
     q = m.encode(x)
     assert q.mean.shape == (2, 3)
@@ -47,9 +49,9 @@ def test_conv_models_round_trip_every_shape(shape, model):
 
 def test_conv_downsamples_only_while_the_image_is_large_enough():
     enc = ConvEncoder((1, 5, 5), (8, 16), (), 4, "relu")
-    assert not any(isinstance(l, nn.Conv2d) for l in enc.conv)            # 5x5: no stride-2 layer
+    assert not any(isinstance(l, nn.Conv2d) for l in enc.conv)  # 5x5: no stride-2 layer
     enc = ConvEncoder((1, 28, 28), (8, 16, 32), (), 4, "relu")
-    assert sum(isinstance(l, nn.Conv2d) for l in enc.conv) == 2           # 28 -> 14 -> 7, stops at < 8
+    assert sum(isinstance(l, nn.Conv2d) for l in enc.conv) == 2  # 28 -> 14 -> 7, stops at < 8
     assert conv_sizes(7, 9, 2) == [(7, 9), (4, 5), (2, 3)]
 
 
@@ -110,8 +112,17 @@ def test_encoder_logvar_is_clamped():
 @pytest.mark.parametrize("learn", ["none", "global", "pixel"])
 def test_gaussian_likelihood_sigma(learn):
     shape = (1, 3, 4)
-    m = build_model(ModelConfig(input_shape=shape, latent_dim=2, hidden=(), likelihood="gaussian",
-                                sigma=0.3, learn_sigma=learn, min_sigma=0.01))
+    m = build_model(
+        ModelConfig(
+            input_shape=shape,
+            latent_dim=2,
+            hidden=(),
+            likelihood="gaussian",
+            sigma=0.3,
+            learn_sigma=learn,
+            min_sigma=0.01,
+        )
+    )
     lik = m.likelihood
     sigma = lik.log_sigma().exp()
     assert torch.allclose(sigma, torch.tensor(0.3), rtol=1e-5)

@@ -10,6 +10,7 @@ itself tested on small snippets.
 A behavioural check feeds the loaders files whose pickle would create a marker file when unpickled:
 they must refuse with one error line, and the marker must not exist.
 """
+
 from __future__ import annotations
 
 import ast
@@ -22,13 +23,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT
 
 import vaekit
 from vaekit.cli import main
 from vaekit.data import files
 from vaekit.errors import VaekitError
-
-from conftest import ROOT
 
 FORBIDDEN_MODULES = {"pickle", "cPickle", "_pickle", "dill", "cloudpickle", "shelve"}
 FORBIDDEN_CALLS = {"joblib.load", "pandas.read_pickle", "torch.save", "torch.jit.load"}
@@ -97,42 +97,48 @@ def test_no_pickle_in_the_source():
     assert not found, "pickle in src/:\n" + "\n".join(found)
 
 
-@pytest.mark.parametrize("code", [
-    "import torch\ntorch.load(f)",
-    "import torch\ntorch.load(f, weights_only=False)",
-    "import torch as t\nt.load(f, map_location='cpu')",
-    "from torch import load\nload(f)",
-    "import torch\ntorch.load(f, **opts)",
-    "import torch\ntorch.serialization.load(f)",
-    "import torch\ntorch.save(model, f)",
-    "import pickle",
-    "import pickle as pk",
-    "from pickle import loads",
-    "import _pickle",
-    "import dill",
-    "import cloudpickle",
-    "import joblib\njoblib.load(f)",
-    "from joblib import load\nload(f)",
-    "import numpy as np\nnp.load(f, allow_pickle=True)",
-    "import numpy\nnumpy.load(f, allow_pickle=flag)",
-    "from numpy import load as npload\nnpload(f, allow_pickle=True)",
-    "import numpy as np\nnp.lib.format.read_array(f, allow_pickle=True)",
-    "import pandas as pd\npd.read_pickle(f)",
-])
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import torch\ntorch.load(f)",
+        "import torch\ntorch.load(f, weights_only=False)",
+        "import torch as t\nt.load(f, map_location='cpu')",
+        "from torch import load\nload(f)",
+        "import torch\ntorch.load(f, **opts)",
+        "import torch\ntorch.serialization.load(f)",
+        "import torch\ntorch.save(model, f)",
+        "import pickle",
+        "import pickle as pk",
+        "from pickle import loads",
+        "import _pickle",
+        "import dill",
+        "import cloudpickle",
+        "import joblib\njoblib.load(f)",
+        "from joblib import load\nload(f)",
+        "import numpy as np\nnp.load(f, allow_pickle=True)",
+        "import numpy\nnumpy.load(f, allow_pickle=flag)",
+        "from numpy import load as npload\nnpload(f, allow_pickle=True)",
+        "import numpy as np\nnp.lib.format.read_array(f, allow_pickle=True)",
+        "import pandas as pd\npd.read_pickle(f)",
+    ],
+)
 def test_the_checker_finds(code):
     assert pickle_uses(code), code
 
 
-@pytest.mark.parametrize("code", [
-    "import torch\ntorch.load(f, weights_only=True)",
-    "import torch\ntorch.load(f, map_location='cpu', weights_only=True)",
-    "import numpy as np\nnp.load(f)",
-    "import numpy as np\nnp.load(f, mmap_mode='r', allow_pickle=False)",
-    "from safetensors.torch import load_file\nload_file(f)",
-    "import json\njson.load(f)",
-    "# torch.load(f) in a comment\nx = 'import pickle'",
-    "def load(f):\n    return f\nload(1)",
-])
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import torch\ntorch.load(f, weights_only=True)",
+        "import torch\ntorch.load(f, map_location='cpu', weights_only=True)",
+        "import numpy as np\nnp.load(f)",
+        "import numpy as np\nnp.load(f, mmap_mode='r', allow_pickle=False)",
+        "from safetensors.torch import load_file\nload_file(f)",
+        "import json\njson.load(f)",
+        "# torch.load(f) in a comment\nx = 'import pickle'",
+        "def load(f):\n    return f\nload(1)",
+    ],
+)
 def test_the_checker_lets_pass(code):
     assert not pickle_uses(code), code
 
@@ -154,9 +160,9 @@ class Trap:
 def marker(tmp_path) -> Path:
     m = tmp_path / "unpickled"
     assert not m.exists()
-    pickle.loads(pickle.dumps(Trap(m)))   # the trap works: unpickling it creates the marker ...
+    pickle.loads(pickle.dumps(Trap(m)))  # the trap works: unpickling it creates the marker ...
     assert m.exists()
-    m.unlink()                            # ... and each test checks that vaekit never springs it
+    m.unlink()  # ... and each test checks that vaekit never springs it
     return m
 
 
@@ -190,7 +196,7 @@ def test_safetensors_lookalike_holding_a_pickle_is_refused(tmp_path, marker, cap
     (folder / "config.json").write_text(cfg.to_json())
     raw = _torch_pickle(marker)
     assert zipfile.is_zipfile(io.BytesIO(raw))
-    for data in (raw, pickle.dumps(Trap(marker), protocol=4)):   # torch's zip format, a bare pickle
+    for data in (raw, pickle.dumps(Trap(marker), protocol=4)):  # torch's zip format, a bare pickle
         (folder / "model.safetensors").write_bytes(data)
         with pytest.raises(VaekitError, match="model.safetensors: not a readable safetensors file"):
             vaekit.load(folder)
@@ -205,8 +211,24 @@ def test_checkpoint_lookalike_holding_a_pickle_is_refused(tmp_path, marker, caps
     run = tmp_path / "run"
     data = tmp_path / "d.npy"
     np.save(data, (np.arange(40 * 16) % 256).astype(np.uint8).reshape(40, 4, 4))
-    flags = ["train", "--data", str(data), "--epochs", "1", "--batch-size", "10", "--hidden", "4", "--latent-dim",
-             "2", "--threads", "1", "--quiet", "--out", str(run)]
+    flags = [
+        "train",
+        "--data",
+        str(data),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "10",
+        "--hidden",
+        "4",
+        "--latent-dim",
+        "2",
+        "--threads",
+        "1",
+        "--quiet",
+        "--out",
+        str(run),
+    ]
     n = torch.get_num_threads()
     try:
         assert main(flags) == 0
@@ -221,8 +243,10 @@ def test_checkpoint_lookalike_holding_a_pickle_is_refused(tmp_path, marker, caps
 
 def test_the_loaders_never_reach_pickle(tmp_path, marker, monkeypatch):
     """Belt and braces: with every unpickler disabled, the good paths still work (they need none)."""
+
     def refuse(*a, **k):
         raise AssertionError("pickle used")
+
     for name in ("load", "loads", "Unpickler"):
         monkeypatch.setattr(pickle, name, refuse)
     monkeypatch.setattr(torch, "load", refuse)

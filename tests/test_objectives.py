@@ -1,6 +1,7 @@
 """Objectives and estimators against known answers: IWAE(k=1) = ELBO, the IS estimator on a linear-Gaussian
 VAE whose log p(x) is exact, gradients through the reparameterized sample, free bits, warm-up, AE loss,
 active units."""
+
 from __future__ import annotations
 
 import math
@@ -23,8 +24,9 @@ def _gen(seed: int) -> torch.Generator:
 
 def _mlp_vae(likelihood="bernoulli", shape=(1, 6, 5), latent=4, hidden=(16,), model="vae", seed=0, **kw):
     torch.manual_seed(seed)
-    return build_model(ModelConfig(model=model, input_shape=shape, latent_dim=latent, hidden=hidden,
-                                   likelihood=likelihood, **kw)).double()
+    return build_model(
+        ModelConfig(model=model, input_shape=shape, latent_dim=latent, hidden=hidden, likelihood=likelihood, **kw)
+    ).double()
 
 
 def _binary(shape, seed=1):
@@ -43,9 +45,9 @@ def _linear_gaussian(exact_posterior: bool, seed: int = 0):
     model = _mlp_vae("gaussian", shape=(D_X,), latent=D_Z, hidden=(), sigma=SIGMA, seed=seed)
     g = _gen(seed + 100)
     q_mat, _ = torch.linalg.qr(torch.randn(D_X, D_X, generator=g, dtype=torch.float64))
-    w = q_mat[:, :D_Z] * torch.tensor([2.0, 1.0, 0.5], dtype=torch.float64)   # (D_X, D_Z)
+    w = q_mat[:, :D_Z] * torch.tensor([2.0, 1.0, 0.5], dtype=torch.float64)  # (D_X, D_Z)
     b = torch.randn(D_X, generator=g, dtype=torch.float64) * 0.3
-    sigma = model.likelihood.log_sigma().exp().item()                          # what the likelihood really uses
+    sigma = model.likelihood.log_sigma().exp().item()  # what the likelihood really uses
     assert sigma == pytest.approx(SIGMA, rel=1e-6)
     dec = model.decoder.net[0]
     enc = model.encoder.net[0]
@@ -54,16 +56,16 @@ def _linear_gaussian(exact_posterior: bool, seed: int = 0):
         dec.weight.copy_(w)
         dec.bias.copy_(b)
         if exact_posterior:
-            s = 1.0 / (1.0 + (w * w).sum(0) / sigma ** 2)                     # (D_Z,) diagonal of S
-            a = s[:, None] * w.T / sigma ** 2                                 # (D_Z, D_X)
+            s = 1.0 / (1.0 + (w * w).sum(0) / sigma**2)  # (D_Z,) diagonal of S
+            a = s[:, None] * w.T / sigma**2  # (D_Z, D_X)
             enc.weight.copy_(torch.cat([a, torch.zeros(D_Z, D_X, dtype=torch.float64)]))
             enc.bias.copy_(torch.cat([-a @ b, torch.log(s)]))
         else:  # a poor but sane encoder: right direction, wrong scale, too-wide posterior
-            s = 1.0 / (1.0 + (w * w).sum(0) / sigma ** 2)
-            a = 0.8 * s[:, None] * w.T / sigma ** 2
+            s = 1.0 / (1.0 + (w * w).sum(0) / sigma**2)
+            a = 0.8 * s[:, None] * w.T / sigma**2
             enc.weight.copy_(torch.cat([a, torch.zeros(D_Z, D_X, dtype=torch.float64)]))
             enc.bias.copy_(torch.cat([-a @ b + 0.1, torch.log(s) + 0.7]))
-    p_x = td.MultivariateNormal(b, w @ w.T + sigma ** 2 * torch.eye(D_X, dtype=torch.float64))
+    p_x = td.MultivariateNormal(b, w @ w.T + sigma**2 * torch.eye(D_X, dtype=torch.float64))
     return model.eval(), p_x
 
 
@@ -91,7 +93,7 @@ def test_is_estimator_converges_to_exact_log_px_with_a_poor_encoder():
     mean_elbo = elbo(model, x.repeat(500, 1)).elbo.view(500, -1).mean(0)
     assert (exact - mean_elbo).mean() > 0.5  # the encoder really is poor: the ELBO is far below log p(x)
     est = log_likelihood(model, x, k=5000, generator=_gen(0))
-    torch.testing.assert_close(est, exact, rtol=0, atol=0.1)   # ~5 standard deviations of the estimator
+    torch.testing.assert_close(est, exact, rtol=0, atol=0.1)  # ~5 standard deviations of the estimator
     assert (est - exact).mean().abs() < 0.03
     # and it is a lower bound on average: over repeats, E[estimate] <= log p(x)
     x_rep = x.repeat(50, 1)
@@ -109,12 +111,12 @@ def test_iwae_bound_non_decreasing_in_k_and_below_log_px():
     torch.manual_seed(0)
     means, ses = [], []
     for k in (1, 2, 5, 20, 100):
-        b = iwae_bound(model, x_rep, k).view(reps, -1).mean(1)            # (reps,) mean over the 4 points
+        b = iwae_bound(model, x_rep, k).view(reps, -1).mean(1)  # (reps,) mean over the 4 points
         means.append(b.mean().item())
         ses.append(b.std().item() / math.sqrt(reps))
     for (m0, s0), (m1, s1) in zip(zip(means, ses), zip(means[1:], ses[1:])):
         assert m1 >= m0 - 3 * math.hypot(s0, s1), means
-    assert means[-1] - means[0] > 0.2                                    # it does tighten
+    assert means[-1] - means[0] > 0.2  # it does tighten
     assert all(m <= exact + 3 * s for m, s in zip(means, ses)), (means, exact)
     assert exact - means[-1] < 0.05
 
@@ -153,8 +155,9 @@ def test_chunking_over_k_gives_the_same_estimate():
     x = _lg_data(p_x, n=5)
     ref = log_likelihood(model, x, k=60, chunk=60, generator=_gen(7))
     for chunk in (1, 7, 59):
-        torch.testing.assert_close(log_likelihood(model, x, k=60, chunk=chunk, generator=_gen(7)), ref,
-                                   rtol=0, atol=1e-10)
+        torch.testing.assert_close(
+            log_likelihood(model, x, k=60, chunk=chunk, generator=_gen(7)), ref, rtol=0, atol=1e-10
+        )
     other = log_likelihood(model, x, k=60, chunk=60, generator=_gen(8))
     assert (other - ref).abs().max() > 1e-6  # the comparison is not vacuous
 
@@ -182,7 +185,7 @@ def test_log_likelihood_refuses_an_autoencoder():
 
 def _encoder_grad_norm(model) -> float:
     grads = [p.grad for p in model.encoder.parameters()]
-    return math.sqrt(sum(float((g ** 2).sum()) for g in grads if g is not None))
+    return math.sqrt(sum(float((g**2).sum()) for g in grads if g is not None))
 
 
 def test_reconstruction_gradient_reaches_encoder_only_through_rsample():
@@ -198,7 +201,7 @@ def test_reconstruction_gradient_reaches_encoder_only_through_rsample():
     q = model.encode(x)
     (-model.decode(q.rsample(eps=eps).detach()).log_prob(x).sum()).backward()
     detached = _encoder_grad_norm(model)
-    dec_grad = sum(float((p.grad ** 2).sum()) for p in model.decoder.parameters())
+    dec_grad = sum(float((p.grad**2).sum()) for p in model.decoder.parameters())
     model.zero_grad(set_to_none=True)
 
     q = model.encode(x)
@@ -225,7 +228,7 @@ def test_elbo_gradient_includes_the_reparameterized_path():
     kl_only = [p.grad.clone() for p in model.encoder.parameters()]
     model.zero_grad(set_to_none=True)
     diff = math.sqrt(sum(float(((a - b) ** 2).sum()) for a, b in zip(full, kl_only)))
-    norm = math.sqrt(sum(float((a ** 2).sum()) for a in full))
+    norm = math.sqrt(sum(float((a**2).sum()) for a in full))
     assert diff > 0.05 * norm > 0
     # and the IWAE bound too sends gradient to the encoder
     (-iwae_bound(model, x, 5).sum()).backward()
@@ -267,8 +270,7 @@ def test_kl_weight_linear_warmup():
 
 def test_free_bits_kl_semantics():
     # dims: batch-mean KL 0.1 (below), 0.5 (below), 2.0 (above), 0.7 (above, but some examples below)
-    kl = torch.tensor([[0.1, 0.4, 1.0, 0.2],
-                       [0.1, 0.6, 3.0, 1.2]], requires_grad=True)
+    kl = torch.tensor([[0.1, 0.4, 1.0, 0.2], [0.1, 0.6, 3.0, 1.2]], requires_grad=True)
     out = free_bits_kl(kl, 0.6)
     torch.testing.assert_close(out, torch.tensor([0.6 + 0.6 + 1.0 + 0.2, 0.6 + 0.6 + 3.0 + 1.2]))
     out.sum().backward()
@@ -312,7 +314,7 @@ def test_ae_loss_is_the_reconstruction_negative_log_likelihood():
     xg = torch.rand(5, 1, 6, 5, generator=_gen(19), dtype=torch.float64)
     m = gae.decoder(gae.encoder(xg))
     n = 30
-    expected = 0.5 * ((xg - m) ** 2).sum((1, 2, 3)) / 0.2 ** 2 + n * (math.log(0.2) + 0.5 * math.log(2 * math.pi))
+    expected = 0.5 * ((xg - m) ** 2).sum((1, 2, 3)) / 0.2**2 + n * (math.log(0.2) + 0.5 * math.log(2 * math.pi))
     torch.testing.assert_close(ae_loss(gae, xg), expected, rtol=1e-6, atol=1e-6)
 
 
@@ -322,12 +324,17 @@ def test_ae_loss_is_the_reconstruction_negative_log_likelihood():
 def test_active_units_on_a_constructed_case():
     g = _gen(20)
     n = 4000
-    mu = torch.stack([torch.randn(n, generator=g) * 1.0,      # var 1: active
-                      torch.randn(n, generator=g) * 0.2,      # var 0.04: active
-                      torch.randn(n, generator=g) * 0.05,     # var 0.0025: inactive
-                      torch.full((n,), 3.0),                  # constant (collapsed to a non-zero mean): inactive
-                      torch.randn(n, generator=g) * 0.5 + 7,  # var 0.25: active
-                      torch.randn(n, generator=g) * 0.09], 1)  # var 0.0081: inactive (just under 0.01)
+    mu = torch.stack(
+        [
+            torch.randn(n, generator=g) * 1.0,  # var 1: active
+            torch.randn(n, generator=g) * 0.2,  # var 0.04: active
+            torch.randn(n, generator=g) * 0.05,  # var 0.0025: inactive
+            torch.full((n,), 3.0),  # constant (collapsed to a non-zero mean): inactive
+            torch.randn(n, generator=g) * 0.5 + 7,  # var 0.25: active
+            torch.randn(n, generator=g) * 0.09,
+        ],
+        1,
+    )  # var 0.0081: inactive (just under 0.01)
     assert active_units(mu) == 3
     assert active_units(mu, threshold=0.005) == 4
     assert active_units(mu, threshold=2.0) == 0
@@ -366,6 +373,7 @@ def test_compiled_log_likelihood_matches_the_eager_one():
     """Large evaluations compute the log-weights with torch.compile: the same float32 numbers (to rounding)
     from the same noise, and the switch is on for MNIST-sized work, off for small calls."""
     import vaekit.evaluate as E
+
     model = _mlp_vae(shape=(1, 28, 28), latent=5, hidden=(32,)).float()
     x = torch.bernoulli(torch.full((6, 1, 28, 28), 0.3), generator=_gen(11))
     eager = log_likelihood(model, x, k=500, generator=_gen(12), compile=False)

@@ -5,6 +5,7 @@ tests/test_data.py fuzzes IDX headers built field by field; here the bytes are a
 meets an arbitrary tail (and a body of the right size must come back bit for bit), arrays of every dtype
 and shape go through the .npy/.npz loader, and arbitrary mappings go through the config layer.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -20,8 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from vaekit.config import (LIKELIHOODS, ModelConfig, RunConfig, TrainConfig, from_dict, load_config_file,
-                           split_options)
+from vaekit.config import LIKELIHOODS, ModelConfig, RunConfig, TrainConfig, from_dict, load_config_file, split_options
 from vaekit.data import files, idx
 from vaekit.errors import VaekitError
 from vaekit.networks import ACTIVATIONS
@@ -39,7 +39,7 @@ def damaged(raw: bytes, cut: int, flips) -> bytes:
     raw = bytearray(raw)
     for i, v in flips:
         raw[i % len(raw)] ^= v
-    return bytes(raw[:len(raw) - cut % (len(raw) + 1)])
+    return bytes(raw[: len(raw) - cut % (len(raw) + 1)])
 
 
 def load_or_clean_error(path) -> tuple | None:
@@ -76,8 +76,13 @@ def test_read_idx_arbitrary_bytes(tmp_path, data, gz):
 
 
 @SETTINGS
-@given(code=st.sampled_from(sorted(idx.IDX_DTYPES)), shape=st.lists(st.integers(0, 5), min_size=1, max_size=4),
-       tail=st.binary(max_size=400), exact=st.booleans(), gz=st.booleans())
+@given(
+    code=st.sampled_from(sorted(idx.IDX_DTYPES)),
+    shape=st.lists(st.integers(0, 5), min_size=1, max_size=4),
+    tail=st.binary(max_size=400),
+    exact=st.booleans(),
+    gz=st.booleans(),
+)
 def test_read_idx_valid_header_random_tail(tmp_path, code, shape, tail, exact, gz):
     """A valid header and a random tail: the array when the tail is exactly the data (bit for bit), else
     one error line saying truncated or trailing."""
@@ -102,9 +107,16 @@ def test_read_idx_valid_header_random_tail(tmp_path, code, shape, tail, exact, g
 # ------------------------------------------------------------------------------------------- .npy / .npz
 
 
-DTYPES = (hnp.integer_dtypes() | hnp.unsigned_integer_dtypes() | hnp.floating_dtypes() | hnp.boolean_dtypes()
-          | hnp.complex_number_dtypes() | hnp.datetime64_dtypes() | hnp.unicode_string_dtypes(max_len=3)
-          | hnp.byte_string_dtypes(max_len=3))
+DTYPES = (
+    hnp.integer_dtypes()
+    | hnp.unsigned_integer_dtypes()
+    | hnp.floating_dtypes()
+    | hnp.boolean_dtypes()
+    | hnp.complex_number_dtypes()
+    | hnp.datetime64_dtypes()
+    | hnp.unicode_string_dtypes(max_len=3)
+    | hnp.byte_string_dtypes(max_len=3)
+)
 ARRAYS = hnp.arrays(DTYPES, hnp.array_shapes(min_dims=0, max_dims=5, min_side=0, max_side=5))
 
 
@@ -131,8 +143,11 @@ def test_npy_loader_arbitrary_arrays(tmp_path, a, fortran):
 
 
 @SETTINGS
-@given(a=hnp.arrays(st.sampled_from(["u1", "<f4", ">f8", "<i2"]), hnp.array_shapes(min_dims=2, max_dims=4, max_side=4)),
-       cut=st.integers(0, 200), flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(1, 255)), max_size=4))
+@given(
+    a=hnp.arrays(st.sampled_from(["u1", "<f4", ">f8", "<i2"]), hnp.array_shapes(min_dims=2, max_dims=4, max_side=4)),
+    cut=st.integers(0, 200),
+    flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(1, 255)), max_size=4),
+)
 def test_npy_loader_damaged_files(tmp_path, a, cut, flips):
     """A real .npy, cut short and with bytes flipped: a result that keeps the promises, or one error line."""
     b = io.BytesIO()
@@ -142,8 +157,11 @@ def test_npy_loader_damaged_files(tmp_path, a, cut, flips):
 
 
 @SETTINGS
-@given(members=st.dictionaries(st.sampled_from(["x", "y", "images", "labels", "a", "x.txt"]), ARRAYS, max_size=3),
-       compressed=st.booleans(), junk=st.binary(max_size=20))
+@given(
+    members=st.dictionaries(st.sampled_from(["x", "y", "images", "labels", "a", "x.txt"]), ARRAYS, max_size=3),
+    compressed=st.booleans(),
+    junk=st.binary(max_size=20),
+)
 def test_npz_loader_arbitrary_archives(tmp_path, members, compressed, junk):
     path = tmp_path / "a.npz"
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED if compressed else zipfile.ZIP_STORED) as z:
@@ -158,8 +176,11 @@ def test_npz_loader_arbitrary_archives(tmp_path, members, compressed, junk):
 
 
 @SETTINGS
-@given(compressed=st.booleans(), cut=st.integers(0, 400),
-       flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(1, 255)), min_size=1, max_size=4))
+@given(
+    compressed=st.booleans(),
+    cut=st.integers(0, 400),
+    flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(1, 255)), min_size=1, max_size=4),
+)
 def test_npz_loader_damaged_archives(tmp_path, compressed, cut, flips):
     """A real .npz (images and labels), damaged: a result that keeps the promises, or one error line."""
     b = io.BytesIO()
@@ -200,11 +221,16 @@ def test_every_single_byte_corruption(tmp_path, kind):
 
 NAMES = sorted({f.name for c in (ModelConfig, TrainConfig) for f in dataclasses.fields(c)})
 JSON_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.integers(-2**70, 2**70) | st.floats() | st.text(max_size=8),
+    st.none() | st.booleans() | st.integers() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=8),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
-    max_leaves=12)
-KEYS = st.sampled_from(NAMES) | st.sampled_from([n.replace("_", "-") for n in NAMES]) | st.text(max_size=10) \
+    max_leaves=12,
+)
+KEYS = (
+    st.sampled_from(NAMES)
+    | st.sampled_from([n.replace("_", "-") for n in NAMES])
+    | st.text(max_size=10)
     | st.integers()
+)
 
 
 @SETTINGS
@@ -246,8 +272,13 @@ def test_load_config_file_arbitrary_text(tmp_path, text):
 
 
 @SETTINGS
-@given(doc=JSON_VALUES | st.fixed_dictionaries({"model": st.dictionaries(KEYS, JSON_VALUES, max_size=4)},
-                                                optional={"train": st.dictionaries(KEYS, JSON_VALUES, max_size=4)}))
+@given(
+    doc=JSON_VALUES
+    | st.fixed_dictionaries(
+        {"model": st.dictionaries(KEYS, JSON_VALUES, max_size=4)},
+        optional={"train": st.dictionaries(KEYS, JSON_VALUES, max_size=4)},
+    )
+)
 def test_config_json_arbitrary_documents(tmp_path, doc):
     path = tmp_path / "config.json"
     path.write_text(json.dumps(doc))
@@ -272,18 +303,26 @@ def run_configs(draw) -> RunConfig:
     """Valid configurations: every field drawn, the cross-field rules respected."""
     arch = draw(st.sampled_from(["mlp", "conv"]))
     likelihood = draw(st.sampled_from(LIKELIHOODS))
-    model_kw = dict(model=draw(st.sampled_from(["vae", "ae"])), arch=arch, latent_dim=draw(POS),
-                    input_shape=tuple(draw(st.lists(POS, min_size=3, max_size=3) if arch == "conv" else
-                                           st.lists(POS, min_size=1, max_size=3))),
-                    hidden=tuple(draw(st.lists(POS, max_size=3))),
-                    activation=draw(st.sampled_from(sorted(ACTIVATIONS))),
-                    likelihood=likelihood)
+    model_kw = dict(
+        model=draw(st.sampled_from(["vae", "ae"])),
+        arch=arch,
+        latent_dim=draw(POS),
+        input_shape=tuple(
+            draw(st.lists(POS, min_size=3, max_size=3) if arch == "conv" else st.lists(POS, min_size=1, max_size=3))
+        ),
+        hidden=tuple(draw(st.lists(POS, max_size=3))),
+        activation=draw(st.sampled_from(sorted(ACTIVATIONS))),
+        likelihood=likelihood,
+    )
     if arch == "conv":
         model_kw["channels"] = tuple(draw(st.lists(POS, min_size=1, max_size=3)))
     if likelihood == "gaussian":
         min_sigma = draw(st.floats(1e-6, 1e-2))
-        model_kw.update(min_sigma=min_sigma, sigma=draw(st.floats(min_sigma * 1.01, 10.0)),
-                        learn_sigma=draw(st.sampled_from(["none", "global", "pixel"])))
+        model_kw.update(
+            min_sigma=min_sigma,
+            sigma=draw(st.floats(min_sigma * 1.01, 10.0)),
+            learn_sigma=draw(st.sampled_from(["none", "global", "pixel"])),
+        )
     model = ModelConfig(**model_kw)
     vae = model.model == "vae"
     iw_k = draw(st.integers(1, 50)) if vae else 1
@@ -291,14 +330,27 @@ def run_configs(draw) -> RunConfig:
     train = TrainConfig(
         data=draw(st.text(min_size=1, max_size=20)),
         binarize=draw(st.sampled_from(["dynamic", "static", "none", "auto"])),
-        val_fraction=draw(st.floats(0, 0.99)), epochs=draw(POS), batch_size=draw(POS), lr=draw(st.floats(1e-8, 10)),
-        schedule=schedule, step_every=draw(POS) if schedule == "step" else 30,
-        weight_decay=draw(FLOATS), clip=draw(FLOATS),
-        beta=draw(FLOATS) if vae and iw_k == 1 else 1.0, kl_warmup=draw(FLOATS) if vae and iw_k == 1 else 0.0,
-        free_bits=draw(FLOATS) if vae and iw_k == 1 else 0.0, iw_k=iw_k, seed=draw(st.integers(0, 2**32 - 1)),
-        device=draw(st.sampled_from(["auto", "cuda"])), threads=draw(st.integers(0, 64)),
-        checkpoint_every=draw(st.integers(0, 10**6)), patience=draw(st.integers(0, 10)), max_bad_steps=draw(POS),
-        amp=draw(st.booleans()), quiet=draw(st.booleans()))
+        val_fraction=draw(st.floats(0, 0.99)),
+        epochs=draw(POS),
+        batch_size=draw(POS),
+        lr=draw(st.floats(1e-8, 10)),
+        schedule=schedule,
+        step_every=draw(POS) if schedule == "step" else 30,
+        weight_decay=draw(FLOATS),
+        clip=draw(FLOATS),
+        beta=draw(FLOATS) if vae and iw_k == 1 else 1.0,
+        kl_warmup=draw(FLOATS) if vae and iw_k == 1 else 0.0,
+        free_bits=draw(FLOATS) if vae and iw_k == 1 else 0.0,
+        iw_k=iw_k,
+        seed=draw(st.integers(0, 2**32 - 1)),
+        device=draw(st.sampled_from(["auto", "cuda"])),
+        threads=draw(st.integers(0, 64)),
+        checkpoint_every=draw(st.integers(0, 10**6)),
+        patience=draw(st.integers(0, 10)),
+        max_bad_steps=draw(POS),
+        amp=draw(st.booleans()),
+        quiet=draw(st.booleans()),
+    )
     if train.patience and not train.val_fraction > 0:
         train = dataclasses.replace(train, patience=0)
     return RunConfig(model.validate(), train.validate(model))
@@ -317,8 +369,9 @@ def test_run_config_json_round_trip(tmp_path, rc):
     assert split_options(json.loads(json.dumps(flat)), "run.json") == rc
 
 
-@pytest.mark.parametrize("value", [[[[1] * 10] * 10] * 10, 10**5000, "x" * 10**6],
-                         ids=["nested", "long-int", "long-str"])
+@pytest.mark.parametrize(
+    "value", [[[[1] * 10] * 10] * 10, 10**5000, "x" * 10**6], ids=["nested", "long-int", "long-str"]
+)
 def test_error_messages_stay_short(value):
     """A huge or deeply nested value is shown cut short in the one error line (an alias bomb, a long int)."""
     with pytest.raises(VaekitError) as e:

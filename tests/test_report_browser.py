@@ -1,17 +1,22 @@
 """The report in a real browser: headless Chromium opens report.html, moved away from its figures folder,
 and every image decodes (naturalWidth > 0)."""
+
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
 
 import pytest
-
 from conftest import run_cli
 
 CHROMIUM = Path("/usr/bin/chromium")
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync"]
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 pytestmark = pytest.mark.browser
 
@@ -22,15 +27,28 @@ def report(tmp_path_factory, vae_run, ae_run, mnist_slice) -> Path:
     quick settings, every section included."""
     from vaekit.classifier import ClassifierConfig, train_classifier
     from vaekit.report import QUICK, write_report
+
     root = tmp_path_factory.mktemp("browser")
     vae2d = root / "vae2d"
-    run_cli("train", "--data", mnist_slice, "--latent-dim", 2, "--epochs", 1, "--batch-size", 100, "--quiet",
-            "--out", vae2d, check=True)
+    run_cli(
+        "train",
+        "--data",
+        mnist_slice,
+        "--latent-dim",
+        2,
+        "--epochs",
+        1,
+        "--batch-size",
+        100,
+        "--quiet",
+        "--out",
+        vae2d,
+        check=True,
+    )
     clf = root / "classifier"
     train_classifier(ClassifierConfig(epochs=1, limit=2000), clf)
-    path = write_report([ae_run, vae_run, vae2d, clf], root / "out" / "report.html", settings=QUICK,
-                        test_data="mnist")
-    moved = root / "moved" / "report.html"   # self-contained: no figures/ beside it
+    path = write_report([ae_run, vae_run, vae2d, clf], root / "out" / "report.html", settings=QUICK, test_data="mnist")
+    moved = root / "moved" / "report.html"  # self-contained: no figures/ beside it
     moved.parent.mkdir()
     shutil.copy(path, moved)
     return moved
@@ -38,6 +56,7 @@ def report(tmp_path_factory, vae_run, ae_run, mnist_slice) -> Path:
 
 def test_every_image_loads_in_chromium(report):
     from playwright import sync_api
+
     assert CHROMIUM.exists(), "no /usr/bin/chromium (make test installs it: scripts/ensure-system-packages.sh)"
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)

@@ -6,6 +6,7 @@ well under a minute. Bit-identity is checked between subprocesses (the way users
 interrupted by a real signal: a small driver sends SIGTERM/SIGINT to its own process right after
 its Nth checkpoint, which makes the interruption point deterministic without a test hook in vaekit.
 """
+
 from __future__ import annotations
 
 import io as _io
@@ -22,17 +23,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT, assert_clean_error
 from safetensors import safe_open
 from safetensors.torch import load_file
 
 import vaekit
+import vaekit.train as T
 from vaekit import cli
 from vaekit.config import ModelConfig, TrainConfig
 from vaekit.data import Dataset
-
-from conftest import ROOT, assert_clean_error
-
-import vaekit.train as T
 
 STEPS = 19  # 1000 examples, 5% held out -> 950 -> 19 steps of 50
 BASE = ["--epochs", 3, "--batch-size", 50, "--threads", 1]
@@ -85,8 +84,9 @@ sys.exit(main(sys.argv[1:]))
 def run_driver(*args, env: dict, timeout: float = 300) -> subprocess.CompletedProcess:
     e = {**os.environ, "PYTHONPATH": str(ROOT / "src"), **{k: str(v) for k, v in env.items()}}
     e.pop("CI", None)
-    return subprocess.run([sys.executable, "-c", DRIVER, *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, env=e)
+    return subprocess.run(
+        [sys.executable, "-c", DRIVER, *map(str, args)], capture_output=True, text=True, timeout=timeout, env=e
+    )
 
 
 def vaekit_cli(*args, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -151,11 +151,18 @@ def main_cli(*args) -> int:
 # -------------------------------------------------------------------------------------------- exact resume
 
 
-@pytest.mark.parametrize("where,every,after", [
-    ("mid-epoch", 7, 4),          # checkpoints at steps 7, 14, 19 (epoch end), 21 -> stops at step 22
-    ("last step of an epoch", 18, 1),  # checkpoint at step 18 -> stops at step 19 = end of epoch 1, before its metrics
-    ("epoch boundary", 0, 1),     # checkpoints at epoch ends only -> stops after epoch 1
-])
+@pytest.mark.parametrize(
+    "where,every,after",
+    [
+        ("mid-epoch", 7, 4),  # checkpoints at steps 7, 14, 19 (epoch end), 21 -> stops at step 22
+        (
+            "last step of an epoch",
+            18,
+            1,
+        ),  # checkpoint at step 18 -> stops at step 19 = end of epoch 1, before its metrics
+        ("epoch boundary", 0, 1),  # checkpoints at epoch ends only -> stops after epoch 1
+    ],
+)
 def test_resume_after_sigterm_is_bit_identical(tmp_path, small_npz, reference, where, every, after):
     out = tmp_path / "run"
     flags = ["train", "--data", small_npz, *BASE, "--checkpoint-every", every, "--out", out]
@@ -193,12 +200,17 @@ def test_resume_without_checkpoint_is_a_clean_error(tmp_path, small_npz, capsys)
 def test_resume_refuses_changed_model_or_training_flags(tmp_path, small_npz, reference, capsys):
     run = tmp_path / "run"
     shutil.copytree(reference, run)
-    for flag, value in (("--latent-dim", 5), ("--hidden", "64"), ("--likelihood", "gaussian"), ("--beta", 2.0),
-                        ("--data", "mnist")):
+    for flag, value in (
+        ("--latent-dim", 5),
+        ("--hidden", "64"),
+        ("--likelihood", "gaussian"),
+        ("--beta", 2.0),
+        ("--data", "mnist"),
+    ):
         rc = main_cli("train", "--data", small_npz, "--out", run, "--resume", flag, value, "--epochs", 4)
         err = capsys.readouterr().err
         assert rc == 2 and err.startswith("error: --resume: " + flag) and err.count("\n") == 1, err
-    assert_same_run(reference, run)   # untouched
+    assert_same_run(reference, run)  # untouched
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints
@@ -215,6 +227,7 @@ def test_crash_during_checkpoint_write_keeps_the_previous_one(tmp_path, digits, 
     def broken(tensors, path, metadata=None):
         Path(path).write_bytes(b"\x00" * 1000)
         raise OSError(28, "No space left on device")
+
     monkeypatch.setattr(vaekit.io, "save_file", broken)
     with pytest.raises(vaekit.VaekitError, match="no space left on device"):
         T.fit(tiny_model(), digits, TrainConfig(epochs=2, batch_size=50, threads=1, quiet=True), out, resume=True)
@@ -231,7 +244,7 @@ def test_kill_9_during_checkpoint_write_then_resume(tmp_path, small_npz, referen
     flags = ["train", "--data", small_npz, *BASE, "--checkpoint-every", 7, "--out", out]
     p = run_driver(*flags, env={"T_KILL_WRITE": 4})
     assert p.returncode == -signal.SIGKILL
-    assert ckpt_meta(out)["step"] == 19                       # the 3rd checkpoint (end of epoch 1)
+    assert ckpt_meta(out)["step"] == 19  # the 3rd checkpoint (end of epoch 1)
     assert len(list((out / "checkpoint").glob(".state.safetensors.*.tmp"))) == 1
     assert main_cli(*flags, "--resume", "--quiet") == 0
     assert sorted(p.name for p in (out / "checkpoint").iterdir()) == ["state.safetensors"]
@@ -246,9 +259,29 @@ def test_external_sigterm_saves_checkpoint_and_exits_143(tmp_path, small_npz):
     out, err = tmp_path / "run", tmp_path / "stderr.txt"
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     with open(err, "w") as ferr:
-        proc = subprocess.Popen([sys.executable, "-m", "vaekit", "train", "--data", str(small_npz), "--epochs", "1000",
-                                 "--batch-size", "50", "--threads", "1", "--checkpoint-every", "5", "--out", str(out)],
-                                stdout=subprocess.DEVNULL, stderr=ferr, env=env)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "vaekit",
+                "train",
+                "--data",
+                str(small_npz),
+                "--epochs",
+                "1000",
+                "--batch-size",
+                "50",
+                "--threads",
+                "1",
+                "--checkpoint-every",
+                "5",
+                "--out",
+                str(out),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=ferr,
+            env=env,
+        )
         try:
             deadline = time.monotonic() + 120
             while not (out / "checkpoint" / "state.safetensors").exists():
@@ -277,26 +310,39 @@ def test_ctrl_c_in_process_saves_checkpoint_and_returns_130(tmp_path, small_npz,
         if step == 5:
             os.kill(os.getpid(), signal.SIGINT)
         return lr(cfg, step, *a)
+
     monkeypatch.setattr(T, "learning_rate", at_step_5)
     before = signal.getsignal(signal.SIGINT)
     out = tmp_path / "run"
     assert main_cli("train", "--data", small_npz, *BASE, "--checkpoint-every", 0, "--out", out) == 130
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1] == (f"interrupted by SIGINT at epoch 1, step 6; checkpoint saved in {out / 'checkpoint'}. "
-                       f"Resume with: vaekit train --out {out} --resume")
+    assert err[-1] == (
+        f"interrupted by SIGINT at epoch 1, step 6; checkpoint saved in {out / 'checkpoint'}. "
+        f"Resume with: vaekit train --out {out} --resume"
+    )
     assert ckpt_meta(out)["step"] == 6
-    assert signal.getsignal(signal.SIGINT) is before    # handlers put back
+    assert signal.getsignal(signal.SIGINT) is before  # handlers put back
 
 
 def test_second_ctrl_c_stops_at_once(tmp_path, small_npz):
     out = tmp_path / "run"
-    p = run_driver("train", "--data", small_npz, *BASE, "--checkpoint-every", 7, "--out", out,
-                   env={"T_AT_STEP": 16, "T_SIGNAL": "SIGINT", "T_TIMES": 2})
+    p = run_driver(
+        "train",
+        "--data",
+        small_npz,
+        *BASE,
+        "--checkpoint-every",
+        7,
+        "--out",
+        out,
+        env={"T_AT_STEP": 16, "T_SIGNAL": "SIGINT", "T_TIMES": 2},
+    )
     assert p.returncode == 128 + signal.SIGINT, p.stderr
     assert "Traceback" not in p.stderr
-    assert p.stderr.strip().splitlines()[-1] == ("stopped at once on a second SIGINT; "
-                                                 "the last checkpoint (step 14) is kept")
-    assert ckpt_meta(out)["step"] == 14   # no checkpoint after the first signal: it stopped at once
+    assert p.stderr.strip().splitlines()[-1] == (
+        "stopped at once on a second SIGINT; the last checkpoint (step 14) is kept"
+    )
+    assert ckpt_meta(out)["step"] == 14  # no checkpoint after the first signal: it stopped at once
 
 
 # ------------------------------------------------------------------------------------------------ NaN guard
@@ -304,8 +350,28 @@ def test_second_ctrl_c_stops_at_once(tmp_path, small_npz):
 
 def test_huge_learning_rate_diverges_with_a_clear_error(tmp_path, small_npz, capsys):
     out = tmp_path / "run"
-    rc = main_cli("train", "--data", small_npz, "--epochs", 2, "--batch-size", 50, "--threads", 1, "--quiet",
-                  "--likelihood", "gaussian", "--lr", 1e6, "--max-bad-steps", 3, "--checkpoint-every", 2, "--out", out)
+    rc = main_cli(
+        "train",
+        "--data",
+        small_npz,
+        "--epochs",
+        2,
+        "--batch-size",
+        50,
+        "--threads",
+        1,
+        "--quiet",
+        "--likelihood",
+        "gaussian",
+        "--lr",
+        1e6,
+        "--max-bad-steps",
+        3,
+        "--checkpoint-every",
+        2,
+        "--out",
+        out,
+    )
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and err.startswith("error: training diverged"), err
     assert "3 consecutive steps" in err and "epoch 1, step" in err and "learning rate (1e+06)" in err
@@ -326,6 +392,7 @@ def _poisoned(model, bad_calls: set[int] | None = None, bad_from: int | None = N
         if (bad_calls and i in bad_calls) or (bad_from and i >= bad_from):
             loss = loss * float("nan")
         return loss, terms
+
     model.forward = patched
     return seen
 
@@ -335,8 +402,8 @@ def test_one_bad_step_is_skipped_and_training_goes_on(digits):
     seen = _poisoned(model, bad_calls={3})
     run = T.fit(model, digits, TrainConfig(epochs=1, batch_size=50, threads=1, quiet=True, max_bad_steps=2))
     assert run.stopped == "finished" and len(seen) == 10
-    assert all(torch.equal(seen[2][k], seen[3][k]) for k in seen[2])        # step 3 left the weights alone
-    assert not all(torch.equal(seen[3][k], seen[4][k]) for k in seen[3])    # step 4 trained again
+    assert all(torch.equal(seen[2][k], seen[3][k]) for k in seen[2])  # step 3 left the weights alone
+    assert not all(torch.equal(seen[3][k], seen[4][k]) for k in seen[3])  # step 4 trained again
     assert math.isfinite(run.metrics[0]["train_elbo"])
 
 
@@ -346,9 +413,9 @@ def test_consecutive_bad_steps_stop_training_with_last_good_checkpoint(tmp_path,
     cfg = TrainConfig(epochs=2, batch_size=50, threads=1, quiet=True, max_bad_steps=3, checkpoint_every=2)
     with pytest.raises(T.Diverged, match=r"3 consecutive steps .* the last at epoch 1, step 7\. Likely cause"):
         T.fit(model, digits, cfg, out)
-    good = seen[4]                                      # the weights after step 4, the last good one
+    good = seen[4]  # the weights after step 4, the last good one
     ckpt = load_file(str(out / "checkpoint" / "state.safetensors"))
-    assert ckpt_meta(out)["step"] == 6                  # written during the bad streak: still the good weights
+    assert ckpt_meta(out)["step"] == 6  # written during the bad streak: still the good weights
     assert all(torch.equal(ckpt[f"model.{k}"], v) for k, v in good.items())
 
 
@@ -356,28 +423,47 @@ def test_consecutive_bad_steps_stop_training_with_last_good_checkpoint(tmp_path,
 
 
 def test_config_file_with_flag_overrides(tmp_path, small_npz, capsys):
-    for ext, text in ((".yaml", f"data: {small_npz}\nepochs: 1\nbatch-size: 50\nlatent_dim: 7\nlr: 0.002\n"
-                                "hidden: [64]\nquiet: true\n"),
-                      (".json", json.dumps({"data": str(small_npz), "epochs": 1, "batch_size": 50, "latent-dim": 7,
-                                            "lr": 0.002, "hidden": 64, "quiet": True}))):
+    for ext, text in (
+        (
+            ".yaml",
+            f"data: {small_npz}\nepochs: 1\nbatch-size: 50\nlatent_dim: 7\nlr: 0.002\nhidden: [64]\nquiet: true\n",
+        ),
+        (
+            ".json",
+            json.dumps(
+                {
+                    "data": str(small_npz),
+                    "epochs": 1,
+                    "batch_size": 50,
+                    "latent-dim": 7,
+                    "lr": 0.002,
+                    "hidden": 64,
+                    "quiet": True,
+                }
+            ),
+        ),
+    ):
         cfg_file, out = tmp_path / f"run{ext}", tmp_path / f"run{ext[1:]}"
         cfg_file.write_text(text)
         assert main_cli("train", "--config", cfg_file, "--latent-dim", 3, "--threads", 1, "--out", out) == 0
         saved = json.loads((out / "config.json").read_text())
-        assert saved["model"]["latent_dim"] == 3                      # the flag wins over the file
+        assert saved["model"]["latent_dim"] == 3  # the flag wins over the file
         assert saved["model"]["hidden"] == [64] and saved["train"]["lr"] == 0.002 and saved["train"]["epochs"] == 1
-        assert saved["train"]["binarize"] == "dynamic"                # auto, resolved for bernoulli
+        assert saved["train"]["binarize"] == "dynamic"  # auto, resolved for bernoulli
         assert saved["train"]["data"] == str(small_npz)
         assert vaekit.load(out).latent_dim == 3
 
 
-@pytest.mark.parametrize("text,needle", [
-    ("epochs: 1\nepoch_count: 3\n", "unknown option 'epoch_count'"),
-    ("epochs: ten\n", "expected an integer"),
-    ("lr: [1]\n", "expected a number"),
-    ("- epochs\n", "expected a mapping"),
-    ("epochs: [1\n", "not valid YAML"),
-])
+@pytest.mark.parametrize(
+    "text,needle",
+    [
+        ("epochs: 1\nepoch_count: 3\n", "unknown option 'epoch_count'"),
+        ("epochs: ten\n", "expected an integer"),
+        ("lr: [1]\n", "expected a number"),
+        ("- epochs\n", "expected a mapping"),
+        ("epochs: [1\n", "not valid YAML"),
+    ],
+)
 def test_bad_config_file_is_a_one_line_error(tmp_path, text, needle, capsys):
     cfg_file = tmp_path / "bad.yaml"
     cfg_file.write_text(text)
@@ -414,7 +500,7 @@ def test_progress_bar_only_on_a_terminal(tmp_path, small_npz, monkeypatch):
     assert rc == 0 and "\r" in text and "epoch 1/2" in text and "ex/s" in text and "elbo=" in text  # the bar
     monkeypatch.setenv("CI", "true")
     rc, text = _train_with_stderr(_FakeTTY(), tmp_path / "d", *data, monkeypatch=monkeypatch)
-    assert rc == 0 and "\r" not in text and text.count("\n") == 2                     # CI: plain lines
+    assert rc == 0 and "\r" not in text and text.count("\n") == 2  # CI: plain lines
 
 
 # ------------------------------------------------------------------ schedules, clipping, early stopping, best
@@ -434,15 +520,20 @@ def test_learning_rate_schedules():
 def test_schedule_reaches_the_optimizer(digits, monkeypatch):
     opts, make = [], T.make_optimizer
     monkeypatch.setattr(T, "make_optimizer", lambda *a: opts.append(make(*a)) or opts[-1])
-    run = T.fit(tiny_model(), digits, TrainConfig(epochs=3, batch_size=100, lr=0.01, schedule="step", step_every=1,
-                                                  threads=1, quiet=True))
+    run = T.fit(
+        tiny_model(),
+        digits,
+        TrainConfig(epochs=3, batch_size=100, lr=0.01, schedule="step", step_every=1, threads=1, quiet=True),
+    )
     assert [r["lr"] for r in run.metrics] == [0.01, 0.005, 0.0025]
     assert opts[0].param_groups[0]["lr"] == 0.0025
-    run = T.fit(tiny_model(), digits, TrainConfig(epochs=2, batch_size=100, lr=0.01, schedule="cosine", threads=1,
-                                                  quiet=True))
+    run = T.fit(
+        tiny_model(), digits, TrainConfig(epochs=2, batch_size=100, lr=0.01, schedule="cosine", threads=1, quiet=True)
+    )
     total = 10
-    assert [r["lr"] for r in run.metrics] == pytest.approx([0.005 * (1 + math.cos(math.pi * s / total))
-                                                            for s in (4, 9)])
+    assert [r["lr"] for r in run.metrics] == pytest.approx(
+        [0.005 * (1 + math.cos(math.pi * s / total)) for s in (4, 9)]
+    )
 
 
 def test_gradient_clipping_bounds_adams_first_moment(digits, monkeypatch):
@@ -465,10 +556,16 @@ def test_early_stopping_and_best_model(tmp_path, digits, monkeypatch):
     def fake_validate(model, *a, **k):
         snapshots.append({n: v.detach().clone() for n, v in model.state_dict().items()})
         return [next(scores), 0.0, 0.0]
+
     monkeypatch.setattr(T, "validate", fake_validate)
     out = tmp_path / "run"
-    run = T.fit(tiny_model(), digits, TrainConfig(epochs=5, batch_size=100, patience=2, threads=1, quiet=True),
-                out, val=digits.subset(torch.arange(50)))
+    run = T.fit(
+        tiny_model(),
+        digits,
+        TrainConfig(epochs=5, batch_size=100, patience=2, threads=1, quiet=True),
+        out,
+        val=digits.subset(torch.arange(50)),
+    )
     assert run.stopped == "early-stopped" and len(run.metrics) == 4
     assert [r["val_elbo"] for r in run.metrics] == [-100.0, -90.0, -95.0, -91.0]
     best = snapshots[1]
@@ -495,19 +592,20 @@ def test_fit_takes_arrays_and_fits_an_autoencoders_code_gaussian(digits):
     x = (digits.x[:200].float() / 255).numpy()
     ae = tiny_model(model="ae")
     run = vaekit.fit(ae, x, TrainConfig(epochs=1, batch_size=100, threads=1, quiet=True))
-    assert run.model.code_mean.abs().sum() > 0           # fitted, also without a run folder
+    assert run.model.code_mean.abs().sum() > 0  # fitted, also without a run folder
     with pytest.raises(vaekit.VaekitError, match="shape"):
         vaekit.fit(tiny_model(), np.zeros((10, 5), np.float32), TrainConfig(epochs=1, quiet=True))
 
 
 def test_without_tensorboard_training_is_unaffected(tmp_path, digits, monkeypatch):
-    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)   # import fails as if not installed
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails as if not installed
     assert T._tensorboard(tmp_path) is None
     run = vaekit.fit(tiny_model(), digits, TrainConfig(epochs=1, batch_size=100, threads=1, quiet=True), tmp_path / "r")
     assert run.metrics and not (tmp_path / "r" / "tensorboard").exists()
 
 
 # ------------------------------------------------------------------------------------- mixed precision, compile
+
 
 def test_amp_is_refused_on_a_cpu_without_native_bf16(monkeypatch):
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
@@ -521,6 +619,7 @@ def test_amp_and_compile_train_to_the_same_loss_as_fp32(tmp_path, small_npz):
     """bf16 autocast (where the CPU has it) and torch.compile change speed, not what is learned: after 3
     epochs on 1000 digits the training loss is within 1% of the plain fp32 run's."""
     from vaekit.config import cpu_has_bf16
+
     runs = {}
     variants = {"fp32": [], "compile": ["--compile"]}
     if cpu_has_bf16():
@@ -533,7 +632,7 @@ def test_amp_and_compile_train_to_the_same_loss_as_fp32(tmp_path, small_npz):
         assert p.returncode == 0, p.stderr
         runs[name] = vaekit.io.read_metrics(tmp_path / name)[-1]["train_loss"]
         assert json.loads((tmp_path / name / "config.json").read_text())["train"]["compile"] == ("compile" in name)
-    for name, loss in runs.items():
+    for loss in runs.values():
         assert abs(loss - runs["fp32"]) < 0.01 * runs["fp32"], runs
 
 
@@ -543,6 +642,7 @@ def _failing_compile(fn, *args, **kwargs):
 
     def call(*a, **k):
         raise torch._dynamo.exc.InternalTorchDynamoError("no C++ compiler found\nmore detail")
+
     return call
 
 
@@ -555,6 +655,7 @@ def test_compile_failure_is_a_one_line_error(digits, monkeypatch):
 
 def test_evaluation_falls_back_to_eager_when_compile_fails(digits, monkeypatch):
     import vaekit.evaluate as E
+
     monkeypatch.setattr(torch, "compile", _failing_compile)
     monkeypatch.setattr(E, "_compiled", {})
     model = vaekit.build_model(ModelConfig(hidden=(16,), latent_dim=2))

@@ -1,11 +1,12 @@
 """vaekit: variational autoencoders as they are taught, fast on a CPU, measured honestly.
 
-    import vaekit
-    ds = vaekit.data.load("mnist", split="train")
-    model = vaekit.load("runs/demo/vae")
-    model.encode(x); model.decode(z); model.sample(64)
-    vaekit.evaluate.log_likelihood(model, x, k=5000)
+import vaekit
+ds = vaekit.data.load("mnist", split="train")
+model = vaekit.load("runs/demo/vae")
+model.encode(x); model.decode(z); model.sample(64)
+vaekit.evaluate.log_likelihood(model, x, k=5000)
 """
+
 from vaekit import data, evaluate, objectives
 from vaekit.config import ModelConfig, RunConfig, TrainConfig
 from vaekit.errors import VaekitError
@@ -14,5 +15,19 @@ from vaekit.models import VAE, Autoencoder, build_model
 from vaekit.train import Run, fit
 
 __version__ = "0.1.0"
-__all__ = ["data", "evaluate", "objectives", "load", "save", "fit", "Run", "build_model", "VAE",
-           "Autoencoder", "ModelConfig", "TrainConfig", "RunConfig", "VaekitError"]
+__all__ = [
+    "data",
+    "evaluate",
+    "objectives",
+    "load",
+    "save",
+    "fit",
+    "Run",
+    "build_model",
+    "VAE",
+    "Autoencoder",
+    "ModelConfig",
+    "TrainConfig",
+    "RunConfig",
+    "VaekitError",
+]

@@ -9,6 +9,7 @@ as FID (Heusel et al. 2017) with an MNIST classifier in place of Inception.
 A classifier folder holds config.json ({"classifier": {...}}), model.safetensors,
 metrics.jsonl (one row per epoch, with the test accuracy) and checkpoint/ for resume.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,7 +26,8 @@ from torch import nn
 
 from vaekit import io
 from vaekit.config import from_dict, to_dict
-from vaekit.data import Dataset, DATASETS, load as load_data
+from vaekit.data import DATASETS, Dataset
+from vaekit.data import load as load_data
 from vaekit.errors import VaekitError
 from vaekit.networks import mlp
 
@@ -37,13 +39,13 @@ CKPT_DIR, CKPT_FILE = "checkpoint", "state.safetensors"  # as in a run folder
 class ClassifierConfig:
     data: str = "mnist"
     input_shape: tuple[int, ...] = (1, 28, 28)
-    hidden: tuple[int, ...] = (512, 128)    # the last width is the feature size of the Frechet distance
+    hidden: tuple[int, ...] = (512, 128)  # the last width is the feature size of the Frechet distance
     classes: int = 10
     epochs: int = 3
     batch_size: int = 128
     lr: float = 1e-3
     seed: int = 0
-    limit: int = 0                          # train on the first N examples only; 0 = all
+    limit: int = 0  # train on the first N examples only; 0 = all
 
     def to_json(self) -> str:
         return json.dumps({CONFIG_KEY: to_dict(self)}, indent=2)
@@ -68,7 +70,7 @@ class Classifier(nn.Module):
     @torch.inference_mode()
     def predict_proba(self, x: torch.Tensor, batch_size: int = 2000) -> torch.Tensor:
         """Class probabilities, (B, classes)."""
-        return torch.cat([F.softmax(self(x[i:i + batch_size]), -1) for i in range(0, len(x), batch_size)])
+        return torch.cat([F.softmax(self(x[i : i + batch_size]), -1) for i in range(0, len(x), batch_size)])
 
     @torch.inference_mode()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
@@ -78,7 +80,7 @@ class Classifier(nn.Module):
     @torch.inference_mode()
     def embed(self, x: torch.Tensor, batch_size: int = 2000) -> torch.Tensor:
         """Hidden features of many images, (B, hidden[-1]), batched."""
-        return torch.cat([self.features(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+        return torch.cat([self.features(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
 
 
 # ------------------------------------------------------------------------------------------- training
@@ -88,8 +90,10 @@ class Classifier(nn.Module):
 def accuracy(model: Classifier, ds: Dataset, batch_size: int = 2000) -> float:
     """Fraction of `ds` (labelled) classified correctly."""
     model.eval()
-    right = sum(int((model(ds.batch(slice(i, i + batch_size))).argmax(-1) == ds.y[i:i + batch_size]).sum())
-                for i in range(0, len(ds), batch_size))
+    right = sum(
+        int((model(ds.batch(slice(i, i + batch_size))).argmax(-1) == ds.y[i : i + batch_size]).sum())
+        for i in range(0, len(ds), batch_size)
+    )
     return right / len(ds)
 
 
@@ -104,12 +108,22 @@ def _load_checkpoint(path: Path, model, opt, gens: dict[str, torch.Generator]) -
         for k, g in gens.items():
             g.set_state(tensors[f"rng.{k}"])
     except (KeyError, RuntimeError) as e:
-        raise VaekitError(f"{path}: checkpoint does not match this classifier ({str(e).splitlines()[0][:120]})") from None
+        raise VaekitError(
+            f"{path}: checkpoint does not match this classifier ({str(e).splitlines()[0][:120]})"
+        ) from None
     return state
 
 
-def fit_classifier(model: Classifier, train_ds: Dataset, cfg: ClassifierConfig, out: Path | None = None, *,
-                   test: Dataset | None = None, resume: bool = False, quiet: bool = True) -> list[dict]:
+def fit_classifier(
+    model: Classifier,
+    train_ds: Dataset,
+    cfg: ClassifierConfig,
+    out: Path | None = None,
+    *,
+    test: Dataset | None = None,
+    resume: bool = False,
+    quiet: bool = True,
+) -> list[dict]:
     """Adam on the cross-entropy; one metrics row per epoch (with the test accuracy when `test` is given).
 
     With `out`, writes the folder as train.fit does (weights and checkpoint after every epoch, so an
@@ -124,7 +138,7 @@ def fit_classifier(model: Classifier, train_ds: Dataset, cfg: ClassifierConfig, 
     ckpt = out / CKPT_DIR / CKPT_FILE if out is not None else None
     if resume:
         state = _load_checkpoint(ckpt, model, opt, gens)
-        rows = io.read_metrics(out)[:state["metrics_lines"]]
+        rows = io.read_metrics(out)[: state["metrics_lines"]]
     else:
         rows = []
     t_start = time.perf_counter() - state["seconds"]
@@ -134,21 +148,29 @@ def fit_classifier(model: Classifier, train_ds: Dataset, cfg: ClassifierConfig, 
         perm = torch.randperm(n, generator=gens["order"])
         loss_sum, t_epoch = 0.0, time.perf_counter()
         for i in range(0, n, cfg.batch_size):
-            idx = perm[i:i + cfg.batch_size]
+            idx = perm[i : i + cfg.batch_size]
             loss = F.cross_entropy(model(train_ds.batch(idx)), train_ds.y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             loss_sum += loss.item() * len(idx)
-        row = {"epoch": epoch + 1, "seconds": round(time.perf_counter() - t_start, 3),
-               "epoch_seconds": round(time.perf_counter() - t_epoch, 3), "train_loss": loss_sum / n}
+        row = {
+            "epoch": epoch + 1,
+            "seconds": round(time.perf_counter() - t_start, 3),
+            "epoch_seconds": round(time.perf_counter() - t_epoch, 3),
+            "train_loss": loss_sum / n,
+        }
         if test is not None:
             row["test_accuracy"] = accuracy(model, test)
         rows.append(row)
         if not quiet:
             acc = f"  test accuracy {row['test_accuracy']:.4f}" if "test_accuracy" in row else ""
-            print(f"classifier epoch {epoch + 1}/{cfg.epochs}  loss {row['train_loss']:.4f}{acc}  "
-                  f"({row['epoch_seconds']:.1f}s)", file=sys.stderr, flush=True)
+            print(
+                f"classifier epoch {epoch + 1}/{cfg.epochs}  loss {row['train_loss']:.4f}{acc}  "
+                f"({row['epoch_seconds']:.1f}s)",
+                file=sys.stderr,
+                flush=True,
+            )
         if out is not None:
             io.save_tensors(model.state_dict(), out / io.WEIGHTS)
             io.atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
@@ -158,13 +180,15 @@ def fit_classifier(model: Classifier, train_ds: Dataset, cfg: ClassifierConfig, 
     return rows
 
 
-def train_classifier(cfg: ClassifierConfig, out: str | Path, *, resume: bool = False, overwrite: bool = False,
-                     quiet: bool = True) -> Classifier:
+def train_classifier(
+    cfg: ClassifierConfig, out: str | Path, *, resume: bool = False, overwrite: bool = False, quiet: bool = True
+) -> Classifier:
     """Load the data, train, write the classifier folder `out`; returns the trained classifier.
 
     The test accuracy is measured on the test split of a built-in dataset (none for a user's file).
     """
     from vaekit.train import prepare_out
+
     out = Path(out)
     prepare_out(out, resume, overwrite)
     if resume:  # the saved config rules; only the number of epochs may grow
@@ -209,7 +233,9 @@ def load_classifier(folder: str | Path) -> Classifier:
     try:
         model.load_state_dict(io.load_tensors(folder / io.WEIGHTS))
     except RuntimeError as e:
-        raise VaekitError(f"{folder / io.WEIGHTS}: does not match {io.CONFIG} ({str(e).splitlines()[0][:120]})") from None
+        raise VaekitError(
+            f"{folder / io.WEIGHTS}: does not match {io.CONFIG} ({str(e).splitlines()[0][:120]})"
+        ) from None
     rows = io.read_metrics(folder)
     model.test_accuracy = rows[-1].get("test_accuracy") if rows else None
     return model.eval()
@@ -265,14 +291,16 @@ def class_coverage(labels: torch.Tensor, classes: int) -> float:
 def generation_scores(clf: Classifier, x_gen: torch.Tensor, x_real: torch.Tensor) -> dict:
     """Scores of generated images x_gen (N, *shape) in [0, 1] against real ones x_real (M, *shape):
 
-        confidence  mean over images of the max class probability (a recognisable digit scores near 1)
-        coverage    class_coverage of the predicted labels (1 = all classes equally often)
-        frechet     Frechet distance between the classifier's hidden features of x_gen and x_real
-        label_counts  the predicted-label histogram
+    confidence  mean over images of the max class probability (a recognisable digit scores near 1)
+    coverage    class_coverage of the predicted labels (1 = all classes equally often)
+    frechet     Frechet distance between the classifier's hidden features of x_gen and x_real
+    label_counts  the predicted-label histogram
     """
     p = clf.predict_proba(x_gen)
     labels = p.argmax(-1)
-    return {"confidence": float(p.max(-1).values.mean()),
-            "coverage": class_coverage(labels, clf.config.classes),
-            "frechet": feature_frechet(clf.embed(x_gen), clf.embed(x_real)),
-            "label_counts": torch.bincount(labels, minlength=clf.config.classes).tolist()}
+    return {
+        "confidence": float(p.max(-1).values.mean()),
+        "coverage": class_coverage(labels, clf.config.classes),
+        "frechet": feature_frechet(clf.embed(x_gen), clf.embed(x_real)),
+        "label_counts": torch.bincount(labels, minlength=clf.config.classes).tolist(),
+    }

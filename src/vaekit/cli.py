@@ -1,4 +1,5 @@
 """The `vaekit` command: parse, call the library, print. Bad input -> `error: ...` on stderr, exit 2."""
+
 from __future__ import annotations
 
 import argparse
@@ -27,6 +28,7 @@ def _positive_int(s: str) -> int:
 
 def _int_in(lo: int, hi: int):
     """An argparse type: an integer in lo..hi (a bound keeps a typo from reaching torch as an overflow)."""
+
     def parse(s: str) -> int:
         try:
             v = int(s)
@@ -35,10 +37,11 @@ def _int_in(lo: int, hi: int):
         if not lo <= v <= hi:
             raise argparse.ArgumentTypeError(f"expected an integer in {lo}..{hi}, got {s[:40]!r}")
         return v
+
     return parse
 
 
-MAX_IMAGES = 10_000      # -n of sample/reconstruct, --steps of interpolate: one image grid
+MAX_IMAGES = 10_000  # -n of sample/reconstruct, --steps of interpolate: one image grid
 MAX_IW_SAMPLES = 1_000_000
 _seed = _int_in(0, 2**32 - 1)
 
@@ -46,12 +49,14 @@ _seed = _int_in(0, 2**32 - 1)
 def _image_path(s: str) -> Path:
     """-o of the picture commands: a file Pillow can write (its format follows the extension)."""
     from PIL import Image
+
     p = Path(s)
     if p.is_dir():
         raise argparse.ArgumentTypeError(f"{s} is a folder; give a file name such as {p / 'grid.png'}")
     if Image.registered_extensions().get(p.suffix.lower()) not in Image.SAVE:
-        raise argparse.ArgumentTypeError(f"{s}: cannot write images as {p.suffix or 'a file without extension'!r}; "
-                                          f"use .png")
+        raise argparse.ArgumentTypeError(
+            f"{s}: cannot write images as {p.suffix or 'a file without extension'!r}; use .png"
+        )
     return p
 
 
@@ -122,18 +127,27 @@ def build_parser() -> argparse.ArgumentParser:
     g = t.add_mutually_exclusive_group()
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     g.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
-    t.add_argument("--amp", action="store_true", default=None,
-                   help="bf16 mixed precision (CUDA, or a CPU with AVX512-BF16/AMX): ~1.5-2x faster steps")
-    t.add_argument("--compile", action="store_true", default=None,
-                   help="torch.compile the training step (a one-off compile of ~5-30 s, then faster steps)")
+    t.add_argument(
+        "--amp",
+        action="store_true",
+        default=None,
+        help="bf16 mixed precision (CUDA, or a CPU with AVX512-BF16/AMX): ~1.5-2x faster steps",
+    )
+    t.add_argument(
+        "--compile",
+        action="store_true",
+        default=None,
+        help="torch.compile the training step (a one-off compile of ~5-30 s, then faster steps)",
+    )
     t.add_argument("--quiet", action="store_true", default=None, help="no progress output")
 
     e = sub.add_parser("eval", help="ELBO, reconstruction, KL and importance-sampled NLL, in nats")
     e.add_argument("run", type=Path)
     e.add_argument("--split", default="test", choices=["train", "test"])
     e.add_argument("--data", help="evaluate on other data (a dataset name or a file) instead of the run's")
-    e.add_argument("--iw-samples", type=_int_in(0, MAX_IW_SAMPLES), default=5000,
-                   help="importance samples for the NLL; 0 = skip")
+    e.add_argument(
+        "--iw-samples", type=_int_in(0, MAX_IW_SAMPLES), default=5000, help="importance samples for the NLL; 0 = skip"
+    )
     e.add_argument("--limit", type=_positive_int, help="only the first N examples")
     e.add_argument("--batch-size", type=_positive_int, default=100)
     e.add_argument("--seed", type=_seed, default=0)
@@ -170,8 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("run", type=Path)
     sc.add_argument("--data", required=True, help="a dataset name (its --split) or a file/folder")
     sc.add_argument("--split", default="test", choices=["train", "test"])
-    sc.add_argument("--iw-samples", type=_int_in(0, MAX_IW_SAMPLES), default=1000,
-                    help="importance samples for -log p(x); 0 = skip")
+    sc.add_argument(
+        "--iw-samples", type=_int_in(0, MAX_IW_SAMPLES), default=1000, help="importance samples for -log p(x); 0 = skip"
+    )
     sc.add_argument("--limit", type=_positive_int)
     sc.add_argument("-o", "--output", type=_out_file, required=True, help="scores.csv")
 
@@ -195,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_data(args) -> int:
     from vaekit.data import fetch
+
     path = fetch(args.name)
     print(f"{args.name}: verified in {path}")
     return 0
@@ -203,6 +219,7 @@ def cmd_data(args) -> int:
 def cmd_train(args) -> int:
     from vaekit.config import load_config_file, split_options
     from vaekit.train import dist_info, train
+
     options = load_config_file(args.config) if args.config else {}
     where = str(args.config) if args.config else "flags"
     from_file = {str(k).replace("-", "_") for k in options}
@@ -213,8 +230,13 @@ def cmd_train(args) -> int:
             from_file.discard(flag[2:].replace("-", "_"))
     rc = split_options(options, where)
     try:
-        run = train(rc, args.out, resume=args.resume, overwrite=args.overwrite,
-                    given={str(k).replace("-", "_") for k in options})
+        run = train(
+            rc,
+            args.out,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            given={str(k).replace("-", "_") for k in options},
+        )
     except VaekitError as e:  # "--epochs must be ..." when `epochs: -3` came from the file: name the file too
         first = str(e).split(maxsplit=1)[0] if str(e).startswith("--") else ""
         if first.rstrip(":").lstrip("-").replace("-", "_") in from_file:
@@ -230,10 +252,13 @@ def cmd_train(args) -> int:
 def _data_for(run_model, source: str | None, split: str, run_cfg):
     """The dataset a command works on: `source` if given, else the run's training data (at `split`)."""
     from vaekit.data import load
+
     ds = load(source or run_cfg.train.data, split)
     if ds.shape != tuple(run_cfg.model.input_shape):
-        raise VaekitError(f"--data {source or run_cfg.train.data}: examples have shape {ds.shape}, "
-                          f"the model expects {tuple(run_cfg.model.input_shape)}")
+        raise VaekitError(
+            f"--data {source or run_cfg.train.data}: examples have shape {ds.shape}, "
+            f"the model expects {tuple(run_cfg.model.input_shape)}"
+        )
     return ds
 
 
@@ -241,6 +266,7 @@ def cmd_eval(args) -> int:
     import vaekit
     from vaekit.evaluate import evaluate
     from vaekit.train import resolve_device
+
     device = resolve_device(args.device)
     model = vaekit.load(args.run, device)
     cfg = model.run_config
@@ -249,8 +275,15 @@ def cmd_eval(args) -> int:
         ds = ds.subset(slice(0, args.limit))
     if args.iw_samples < 0:
         raise VaekitError("--iw-samples must be >= 0")
-    res = evaluate(model, ds, binarize=cfg.train.binarize, iw_samples=args.iw_samples if model.is_vae else 0,
-                   batch_size=args.batch_size, seed=args.seed, device=device)
+    res = evaluate(
+        model,
+        ds,
+        binarize=cfg.train.binarize,
+        iw_samples=args.iw_samples if model.is_vae else 0,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        device=device,
+    )
     res["split"] = args.split if args.data is None or args.data in vaekit.data.DATASETS else "file"
     res["model"] = cfg.model.model
     if args.json:
@@ -267,8 +300,10 @@ def cmd_eval(args) -> int:
 
 def cmd_sample(args) -> int:
     import torch
+
     import vaekit
     from vaekit.figures import save_grid
+
     model = vaekit.load(args.run)
     x = model.sample(args.n, torch.Generator().manual_seed(args.seed))
     out = save_grid(x, args.output or args.run / "figures" / "samples.png")
@@ -278,14 +313,19 @@ def cmd_sample(args) -> int:
 
 def cmd_reconstruct(args) -> int:
     import torch
+
     import vaekit
     from vaekit.figures import save_grid
+
     model = vaekit.load(args.run)
     ds = _data_for(model, None, args.split, model.run_config)
     x = ds.batch(slice(0, args.n))
     x_hat = model.reconstruct(x)
-    out = save_grid(torch.cat([x, x_hat]), args.output or args.run / "figures" / "reconstructions.png",
-                    nrow=min(args.n, 16) if args.n <= 16 else args.n)
+    out = save_grid(
+        torch.cat([x, x_hat]),
+        args.output or args.run / "figures" / "reconstructions.png",
+        nrow=min(args.n, 16) if args.n <= 16 else args.n,
+    )
     print(out)
     return 0
 
@@ -294,6 +334,7 @@ def cmd_interpolate(args) -> int:
     import vaekit
     from vaekit.figures import save_grid
     from vaekit.latent import interpolate
+
     model = vaekit.load(args.run)
     ds = _data_for(model, None, "test", model.run_config)
     for i in (args.src, args.dst):
@@ -310,7 +351,9 @@ def cmd_interpolate(args) -> int:
 def cmd_encode(args) -> int:
     import numpy as np
     import torch
+
     import vaekit
+
     model = vaekit.load(args.run)
     ds = _data_for(model, args.data, args.split, model.run_config)
     with torch.inference_mode():
@@ -323,8 +366,10 @@ def cmd_encode(args) -> int:
 
 def cmd_score(args) -> int:
     import csv
+
     import vaekit
     from vaekit.evaluate import evaluate
+
     if args.iw_samples < 0:
         raise VaekitError("--iw-samples must be >= 0 (0 skips -log p(x))")
     model = vaekit.load(args.run)
@@ -332,8 +377,9 @@ def cmd_score(args) -> int:
     ds = _data_for(model, args.data, args.split, cfg)
     if args.limit:
         ds = ds.subset(slice(0, args.limit))
-    res = evaluate(model, ds, binarize=cfg.train.binarize, iw_samples=args.iw_samples if model.is_vae else 0,
-                   per_example=True)
+    res = evaluate(
+        model, ds, binarize=cfg.train.binarize, iw_samples=args.iw_samples if model.is_vae else 0, per_example=True
+    )
     pe = res["per_example"]
     args.output.parent.mkdir(parents=True, exist_ok=True)
     with open(args.output, "w", newline="") as f:
@@ -351,28 +397,42 @@ def cmd_score(args) -> int:
 
 def cmd_report(args) -> int:
     from vaekit.report import write_report
+
     print(write_report(args.runs, args.output))
     return 0
 
 
 def cmd_demo(args) -> int:
     from vaekit.demo import run_demo
+
     print(run_demo(args.out, quick=args.quick))
     return 0
 
 
 def cmd_serve(args) -> int:
     from vaekit.app import serve
+
     return serve(args.runs, host=args.host, port=args.port)
 
 
-COMMANDS = {"data": cmd_data, "train": cmd_train, "eval": cmd_eval, "sample": cmd_sample,
-            "reconstruct": cmd_reconstruct, "interpolate": cmd_interpolate, "encode": cmd_encode,
-            "score": cmd_score, "report": cmd_report, "demo": cmd_demo, "serve": cmd_serve}
+COMMANDS = {
+    "data": cmd_data,
+    "train": cmd_train,
+    "eval": cmd_eval,
+    "sample": cmd_sample,
+    "reconstruct": cmd_reconstruct,
+    "interpolate": cmd_interpolate,
+    "encode": cmd_encode,
+    "score": cmd_score,
+    "report": cmd_report,
+    "demo": cmd_demo,
+    "serve": cmd_serve,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     from vaekit.train import Interrupted
+
     try:
         args = build_parser().parse_args(argv)
         return COMMANDS[args.command](args)
@@ -388,6 +448,5 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         return 0
     except OSError as e:  # a full disk, a read-only folder, a path through a file: one line, not a traceback
-        print(f"error: {e.filename or ''}{': ' if e.filename else ''}{(e.strerror or str(e)).lower()}",
-              file=sys.stderr)
+        print(f"error: {e.filename or ''}{': ' if e.filename else ''}{(e.strerror or str(e)).lower()}", file=sys.stderr)
         return 2

@@ -3,6 +3,7 @@
 `ModelConfig` is enough to rebuild a model's architecture; `TrainConfig` is how
 it was trained. A run's config.json holds both: {"model": {...}, "train": {...}}.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -20,29 +21,30 @@ LEARN_SIGMA = ("none", "global", "pixel")
 SCHEDULES = ("constant", "cosine", "step")
 # Sanity bounds: beyond them a value is a typo or a hostile file, and torch or numpy would fail with a
 # traceback (an integer overflow, an allocation of terabytes) instead of this one-line error.
-MAX_WIDTH = 1 << 16          # latent-dim, hidden and conv channel widths
-MAX_IW_K = 5000              # importance samples per example in training (eval's default k)
+MAX_WIDTH = 1 << 16  # latent-dim, hidden and conv channel widths
+MAX_IW_K = 5000  # importance samples per example in training (eval's default k)
 MAX_THREADS = 1024
-MAX_SEED = 2**32 - 1         # numpy's seeds are 32-bit
-FLOAT32_MAX = 3.4028234e38   # weights are float32: a larger hyperparameter overflows on the way in
+MAX_SEED = 2**32 - 1  # numpy's seeds are 32-bit
+FLOAT32_MAX = 3.4028234e38  # weights are float32: a larger hyperparameter overflows on the way in
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    model: str = "vae"                      # vae | ae
-    arch: str = "mlp"                       # mlp | conv
+    model: str = "vae"  # vae | ae
+    arch: str = "mlp"  # mlp | conv
     input_shape: tuple[int, ...] = (1, 28, 28)
     latent_dim: int = 20
-    hidden: tuple[int, ...] = (400,)        # MLP widths (the conv head's too)
-    channels: tuple[int, ...] = (32, 64)    # conv channels, one stride-2 layer each
+    hidden: tuple[int, ...] = (400,)  # MLP widths (the conv head's too)
+    channels: tuple[int, ...] = (32, 64)  # conv channels, one stride-2 layer each
     activation: str = "relu"
-    likelihood: str = "bernoulli"           # bernoulli | gaussian | cbernoulli
-    sigma: float = 0.1                      # gaussian: the fixed sigma, or the initial one when learned
-    learn_sigma: str = "none"               # gaussian: none | global | pixel
-    min_sigma: float = 1e-3                 # a learned sigma never goes below this
+    likelihood: str = "bernoulli"  # bernoulli | gaussian | cbernoulli
+    sigma: float = 0.1  # gaussian: the fixed sigma, or the initial one when learned
+    learn_sigma: str = "none"  # gaussian: none | global | pixel
+    min_sigma: float = 1e-3  # a learned sigma never goes below this
 
-    def validate(self) -> "ModelConfig":
+    def validate(self) -> ModelConfig:
         from vaekit.networks import ACTIVATIONS
+
         _choice("model", self.model, ("vae", "ae"))
         _choice("arch", self.arch, ("mlp", "conv"))
         _choice("likelihood", self.likelihood, LIKELIHOODS)
@@ -59,18 +61,24 @@ class ModelConfig:
         if self.arch == "conv" and len(self.input_shape) != 3:
             raise VaekitError(f"--arch conv needs image data (C, H, W); this data has shape {self.input_shape}")
         if not (0 < self.sigma < math.inf) or not (0 < self.min_sigma < math.inf):
-            raise VaekitError(f"--sigma and min_sigma must be positive and finite, got {self.sigma} and {self.min_sigma}")
+            raise VaekitError(
+                f"--sigma and min_sigma must be positive and finite, got {self.sigma} and {self.min_sigma}"
+            )
         if not self.sigma > self.min_sigma:
-            raise VaekitError(f"--sigma {self.sigma:g} must be larger than min_sigma {self.min_sigma:g} "
-                              f"(the floor of a Gaussian likelihood's sigma)")
+            raise VaekitError(
+                f"--sigma {self.sigma:g} must be larger than min_sigma {self.min_sigma:g} "
+                f"(the floor of a Gaussian likelihood's sigma)"
+            )
         defaults = ModelConfig()
         if self.likelihood != "gaussian":
             if self.learn_sigma != "none":
                 raise VaekitError(f"--learn-sigma {self.learn_sigma} applies only to --likelihood gaussian")
             for name in ("sigma", "min_sigma"):
                 if getattr(self, name) != getattr(defaults, name):
-                    raise VaekitError(f"--{name.replace('_', '-')} applies only to --likelihood gaussian "
-                                      f"(this model's likelihood is {self.likelihood})")
+                    raise VaekitError(
+                        f"--{name.replace('_', '-')} applies only to --likelihood gaussian "
+                        f"(this model's likelihood is {self.likelihood})"
+                    )
         if self.arch == "mlp" and tuple(self.channels) != defaults.channels:
             raise VaekitError("--channels applies only to --arch conv (this model is an MLP)")
         return self
@@ -79,42 +87,45 @@ class ModelConfig:
 def cpu_has_bf16() -> bool:
     """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slower."""
     import torch
+
     return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
 
 
 def check_cpu_bf16() -> None:
     if not cpu_has_bf16():
-        raise VaekitError("--amp on CPU needs native bf16 (AVX512-BF16 or AMX), which this CPU lacks "
-                          "(emulated bf16 is slower than fp32); drop --amp")
+        raise VaekitError(
+            "--amp on CPU needs native bf16 (AVX512-BF16 or AMX), which this CPU lacks "
+            "(emulated bf16 is slower than fp32); drop --amp"
+        )
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     data: str = "mnist"
-    binarize: str = "auto"                  # dynamic | static | none | auto (dynamic for bernoulli, else none)
+    binarize: str = "auto"  # dynamic | static | none | auto (dynamic for bernoulli, else none)
     val_fraction: float = 0.05
     epochs: int = 10
     batch_size: int = 128
     lr: float = 1e-3
-    schedule: str = "constant"              # constant | cosine | step
-    step_every: int = 30                    # step schedule: epochs between halvings
+    schedule: str = "constant"  # constant | cosine | step
+    step_every: int = 30  # step schedule: epochs between halvings
     weight_decay: float = 0.0
-    clip: float = 0.0                       # max gradient norm; 0 = off
+    clip: float = 0.0  # max gradient norm; 0 = off
     beta: float = 1.0
-    kl_warmup: float = 0.0                  # epochs of linear KL warm-up, 0 = off
-    free_bits: float = 0.0                  # nats per latent dimension, 0 = off
-    iw_k: int = 1                           # >1 trains on the IWAE bound
+    kl_warmup: float = 0.0  # epochs of linear KL warm-up, 0 = off
+    free_bits: float = 0.0  # nats per latent dimension, 0 = off
+    iw_k: int = 1  # >1 trains on the IWAE bound
     seed: int = 0
-    device: str = "auto"                    # auto | cpu | cuda
-    threads: int = 0                        # torch CPU threads; 0 = torch's default
-    checkpoint_every: int = 500             # steps between mid-epoch checkpoints; 0 = epoch ends only
-    patience: int = 0                       # early stopping on validation ELBO; 0 = off
-    max_bad_steps: int = 20                 # consecutive non-finite steps before training stops
-    amp: bool = False                       # bf16 autocast: CUDA, or a CPU with native bf16 (AVX512-BF16/AMX)
-    compile: bool = False                   # torch.compile the training step's forward pass
+    device: str = "auto"  # auto | cpu | cuda
+    threads: int = 0  # torch CPU threads; 0 = torch's default
+    checkpoint_every: int = 500  # steps between mid-epoch checkpoints; 0 = epoch ends only
+    patience: int = 0  # early stopping on validation ELBO; 0 = off
+    max_bad_steps: int = 20  # consecutive non-finite steps before training stops
+    amp: bool = False  # bf16 autocast: CUDA, or a CPU with native bf16 (AVX512-BF16/AMX)
+    compile: bool = False  # torch.compile the training step's forward pass
     quiet: bool = False
 
-    def validate(self, model: ModelConfig | None = None) -> "TrainConfig":
+    def validate(self, model: ModelConfig | None = None) -> TrainConfig:
         _choice("binarize", self.binarize, ("dynamic", "static", "none", "auto"))
         _choice("schedule", self.schedule, SCHEDULES)
         _choice("device", self.device, ("auto", "cpu", "cuda"))
@@ -147,11 +158,15 @@ class TrainConfig:
         if model is not None and model.model == "ae":
             for name, default in (("iw_k", 1), ("beta", 1.0), ("kl_warmup", 0.0), ("free_bits", 0.0)):
                 if getattr(self, name) != default:
-                    raise VaekitError(f"--{name.replace('_', '-')} applies to a VAE only; "
-                                      f"an autoencoder has no KL term or posterior to sample")
+                    raise VaekitError(
+                        f"--{name.replace('_', '-')} applies to a VAE only; "
+                        f"an autoencoder has no KL term or posterior to sample"
+                    )
         if self.iw_k > 1 and (self.free_bits or self.kl_warmup or self.beta != 1.0):
-            raise VaekitError("--iw-k > 1 trains on the IWAE bound, which has no separate KL term: "
-                              "drop --beta/--kl-warmup/--free-bits")
+            raise VaekitError(
+                "--iw-k > 1 trains on the IWAE bound, which has no separate KL term: "
+                "drop --beta/--kl-warmup/--free-bits"
+            )
         return self
 
 
@@ -254,7 +269,7 @@ class RunConfig:
         return json.dumps({"model": to_dict(self.model), "train": to_dict(self.train)}, indent=2)
 
     @classmethod
-    def from_json_file(cls, path: Path) -> "RunConfig":
+    def from_json_file(cls, path: Path) -> RunConfig:
         try:
             d = json.loads(Path(path).read_text())
         except FileNotFoundError:
@@ -277,6 +292,7 @@ class RunConfig:
 def load_config_file(path: Path) -> dict:
     """A flat mapping of option -> value from a YAML or JSON file (`--config run.yaml`)."""
     import yaml
+
     try:
         text = Path(path).read_text()
     except OSError as e:
@@ -287,7 +303,9 @@ def load_config_file(path: Path) -> dict:
         d = yaml.safe_load(text)  # JSON is YAML
     except yaml.YAMLError as e:
         line = getattr(getattr(e, "problem_mark", None), "line", None)
-        raise VaekitError(f"{path}: not valid YAML/JSON" + (f" (line {line + 1})" if line is not None else "")) from None
+        raise VaekitError(
+            f"{path}: not valid YAML/JSON" + (f" (line {line + 1})" if line is not None else "")
+        ) from None
     except ValueError as e:  # e.g. an integer of more than 4300 digits
         raise VaekitError(f"{path}: not valid YAML/JSON ({str(e).splitlines()[0].split(';')[0][:160]})") from None
     except RecursionError:

@@ -7,6 +7,7 @@ Each model is trained by `vaekit.train.train` (the code path of `vaekit train`).
 from their checkpoint when not, and never replaced silently: a folder holding a different
 configuration is refused with a message.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,7 +18,8 @@ from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 from vaekit import io
-from vaekit.classifier import CKPT_DIR, CKPT_FILE, ClassifierConfig, load_config as load_classifier_config, train_classifier
+from vaekit.classifier import CKPT_DIR, CKPT_FILE, ClassifierConfig, train_classifier
+from vaekit.classifier import load_config as load_classifier_config
 from vaekit.config import ModelConfig, RunConfig, TrainConfig
 from vaekit.errors import VaekitError
 from vaekit.report import QUICK, ReportSettings, build_report, save_report
@@ -34,10 +36,12 @@ def plan(quick: bool) -> dict[str, RunConfig | ClassifierConfig]:
     """The runs the demo trains, by folder name."""
     e = QUICK_EPOCHS if quick else FULL_EPOCHS
     train = TrainConfig(data="mnist", binarize="dynamic", batch_size=128, lr=1e-3, seed=0)
-    return {"ae": RunConfig(ModelConfig(model="ae", latent_dim=20), replace(train, epochs=e["ae"])),
-            "vae": RunConfig(ModelConfig(model="vae", latent_dim=20), replace(train, epochs=e["vae"])),
-            "vae2d": RunConfig(ModelConfig(model="vae", latent_dim=2), replace(train, epochs=e["vae2d"])),
-            "classifier": ClassifierConfig(data="mnist", epochs=e["classifier"], seed=0)}
+    return {
+        "ae": RunConfig(ModelConfig(model="ae", latent_dim=20), replace(train, epochs=e["ae"])),
+        "vae": RunConfig(ModelConfig(model="vae", latent_dim=20), replace(train, epochs=e["vae"])),
+        "vae2d": RunConfig(ModelConfig(model="vae", latent_dim=2), replace(train, epochs=e["vae2d"])),
+        "classifier": ClassifierConfig(data="mnist", epochs=e["classifier"], seed=0),
+    }
 
 
 def free_cores(samples: int = 5, interval: float = 0.04) -> int | None:
@@ -67,8 +71,11 @@ def _say(msg: str) -> None:
 
 
 def _differences(saved, wanted, ignore) -> list[str]:
-    return [f"{f.name} {getattr(saved, f.name)!r} (wanted {getattr(wanted, f.name)!r})" for f in fields(saved)
-            if f.name not in ignore and getattr(saved, f.name) != getattr(wanted, f.name)]
+    return [
+        f"{f.name} {getattr(saved, f.name)!r} (wanted {getattr(wanted, f.name)!r})"
+        for f in fields(saved)
+        if f.name not in ignore and getattr(saved, f.name) != getattr(wanted, f.name)
+    ]
 
 
 def _saved_config(folder: Path, classifier: bool):
@@ -89,11 +96,14 @@ def ensure_run(folder: Path, cfg: RunConfig | ClassifierConfig, threads: int = 0
         if classifier:
             diff = _differences(saved, cfg, {"epochs", "input_shape"})
         else:
-            diff = _differences(saved.model, cfg.model, {"input_shape"}) + \
-                _differences(saved.train, cfg.train, RESUMABLE)
+            diff = _differences(saved.model, cfg.model, {"input_shape"}) + _differences(
+                saved.train, cfg.train, RESUMABLE
+            )
         if diff:
-            raise VaekitError(f"{folder}: holds a run with a different configuration ({'; '.join(diff[:3])}); "
-                              f"move it away or use another --out")
+            raise VaekitError(
+                f"{folder}: holds a run with a different configuration ({'; '.join(diff[:3])}); "
+                f"move it away or use another --out"
+            )
         done = len(io.read_metrics(folder))
         if done >= epochs and (folder / io.WEIGHTS).is_file():
             return f"reused ({done} epochs)"
@@ -101,12 +111,16 @@ def ensure_run(folder: Path, cfg: RunConfig | ClassifierConfig, threads: int = 0
             _say(f"{folder}: stopped before its first checkpoint; starting it again")
             overwrite = True
     resume = not fresh and not overwrite
-    what = (f"resuming from epoch {len(io.read_metrics(folder))} to {epochs}" if resume
-            else f"training {epochs} epoch{'s' if epochs > 1 else ''}")
+    what = (
+        f"resuming from epoch {len(io.read_metrics(folder))} to {epochs}"
+        if resume
+        else f"training {epochs} epoch{'s' if epochs > 1 else ''}"
+    )
     _say(f"{folder.name}: {what}" + (f" ({threads} thread{'s' if threads > 1 else ''})" if threads else ""))
     t = time.perf_counter()
     if threads:
         import torch
+
         torch.set_num_threads(threads)
         cfg = cfg if classifier else replace(cfg, train=replace(cfg.train, threads=threads))
     if classifier:
@@ -125,6 +139,7 @@ def run_demo(out: Path, quick: bool = False) -> Path:
         raise VaekitError(f"--out {out}: exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
     import torch
+
     default_threads = torch.get_num_threads()
     runs = []
     for name, cfg in plan(quick).items():
@@ -144,10 +159,14 @@ def run_demo(out: Path, quick: bool = False) -> Path:
         if name == "ae":
             print(f"  ae     reconstruction log-lik {m['ae.recon']:8.2f}   (no ELBO/NLL: an AE has no density)")
         else:
-            print(f"  {name:<6} ELBO {m[f'{name}.elbo']:8.2f}   NLL {m[f'{name}.nll']:7.2f}   "
-                  f"active units {int(m[f'{name}.active_units'])}")
+            print(
+                f"  {name:<6} ELBO {m[f'{name}.elbo']:8.2f}   NLL {m[f'{name}.nll']:7.2f}   "
+                f"active units {int(m[f'{name}.active_units'])}"
+            )
     if "vae.gen_frechet" in m:
-        print(f"  generated digits, Frechet distance on classifier features: AE {m['ae.gen_frechet']:.2f}, "
-              f"VAE {m['vae.gen_frechet']:.2f} (real vs real {m['real.gen_frechet']:.2f}); "
-              f"classifier test accuracy {m['classifier.test_accuracy']:.4f}")
+        print(
+            f"  generated digits, Frechet distance on classifier features: AE {m['ae.gen_frechet']:.2f}, "
+            f"VAE {m['vae.gen_frechet']:.2f} (real vs real {m['real.gen_frechet']:.2f}); "
+            f"classifier test accuracy {m['classifier.test_accuracy']:.4f}"
+        )
     return path

@@ -7,6 +7,7 @@ overhead, and (3) the continuous Bernoulli needs a Taylor branch near 0.5 for
 stability. Every log_prob and KL here is tested against torch.distributions.
 All log-densities are in nats.
 """
+
 from __future__ import annotations
 
 import math
@@ -57,7 +58,7 @@ class Normal:
 
     def kl_std_normal_per_dim(self) -> torch.Tensor:
         """KL(q || N(0, I)) per latent dimension, (B, D) (Kingma & Welling 2013, Appendix B)."""
-        return -0.5 * (1 + self.logvar - self.mu ** 2 - torch.exp(self.logvar))
+        return -0.5 * (1 + self.logvar - self.mu**2 - torch.exp(self.logvar))
 
     def kl_std_normal(self) -> torch.Tensor:
         """KL(q || N(0, I)) per example, (B,), in nats."""
@@ -92,7 +93,7 @@ class StandardNormal:
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         """(..., D) -> (...), in nats."""
-        return -0.5 * (LOG_2PI + z ** 2).sum(-1)
+        return -0.5 * (LOG_2PI + z**2).sum(-1)
 
     def sample(self, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
         """(n, D) draws on `device`; drawn where `generator` lives (a CPU generator can feed a CUDA model)."""
@@ -155,7 +156,7 @@ class ContinuousBernoulli:
         """log C(l), C(l) = 2 artanh(1 - 2l) / (1 - 2l) (eq. 7), computed in logit space for stability."""
         # 1 - 2l = -tanh(logits / 2) and 2 artanh(1 - 2l) = -logits, so C = logits / tanh(logits / 2).
         a = self.logits
-        near = (a.abs() < 4 * self._TAYLOR_BAND)  # l within ~0.01 of 0.5
+        near = a.abs() < 4 * self._TAYLOR_BAND  # l within ~0.01 of 0.5
         safe = torch.where(near, torch.ones_like(a), a)
         # log(a / tanh(a/2)) for large |a| ~ log|a|; tanh saturates to 1 without loss.
         exact = torch.log(safe.abs()) - torch.log(torch.tanh(safe.abs() / 2))

@@ -1,4 +1,5 @@
-"""The one user-facing error type: the CLI prints it as `error: ...` and exits 2; and telling torch.compile failures apart."""
+"""The one user-facing error type (the CLI prints it as `error: ...` and exits 2), and telling
+torch.compile failures apart."""
 
 
 class VaekitError(Exception):

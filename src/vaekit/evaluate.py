@@ -1,8 +1,9 @@
 """Honest evaluation: importance-sampled log p(x) in nats, active units, per-example scores.
 
-    log p(x) ~= logsumexp_i [log p(x|z_i) + log p(z_i) - log q(z_i|x)] - log k,  z_i ~ q(z|x)
-    (Burda et al. 2015, eq. 8 with k samples; a stochastic lower bound that tightens as k grows)
+log p(x) ~= logsumexp_i [log p(x|z_i) + log p(z_i) - log q(z_i|x)] - log k,  z_i ~ q(z|x)
+(Burda et al. 2015, eq. 8 with k samples; a stochastic lower bound that tightens as k grows)
 """
+
 from __future__ import annotations
 
 import math
@@ -12,7 +13,6 @@ import torch
 
 from vaekit.errors import is_compile_error
 from vaekit.objectives import elbo, log_weights
-
 
 # Above this much work (importance samples x examples x pixels) the log-weights are computed by a
 # torch.compile'd function: one fused kernel for the log-likelihood's element-wise terms and their sum
@@ -41,12 +41,19 @@ def _log_weights_fn(compile: bool):
                 raise
             _compiled["broken"] = True
             return log_weights(*args, **kwargs)
+
     return call
 
 
 @torch.inference_mode()
-def log_likelihood(model, x: torch.Tensor, k: int = 5000, chunk: int | None = None,
-                   generator: torch.Generator | None = None, compile: bool | None = None) -> torch.Tensor:
+def log_likelihood(
+    model,
+    x: torch.Tensor,
+    k: int = 5000,
+    chunk: int | None = None,
+    generator: torch.Generator | None = None,
+    compile: bool | None = None,
+) -> torch.Tensor:
     """Importance-sampled log p(x) with exactly k posterior samples, (B,) in nats.
 
     Vectorised over the batch and chunked over k, so k = 5000 fits in memory: at most
@@ -70,9 +77,10 @@ def log_likelihood(model, x: torch.Tensor, k: int = 5000, chunk: int | None = No
     done = 0
     while done < k:
         n = min(chunk, k - done)
-        eps = torch.stack([torch.randn(q.mu.shape, generator=generator, dtype=q.mu.dtype, device=q.mu.device)
-                           for _ in range(n)])                           # (n, B, D)
-        log_w = weights(model, x, n, eps=eps, q=q)                       # (n, B)
+        eps = torch.stack(
+            [torch.randn(q.mu.shape, generator=generator, dtype=q.mu.dtype, device=q.mu.device) for _ in range(n)]
+        )  # (n, B, D)
+        log_w = weights(model, x, n, eps=eps, q=q)  # (n, B)
         acc = torch.logaddexp(acc, torch.logsumexp(log_w, 0))
         done += n
     return acc - math.log(k)
@@ -96,6 +104,7 @@ def eval_batches(ds, batch_size: int, binarize: str, seed: int, device="cpu"):
     """The data as batches for evaluation: binarized once with a fixed seed when training was binarized,
     so the same run always sees the same test set."""
     from vaekit.data import binarize as draw
+
     g = torch.Generator().manual_seed(seed)
     for i in range(0, len(ds), batch_size):
         x = ds.batch(slice(i, i + batch_size))
@@ -105,8 +114,17 @@ def eval_batches(ds, batch_size: int, binarize: str, seed: int, device="cpu"):
 
 
 @torch.inference_mode()
-def evaluate(model, ds, *, binarize: str = "dynamic", iw_samples: int = 5000, batch_size: int = 100,
-             seed: int = 0, device="cpu", per_example: bool = False) -> dict:
+def evaluate(
+    model,
+    ds,
+    *,
+    binarize: str = "dynamic",
+    iw_samples: int = 5000,
+    batch_size: int = 100,
+    seed: int = 0,
+    device="cpu",
+    per_example: bool = False,
+) -> dict:
     """ELBO, recon, KL and (for a VAE, iw_samples > 0) the importance-sampled NLL, per-example means in nats.
 
     Returns the dict `vaekit eval --json` prints; with per_example, also the (N,) tensors under "per_example".
@@ -130,12 +148,18 @@ def evaluate(model, ds, *, binarize: str = "dynamic", iw_samples: int = 5000, ba
                 if iw_samples > 0:
                     cols["nll"].append(-log_likelihood(model, x, iw_samples, generator=g, compile=compile))
     cat = {k: torch.cat(v).cpu() for k, v in cols.items() if v}
-    out = {"split": None, "n": len(ds), "elbo": cat["elbo"].mean().item(), "recon": cat["recon"].mean().item(),
-           "kl": cat["kl"].mean().item(), "nll": cat["nll"].mean().item() if "nll" in cat else None,
-           "iw_samples": iw_samples if "nll" in cat else 0,
-           "active_units": active_units(cat["mu"]) if model.is_vae else None,
-           "kl_per_dim": cat["kl_per_dim"].mean(0).tolist() if "kl_per_dim" in cat else None,
-           "seconds": round(time.perf_counter() - t0, 3)}
+    out = {
+        "split": None,
+        "n": len(ds),
+        "elbo": cat["elbo"].mean().item(),
+        "recon": cat["recon"].mean().item(),
+        "kl": cat["kl"].mean().item(),
+        "nll": cat["nll"].mean().item() if "nll" in cat else None,
+        "iw_samples": iw_samples if "nll" in cat else 0,
+        "active_units": active_units(cat["mu"]) if model.is_vae else None,
+        "kl_per_dim": cat["kl_per_dim"].mean(0).tolist() if "kl_per_dim" in cat else None,
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
     if not model.is_vae:
         out["recon_loss"] = -out["recon"]
     if per_example:

@@ -9,6 +9,7 @@
 
 Every plot function takes plain tensors/arrays and a path, writes one PNG and returns the path.
 """
+
 from __future__ import annotations
 
 import math
@@ -36,7 +37,7 @@ def grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2, scale: int
     for i in range(n):
         r, col = divmod(i, nrow)
         top, left = pad + r * (h + pad), pad + col * (w + pad)
-        canvas[top:top + h, left:left + w] = x[i].permute(1, 2, 0).numpy()
+        canvas[top : top + h, left : left + w] = x[i].permute(1, 2, 0).numpy()
     arr = (canvas * 255).round().astype(np.uint8)
     img = Image.fromarray(arr[..., 0] if c == 1 else arr[..., :3], mode="L" if c == 1 else "RGB")
     return img.resize((img.width * scale, img.height * scale), Image.NEAREST) if scale > 1 else img
@@ -54,8 +55,10 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None, s
 
 def _plt():
     import matplotlib
+
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
+
     return plt
 
 
@@ -96,22 +99,25 @@ def training_curves(histories: dict[str, list[dict]], path: str | Path, autoenco
     """
     plt = _plt()
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    panels = [("elbo", "ELBO (nats, higher is better)"), ("recon", "reconstruction  E_q[log p(x|z)]  (nats)"),
-              ("kl", "KL(q(z|x) || p(z))  (nats)")]
+    panels = [
+        ("elbo", "ELBO (nats, higher is better)"),
+        ("recon", "reconstruction  E_q[log p(x|z)]  (nats)"),
+        ("kl", "KL(q(z|x) || p(z))  (nats)"),
+    ]
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (name, rows) in enumerate(histories.items()):
         if not rows:
             continue
         ep = [r["epoch"] for r in rows]
         is_ae = name in autoencoders
-        for ax, (key, title) in zip(axes, panels):
+        for ax, (key, _title) in zip(axes, panels):
             if is_ae and key != "recon":
                 continue
             c = colors[i % len(colors)]
             ax.plot(ep, [r[f"train_{key}"] for r in rows], color=c, marker="o", ms=2.5, label=f"{name} train")
             if f"val_{key}" in rows[0]:
                 ax.plot(ep, [r[f"val_{key}"] for r in rows], color=c, ls="--", marker="o", ms=2.5, label=f"{name} val")
-    for ax, (key, title) in zip(axes, panels):
+    for ax, (_key, title) in zip(axes, panels):
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
@@ -127,15 +133,25 @@ def training_curves(histories: dict[str, list[dict]], path: str | Path, autoenco
     return _save(fig, path)
 
 
-def image_rows(rows: list[tuple[str, torch.Tensor]], path: str | Path, captions: list[list[str]] | None = None,
-               col_titles: list[str] | None = None, title: str | None = None, size: float = 0.85) -> Path:
+def image_rows(
+    rows: list[tuple[str, torch.Tensor]],
+    path: str | Path,
+    captions: list[list[str]] | None = None,
+    col_titles: list[str] | None = None,
+    title: str | None = None,
+    size: float = 0.85,
+) -> Path:
     """Rows of images, each (N, *shape) in [0, 1], a label at the left of each row, an optional caption
     under every image (captions[row][col]) and optional column titles."""
     plt = _plt()
     n_rows, n_cols = len(rows), max(len(imgs) for _, imgs in rows)
     cap_h = 0.22 if captions else 0.0
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(1.6 + size * n_cols, (size + cap_h) * n_rows + 0.4 + (0.3 if title else 0)),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        n_rows,
+        n_cols,
+        figsize=(1.6 + size * n_cols, (size + cap_h) * n_rows + 0.4 + (0.3 if title else 0)),
+        squeeze=False,
+    )
     for r, (label, imgs) in enumerate(rows):
         for c in range(n_cols):
             ax = axes[r][c]
@@ -170,8 +186,7 @@ def sample_panels(panels: list[tuple[str, torch.Tensor]], path: str | Path, nrow
 def _scatter(ax, xy: np.ndarray, labels: np.ndarray | None, s: float = 4):
     if labels is None:
         return ax.scatter(xy[:, 0], xy[:, 1], s=s, c="tab:blue", alpha=0.6, linewidths=0)
-    return ax.scatter(xy[:, 0], xy[:, 1], c=labels, cmap="tab10", vmin=-0.5, vmax=9.5, s=s, alpha=0.7,
-                      linewidths=0)
+    return ax.scatter(xy[:, 0], xy[:, 1], c=labels, cmap="tab10", vmin=-0.5, vmax=9.5, s=s, alpha=0.7, linewidths=0)
 
 
 def latent_scatter(panels: list[dict], path: str | Path) -> Path:
@@ -182,8 +197,17 @@ def latent_scatter(panels: list[dict], path: str | Path) -> Path:
     for ax, p in zip(axes[0], panels):
         if p.get("extra") is not None:
             e = np.asarray(p["extra"])
-            ax.scatter(e[:, 0], e[:, 1], marker="x", s=9, c="0.45", alpha=0.55, linewidths=0.6,
-                       label=p.get("extra_label", "generated"), zorder=1)
+            ax.scatter(
+                e[:, 0],
+                e[:, 1],
+                marker="x",
+                s=9,
+                c="0.45",
+                alpha=0.55,
+                linewidths=0.6,
+                label=p.get("extra_label", "generated"),
+                zorder=1,
+            )
         sc = _scatter(ax, np.asarray(p["xy"]), None if p.get("labels") is None else np.asarray(p["labels"]))
         sc.set_zorder(2)
         ax.set_title(p["title"], fontsize=10)
@@ -200,8 +224,14 @@ def latent_scatter(panels: list[dict], path: str | Path) -> Path:
     return _save(fig, path)
 
 
-def manifold(images: torch.Tensor, n: int, axis_values: np.ndarray, codes: np.ndarray, labels: np.ndarray | None,
-             path: str | Path) -> Path:
+def manifold(
+    images: torch.Tensor,
+    n: int,
+    axis_values: np.ndarray,
+    codes: np.ndarray,
+    labels: np.ndarray | None,
+    path: str | Path,
+) -> Path:
     """Left: images (n*n, *shape) decoded on an n x n grid of 2-D codes (row-major, z2 decreasing down the
     rows, as vaekit.latent.normal_grid makes them), axis_values (n,) the grid's z values. Right: the
     latent codes (N, 2) of test data coloured by label, with the grid's extent drawn as a rectangle."""
@@ -210,14 +240,18 @@ def manifold(images: torch.Tensor, n: int, axis_values: np.ndarray, codes: np.nd
     img = np.asarray(grid(images, nrow=n, pad=0))
     lo, hi = float(axis_values[0]), float(axis_values[-1])
     half = (hi - lo) / (n - 1) / 2
-    a0.imshow(img, cmap="gray", vmin=0, vmax=255, extent=(lo - half, hi + half, lo - half, hi + half),
-              interpolation="nearest")
+    a0.imshow(
+        img, cmap="gray", vmin=0, vmax=255, extent=(lo - half, hi + half, lo - half, hi + half), interpolation="nearest"
+    )
     a0.set_title(f"decoded means on a {n}x{n} grid  z = Phi^-1(q), q in [0.05, 0.95]", fontsize=10)
     a0.set_xlabel("z1")
     a0.set_ylabel("z2")
     sc = _scatter(a1, codes, labels, s=5)
-    a1.add_patch(plt.Rectangle((lo, lo), hi - lo, hi - lo, fill=False, ec="k", lw=1.2, ls="--",
-                               label="extent of the grid on the left"))
+    a1.add_patch(
+        plt.Rectangle(
+            (lo, lo), hi - lo, hi - lo, fill=False, ec="k", lw=1.2, ls="--", label="extent of the grid on the left"
+        )
+    )
     a1.set_title("posterior means of test digits (the 2-D latent itself)", fontsize=10)
     a1.set_xlabel("z1")
     a1.set_ylabel("z2")

@@ -5,6 +5,7 @@ so a crash leaves either the old file or the new one, never half of one; a faile
 write (a full disk, a read-only folder) is a VaekitError naming the file, and the
 old file stays as it was.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -91,9 +92,10 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
 def tensor_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     """The shape of every tensor in a safetensors file, from its header alone (nothing is loaded)."""
     from safetensors import safe_open
+
     try:
         with safe_open(str(path), "pt") as f:
-            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 (a safetensors handle, not a dict)
     except FileNotFoundError:
         raise VaekitError(f"{path}: missing") from None
     except (SafetensorError, OSError, ValueError) as e:
@@ -112,9 +114,11 @@ def check_fits_in_memory(cfg, where: str) -> None:
         n = sum(p.numel() for p in build_model(cfg).parameters())
     if 16 * n > memory:
         kind = "an MLP" if cfg.arch == "mlp" else "a conv"
-        raise VaekitError(f"{where}: {kind} model for examples of shape {tuple(cfg.input_shape)} has {n:,} "
-                          f"parameters, {16 * n / 2**30:,.0f} GiB to train, more than this machine's "
-                          f"{memory / 2**30:,.0f} GiB; use smaller examples or a smaller --hidden")
+        raise VaekitError(
+            f"{where}: {kind} model for examples of shape {tuple(cfg.input_shape)} has {n:,} "
+            f"parameters, {16 * n / 2**30:,.0f} GiB to train, more than this machine's "
+            f"{memory / 2**30:,.0f} GiB; use smaller examples or a smaller --hidden"
+        )
 
 
 def save_training_state(path: Path, model, opt, extra: dict[str, torch.Tensor], meta: dict) -> None:
@@ -133,6 +137,7 @@ def save_training_state(path: Path, model, opt, extra: dict[str, torch.Tensor], 
 def load_training_state(path: Path, model, opt, what: str = "model") -> tuple[dict[str, torch.Tensor], dict]:
     """Restore what save_training_state wrote into `model` and `opt`; returns (all tensors, meta)."""
     from safetensors import safe_open
+
     tensors = load_tensors(path)
     try:
         with safe_open(str(path), "pt") as f:
@@ -179,8 +184,9 @@ def load(folder: str | Path, device: str | torch.device = "cpu"):
     missing = sorted(set(expected) - set(shapes))
     unexpected = sorted(set(shapes) - set(expected))
     if missing or unexpected:
-        raise VaekitError(f"{folder / WEIGHTS}: does not match {CONFIG} "
-                          f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise VaekitError(
+            f"{folder / WEIGHTS}: does not match {CONFIG} (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
     for k, shape in shapes.items():
         if shape != expected[k]:
             raise VaekitError(f"{folder / WEIGHTS}: {k} has shape {shape}, {CONFIG} implies {expected[k]}")

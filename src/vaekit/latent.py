@@ -1,4 +1,5 @@
 """Paths and grids in latent space: linear and spherical interpolation, the 2-D manifold grid."""
+
 from __future__ import annotations
 
 import torch

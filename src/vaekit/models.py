@@ -6,6 +6,7 @@
 
 Objectives live in objectives.py; the models only compute distributions.
 """
+
 from __future__ import annotations
 
 import math
@@ -15,8 +16,8 @@ from torch import nn
 
 from vaekit.config import ModelConfig
 from vaekit.distributions import Bernoulli, ContinuousBernoulli, Gaussian, Normal, PointMass, StandardNormal
-from vaekit.objectives import training_loss
 from vaekit.networks import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
+from vaekit.objectives import training_loss
 
 LOGVAR_RANGE = (-14.0, 8.0)  # sigma in [9e-4, 55]: exp() never overflows, KL stays finite
 
@@ -42,7 +43,9 @@ class GaussianLikelihood(nn.Module):
         super().__init__()
         self.event_ndim, self.min_sigma = len(shape), min_sigma
         d = sigma - min_sigma  # softplus^-1(d) = d + log(1 - e^-d), stable for any d > 0 (log(expm1(d)) overflows)
-        raw = torch.full(() if learn in ("none", "global") else shape, d + math.log(-math.expm1(-d)) if d > 0 else -10.0)
+        raw = torch.full(
+            () if learn in ("none", "global") else shape, d + math.log(-math.expm1(-d)) if d > 0 else -10.0
+        )
         # sigma = min_sigma + softplus(raw): smooth, and bounded away from zero.
         if learn == "none":
             self.register_buffer("raw_sigma", raw)

@@ -4,14 +4,22 @@ An encoder maps x (B, *shape) to a flat vector (B, out_dim); a decoder maps
 z (N, D) to one parameter per input value (N, *shape) -- logits or means; the
 likelihood turns those into a distribution.
 """
+
 from __future__ import annotations
 
 import math
 
 from torch import nn
 
-ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU, "gelu": nn.GELU, "silu": nn.SiLU,
-               "softplus": nn.Softplus, "leaky_relu": nn.LeakyReLU}
+ACTIVATIONS = {
+    "relu": nn.ReLU,
+    "tanh": nn.Tanh,
+    "elu": nn.ELU,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+    "softplus": nn.Softplus,
+    "leaky_relu": nn.LeakyReLU,
+}
 
 
 def mlp(sizes: list[int], activation: str) -> nn.Sequential:
@@ -64,8 +72,14 @@ def n_downsamples(h: int, w: int, max_down: int) -> int:
 class ConvEncoder(nn.Module):
     """Stride-2 3x3 convolutions (one per entry of `channels`, fewer for small inputs), then an MLP head."""
 
-    def __init__(self, shape: tuple[int, int, int], channels: tuple[int, ...], hidden: tuple[int, ...],
-                 out_dim: int, activation: str):
+    def __init__(
+        self,
+        shape: tuple[int, int, int],
+        channels: tuple[int, ...],
+        hidden: tuple[int, ...],
+        out_dim: int,
+        activation: str,
+    ):
         super().__init__()
         c, h, w = shape
         n = n_downsamples(h, w, len(channels))
@@ -85,8 +99,14 @@ class ConvDecoder(nn.Module):
     """The mirror of ConvEncoder: an MLP to a small feature map, then stride-2 transposed convolutions
     whose output padding restores the exact input size (odd sizes included)."""
 
-    def __init__(self, shape: tuple[int, int, int], channels: tuple[int, ...], hidden: tuple[int, ...],
-                 latent_dim: int, activation: str):
+    def __init__(
+        self,
+        shape: tuple[int, int, int],
+        channels: tuple[int, ...],
+        hidden: tuple[int, ...],
+        latent_dim: int,
+        activation: str,
+    ):
         super().__init__()
         c, h, w = shape
         n = n_downsamples(h, w, len(channels))
@@ -94,8 +114,9 @@ class ConvDecoder(nn.Module):
         chans = list(channels[:n])
         c0 = chans[-1] if chans else c
         self.start = (c0, *sizes[-1])
-        self.head = nn.Sequential(mlp([latent_dim, *reversed(hidden), math.prod(self.start)], activation),
-                                  ACTIVATIONS[activation]())
+        self.head = nn.Sequential(
+            mlp([latent_dim, *reversed(hidden), math.prod(self.start)], activation), ACTIVATIONS[activation]()
+        )
         layers: list[nn.Module] = []
         outs = list(reversed(chans[:-1])) + [c] if n else []
         for i, c_out in enumerate(outs):

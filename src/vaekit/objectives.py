@@ -1,10 +1,11 @@
 """Training objectives as pure functions returning per-example values in nats; the caller reduces.
 
-    elbo(model, x)          E_q[log p(x|z)] - KL(q(z|x) || p(z)), one reparameterized sample, analytic KL
-    iwae_bound(model, x, k) log (1/k) sum_i p(x, z_i) / q(z_i|x),  z_i ~ q(z|x)   (Burda et al. 2015, eq. 8)
-    ae_loss(model, x)       -log p(x | z = enc(x)), the autoencoder's reconstruction loss
-    training_loss(...)      what train.py minimises: -ELBO with beta, warm-up and free bits, or -IWAE
+elbo(model, x)          E_q[log p(x|z)] - KL(q(z|x) || p(z)), one reparameterized sample, analytic KL
+iwae_bound(model, x, k) log (1/k) sum_i p(x, z_i) / q(z_i|x),  z_i ~ q(z|x)   (Burda et al. 2015, eq. 8)
+ae_loss(model, x)       -log p(x | z = enc(x)), the autoencoder's reconstruction loss
+training_loss(...)      what train.py minimises: -ELBO with beta, warm-up and free bits, or -IWAE
 """
+
 from __future__ import annotations
 
 import math
@@ -18,8 +19,8 @@ class Terms:
     """Per-example terms, each (B,), in nats. For an AE, kl is zero and elbo = recon."""
 
     elbo: torch.Tensor
-    recon: torch.Tensor   # E_q[log p(x|z)] (a log-likelihood: higher is better)
-    kl: torch.Tensor      # KL(q(z|x) || p(z)), analytic
+    recon: torch.Tensor  # E_q[log p(x|z)] (a log-likelihood: higher is better)
+    kl: torch.Tensor  # KL(q(z|x) || p(z)), analytic
     kl_per_dim: torch.Tensor | None = None  # (B, D)
 
 
@@ -48,13 +49,13 @@ def log_weights(model, x: torch.Tensor, k: int, eps: torch.Tensor | None = None,
     """Importance log-weights log p(x, z_i) - log q(z_i|x) for k posterior draws, (k, B).
     `q` is model.encode(x) when the caller already has it."""
     q = model.encode(x) if q is None else q
-    z = q.rsample(k, eps=eps)                                            # (k, B, D)
+    z = q.rsample(k, eps=eps)  # (k, B, D)
     return model.decode(z).log_prob(x) + model.prior.log_prob(z) - q.log_prob(z)
 
 
 def iwae_bound(model, x: torch.Tensor, k: int, eps: torch.Tensor | None = None, q=None) -> torch.Tensor:
     """The importance-weighted bound with k samples, (B,); k=1 is the (Monte Carlo KL) ELBO."""
-    log_w = log_weights(model, x, k, eps, q)                            # (k, B)
+    log_w = log_weights(model, x, k, eps, q)  # (k, B)
     return torch.logsumexp(log_w, 0) - math.log(k)
 
 
@@ -75,11 +76,13 @@ def free_bits_kl(kl_per_dim: torch.Tensor, nats: float) -> torch.Tensor:
     below `nats` contributes the constant `nats` (no gradient pushes it further down); others their KL."""
     if nats <= 0:
         return kl_per_dim.sum(-1)
-    below = kl_per_dim.detach().mean(0) < nats                           # (D,)
+    below = kl_per_dim.detach().mean(0) < nats  # (D,)
     return torch.where(below, torch.full_like(kl_per_dim, nats), kl_per_dim).sum(-1)
 
 
-def training_loss(model, x: torch.Tensor, *, beta: float = 1.0, free_bits: float = 0.0, iw_k: int = 1) -> tuple[torch.Tensor, Terms]:
+def training_loss(
+    model, x: torch.Tensor, *, beta: float = 1.0, free_bits: float = 0.0, iw_k: int = 1
+) -> tuple[torch.Tensor, Terms]:
     """The per-example loss to minimise (B,) and the terms to report."""
     if not model.is_vae:
         t = elbo(model, x)

@@ -16,6 +16,7 @@ The report is one self-contained file (figures inlined as base64 PNG); the same 
 written to figures/ beside it. Every number sits in an element with data-metric="name" and
 data-value="the full float", so tests and scripts can read them back.
 """
+
 from __future__ import annotations
 
 import base64
@@ -31,7 +32,8 @@ import torch
 
 from vaekit import figures, io
 from vaekit.classifier import Classifier, generation_scores, is_classifier_folder, load_classifier
-from vaekit.data import Dataset, DATASETS, binarize, load as load_data
+from vaekit.data import DATASETS, Dataset, binarize
+from vaekit.data import load as load_data
 from vaekit.errors import VaekitError
 from vaekit.evaluate import evaluate, log_likelihood
 from vaekit.latent import interpolate, normal_grid
@@ -39,21 +41,31 @@ from vaekit.latent import interpolate, normal_grid
 
 @dataclass(frozen=True)
 class ReportSettings:
-    n_eval: int = 2000        # test digits for ELBO, NLL, active units, reconstruction MSE
-    iw_k: int = 1000          # importance samples per digit for the NLL
-    n_gen: int = 2000         # generated digits per model for the classifier scores
-    pairs: int = 3            # interpolation pairs
-    steps: int = 10           # frames per interpolation, ends included
-    shift_draws: int = 10     # binarizations averaged in section 6
-    grad_draws: int = 20      # single-sample gradient estimates in section 7
-    grad_batch: int = 100     # the batch they are measured on
-    manifold_n: int = 20      # the 2-D manifold is manifold_n x manifold_n
-    scatter_n: int = 2000     # test codes in the latent scatters
+    n_eval: int = 2000  # test digits for ELBO, NLL, active units, reconstruction MSE
+    iw_k: int = 1000  # importance samples per digit for the NLL
+    n_gen: int = 2000  # generated digits per model for the classifier scores
+    pairs: int = 3  # interpolation pairs
+    steps: int = 10  # frames per interpolation, ends included
+    shift_draws: int = 10  # binarizations averaged in section 6
+    grad_draws: int = 20  # single-sample gradient estimates in section 7
+    grad_batch: int = 100  # the batch they are measured on
+    manifold_n: int = 20  # the 2-D manifold is manifold_n x manifold_n
+    scatter_n: int = 2000  # test codes in the latent scatters
     seed: int = 0
 
 
-QUICK = ReportSettings(n_eval=200, iw_k=50, n_gen=300, pairs=2, steps=8, shift_draws=2, grad_draws=5,
-                       grad_batch=50, manifold_n=12, scatter_n=500)
+QUICK = ReportSettings(
+    n_eval=200,
+    iw_k=50,
+    n_gen=300,
+    pairs=2,
+    steps=8,
+    shift_draws=2,
+    grad_draws=5,
+    grad_batch=50,
+    manifold_n=12,
+    scatter_n=500,
+)
 
 PAIR_LABELS = [(1, 0), (3, 6), (4, 9), (2, 7), (5, 8)]  # interpolation endpoints: first test digit of each label
 SHIFTS = (1, 2, 3)
@@ -89,13 +101,17 @@ class Entry:
 
     @property
     def sampler_text(self) -> str:
-        return ("draws from the prior N(0, I)" if self.is_vae
-                else "draws from a Gaussian N(m, S) fitted to its training codes")
+        return (
+            "draws from the prior N(0, I)"
+            if self.is_vae
+            else "draws from a Gaussian N(m, S) fitted to its training codes"
+        )
 
 
 def load_runs(paths: list[Path]) -> tuple[list[Entry], tuple[Path, Classifier] | None]:
     """Run folders -> latent-model entries (in the order given) and the classifier, if one is among them."""
     import vaekit
+
     entries, clf, names = [], None, set()
     for p in map(Path, paths):
         if is_classifier_folder(p):
@@ -120,8 +136,10 @@ def test_set(entries: list[Entry], source: str | None) -> tuple[Dataset, str]:
     where = f"{source} test split" if source in DATASETS else f"{source} (a file: no separate test split)"
     for e in entries:
         if tuple(e.model.config.input_shape) != ds.shape:
-            raise VaekitError(f"report: {e.path} expects examples of shape {tuple(e.model.config.input_shape)}, "
-                              f"{source} has {ds.shape}")
+            raise VaekitError(
+                f"report: {e.path} expects examples of shape {tuple(e.model.config.input_shape)}, "
+                f"{source} has {ds.shape}"
+            )
     return ds, where
 
 
@@ -136,15 +154,21 @@ def binarized(model, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 @torch.inference_mode()
 def encode_means(model, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
     """Posterior means E[z|x] (for an AE, the codes), (N, D)."""
-    return torch.cat([model.encode(x[i:i + batch_size]).mean for i in range(0, len(x), batch_size)])
+    return torch.cat([model.encode(x[i : i + batch_size]).mean for i in range(0, len(x), batch_size)])
 
 
 @torch.inference_mode()
 def reconstruction_mse(model, x: torch.Tensor) -> float:
     """Mean squared pixel error between greyscale x (N, *shape) and its reconstruction (decoded mean at
     the posterior mean), per pixel."""
-    return float(torch.cat([((model.reconstruct(x[i:i + 1000]) - x[i:i + 1000]) ** 2).flatten(1).mean(1)
-                            for i in range(0, len(x), 1000)]).mean())
+    return float(
+        torch.cat(
+            [
+                ((model.reconstruct(x[i : i + 1000]) - x[i : i + 1000]) ** 2).flatten(1).mean(1)
+                for i in range(0, len(x), 1000)
+            ]
+        ).mean()
+    )
 
 
 def path_smoothness(frames: torch.Tensor) -> torch.Tensor:
@@ -162,15 +186,14 @@ def shift_right(x: torch.Tensor, s: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def shift_study(model, x: torch.Tensor, other: torch.Tensor, k: int, draws: int, seed: int,
-                shifts=SHIFTS) -> dict:
+def shift_study(model, x: torch.Tensor, other: torch.Tensor, k: int, draws: int, seed: int, shifts=SHIFTS) -> dict:
     """Section 6: x, x shifted by each of `shifts` pixels, and another image `other`, each (*shape).
 
     Returns per image (1 + len(shifts) + 1 of them): pixel MSE to x (greyscale) and the model's
     importance-sampled log p in nats. For a model trained on binarized data, log p is averaged over
     `draws` Bernoulli draws of x (each draw then shifted exactly like the greyscale image) and of `other`.
     """
-    images = torch.stack([x] + [shift_right(x, s) for s in shifts] + [other])        # (M, *shape)
+    images = torch.stack([x] + [shift_right(x, s) for s in shifts] + [other])  # (M, *shape)
     mse = ((images - x) ** 2).flatten(1).mean(1)
     g = torch.Generator().manual_seed(seed)
     gk = torch.Generator().manual_seed(seed + 1)
@@ -217,17 +240,19 @@ def reparam_gradients(model, x: torch.Tensor, draws: int, seed: int) -> dict:
             est["detached"].append(grad(model.decode(z).log_prob(x).mean()))
             q = model.encode(x)
             z = q.rsample().detach()
-            f = model.decode(z).log_prob(x).detach()                            # (B,)
+            f = model.decode(z).log_prob(x).detach()  # (B,)
             est["score"].append(grad((f * q.log_prob(z)).mean()))
         kl_norm = float(grad(model.encode(x).kl_std_normal().mean()).norm())
     model.train(was_training)
     out = {"kl_norm": kl_norm, "draws": draws, "batch": len(x)}
     for name, gs in est.items():
-        g = torch.stack(gs)                                                      # (draws, P)
+        g = torch.stack(gs)  # (draws, P)
         mean = g.mean(0)
         spread = float((g - mean).pow(2).sum(1).mean().sqrt())
-        out[name] = {"norm": float(g.norm(dim=1).mean()),
-                     "rel_std": spread / float(mean.norm()) if float(mean.norm()) > 0 else None}
+        out[name] = {
+            "norm": float(g.norm(dim=1).mean()),
+            "rel_std": spread / float(mean.norm()) if float(mean.norm()) > 0 else None,
+        }
     return out
 
 
@@ -271,8 +296,10 @@ class Page:
     def figure(self, name: str, path: Path, caption: str) -> str:
         self.figures[name] = path
         data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
-        return (f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(caption)}" '
-                f'data-figure="{html.escape(name)}"><figcaption>{caption}</figcaption></figure>')
+        return (
+            f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(caption)}" '
+            f'data-figure="{html.escape(name)}"><figcaption>{caption}</figcaption></figure>'
+        )
 
     def table(self, head: list[str], rows: list[list[str]], cls: str = "") -> str:
         th = "".join(f"<th>{h}</th>" for h in head)
@@ -295,7 +322,8 @@ CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
 color:#222;line-height:1.45}
 h1{margin-bottom:.2em} h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em}
-table{border-collapse:collapse;margin:.8em 0;font-size:.92em} th,td{border:1px solid #ddd;padding:.3em .6em;text-align:right}
+table{border-collapse:collapse;margin:.8em 0;font-size:.92em}
+th,td{border:1px solid #ddd;padding:.3em .6em;text-align:right}
 th{background:#f4f4f4} td:first-child,th:first-child{text-align:left}
 figure{margin:1em 0} figure img{max-width:100%;height:auto;border:1px solid #eee}
 figcaption{font-size:.88em;color:#555} .claim{background:#f6f9ff;border-left:3px solid #4a7bd0;padding:.5em .8em}
@@ -312,44 +340,64 @@ nav ul{columns:2;list-style:none;padding-left:0}
 
 def _section_training(page: Page, entries, evals, s: ReportSettings, where: str, n: int) -> None:
     hist = {e.name: e.metrics for e in entries}
-    path = figures.training_curves(hist, page.fig_dir / "training_curves.png",
-                                   autoencoders={e.name for e in entries if not e.is_vae})
+    path = figures.training_curves(
+        hist, page.fig_dir / "training_curves.png", autoencoders={e.name for e in entries if not e.is_vae}
+    )
     rows = []
     for e in entries:
         r, name = evals[e.name], e.name
-        rows.append([_esc(e.label), page.num(f"{name}.epochs", len(e.metrics), 0),
-                     page.num(f"{name}.train_seconds", e.metrics[-1]["seconds"] if e.metrics else None, 0),
-                     page.num(f"{name}.elbo", r["elbo"] if e.is_vae else None),
-                     page.num(f"{name}.recon", r["recon"]),
-                     page.num(f"{name}.kl", r["kl"] if e.is_vae else None),
-                     page.num(f"{name}.nll", r["nll"]),
-                     (page.num(f"{name}.active_units", r["active_units"], 0) + f" / {e.latent_dim}") if e.is_vae
-                     else page.num(None, None),
-                     page.num(f"{name}.recon_mse", r["recon_mse"], 4)])
-    tab = page.table(["run", "epochs", "train s", "ELBO", "E_q log p(x|z)", "KL", "NLL", "active units",
-                      "recon MSE"], rows)
+        rows.append(
+            [
+                _esc(e.label),
+                page.num(f"{name}.epochs", len(e.metrics), 0),
+                page.num(f"{name}.train_seconds", e.metrics[-1]["seconds"] if e.metrics else None, 0),
+                page.num(f"{name}.elbo", r["elbo"] if e.is_vae else None),
+                page.num(f"{name}.recon", r["recon"]),
+                page.num(f"{name}.kl", r["kl"] if e.is_vae else None),
+                page.num(f"{name}.nll", r["nll"]),
+                (page.num(f"{name}.active_units", r["active_units"], 0) + f" / {e.latent_dim}")
+                if e.is_vae
+                else page.num(None, None),
+                page.num(f"{name}.recon_mse", r["recon_mse"], 4),
+            ]
+        )
+    tab = page.table(
+        ["run", "epochs", "train s", "ELBO", "E_q log p(x|z)", "KL", "NLL", "active units", "recon MSE"], rows
+    )
     vaes = [e for e in entries if e.is_vae]
     bound = ""
     if vaes:
         ok = all(evals[e.name]["nll"] <= -evals[e.name]["elbo"] + 1e-6 for e in vaes)
         gaps = ", ".join(f"{_esc(e.name)} {-evals[e.name]['elbo'] - evals[e.name]['nll']:.2f}" for e in vaes)
-        bound = (f"<p>The NLL is below the negative ELBO for every VAE{' ' if ok else ' <b>except some</b> '}"
-                 f"(as it must be: the ELBO is a lower bound on log p(x)); the gap -ELBO - NLL, the part of "
-                 f"the bound lost to an imperfect posterior, is {gaps} nats.</p>")
-    page.section(1, "training", "Training", [
-        '<p class="claim">A VAE is trained by maximising the ELBO = E_q[log p(x|z)] - KL(q(z|x) || p(z)); '
-        'the reconstruction term rises while the KL settles to the information the code carries.</p>',
-        page.figure("training_curves", path, "ELBO, reconstruction term and KL per epoch (solid: training mean "
-                    "over the epoch; dashed: validation). The AE appears in the middle panel only: it has no KL."),
-        tab,
-        f'<p class="meta">All in nats per digit on the first {page.num("eval.n", n, 0)} digits of the '
-        f'{_esc(where)}, binarized once with a fixed seed for the binarized models. NLL = -log p(x) estimated '
-        f'by importance sampling with k = {page.num("eval.k", s.iw_k, 0)} posterior samples per digit '
-        f'(Burda et al. 2015); an AE defines no density, so it has no ELBO or NLL: its column "E_q log p(x|z)" '
-        f'is its reconstruction log-likelihood. Active units: latent dimensions whose posterior mean varies '
-        f'across the data (variance > 0.01). Recon MSE: mean squared pixel error of the greyscale digit vs the '
-        f'decoded mean at the posterior mean.</p>',
-        bound])
+        bound = (
+            f"<p>The NLL is below the negative ELBO for every VAE{' ' if ok else ' <b>except some</b> '}"
+            f"(as it must be: the ELBO is a lower bound on log p(x)); the gap -ELBO - NLL, the part of "
+            f"the bound lost to an imperfect posterior, is {gaps} nats.</p>"
+        )
+    page.section(
+        1,
+        "training",
+        "Training",
+        [
+            '<p class="claim">A VAE is trained by maximising the ELBO = E_q[log p(x|z)] - KL(q(z|x) || p(z)); '
+            "the reconstruction term rises while the KL settles to the information the code carries.</p>",
+            page.figure(
+                "training_curves",
+                path,
+                "ELBO, reconstruction term and KL per epoch (solid: training mean "
+                "over the epoch; dashed: validation). The AE appears in the middle panel only: it has no KL.",
+            ),
+            tab,
+            f'<p class="meta">All in nats per digit on the first {page.num("eval.n", n, 0)} digits of the '
+            f"{_esc(where)}, binarized once with a fixed seed for the binarized models. NLL = -log p(x) estimated "
+            f"by importance sampling with k = {page.num('eval.k', s.iw_k, 0)} posterior samples per digit "
+            f'(Burda et al. 2015); an AE defines no density, so it has no ELBO or NLL: its column "E_q log p(x|z)" '
+            f"is its reconstruction log-likelihood. Active units: latent dimensions whose posterior mean varies "
+            f"across the data (variance > 0.01). Recon MSE: mean squared pixel error of the greyscale digit vs the "
+            f"decoded mean at the posterior mean.</p>",
+            bound,
+        ],
+    )
 
 
 def _section_recon(page: Page, entries, x_eval) -> None:
@@ -357,20 +405,31 @@ def _section_recon(page: Page, entries, x_eval) -> None:
     rows = [("test digits", x)] + [(e.label, e.model.reconstruct(x)) for e in entries]
     path = figures.image_rows(rows, page.fig_dir / "reconstructions.png", size=0.62)
     best = min(entries, key=lambda e: page.metrics[f"{e.name}.recon_mse"])
-    page.section(2, "reconstructions", "Reconstructions", [
-        '<p class="claim">Both models reconstruct test digits they never saw; the AE, whose only job is '
-        'reconstruction, usually does it more sharply (a lower pixel error in the table above).</p>',
-        page.figure("reconstructions", path, "Top row: test digits (greyscale). Below: each model's "
-                    "reconstruction, the decoded mean at the posterior mean (for the AE, its code)."),
-        f"<p>Lowest reconstruction error: {_esc(best.label)}, MSE "
-        f"{page.metrics[f'{best.name}.recon_mse']:.4f} per pixel.</p>"])
+    page.section(
+        2,
+        "reconstructions",
+        "Reconstructions",
+        [
+            '<p class="claim">Both models reconstruct test digits they never saw; the AE, whose only job is '
+            "reconstruction, usually does it more sharply (a lower pixel error in the table above).</p>",
+            page.figure(
+                "reconstructions",
+                path,
+                "Top row: test digits (greyscale). Below: each model's "
+                "reconstruction, the decoded mean at the posterior mean (for the AE, its code).",
+            ),
+            f"<p>Lowest reconstruction error: {_esc(best.label)}, MSE "
+            f"{page.metrics[f'{best.name}.recon_mse']:.4f} per pixel.</p>",
+        ],
+    )
 
 
 def _section_latent(page: Page, entries, main, clf, x_eval, y_eval, ds, s: ReportSettings) -> dict:
     from sklearn.decomposition import PCA
+
     g = torch.Generator().manual_seed(s.seed)
-    xs = x_eval[:s.scatter_n]
-    labels = None if y_eval is None else y_eval[:s.scatter_n].numpy()
+    xs = x_eval[: s.scatter_n]
+    labels = None if y_eval is None else y_eval[: s.scatter_n].numpy()
     panels = []
     for e in main:
         z = encode_means(e.model, xs).numpy()
@@ -382,25 +441,43 @@ def _section_latent(page: Page, entries, main, clf, x_eval, y_eval, ds, s: Repor
             xy, ex = pca.transform(z), pca.transform(extra)
             share = 100 * pca.explained_variance_ratio_.sum()
             how, xl, yl = f"PCA projection ({share:.0f}% of variance)", "PC 1", "PC 2"
-        panels.append({"title": f"{e.label}: test codes, {how}", "xy": xy, "labels": labels, "xlabel": xl,
-                       "ylabel": yl, "extra": ex, "extra_label": e.sampler_text})
+        panels.append(
+            {
+                "title": f"{e.label}: test codes, {how}",
+                "xy": xy,
+                "labels": labels,
+                "xlabel": xl,
+                "ylabel": yl,
+                "extra": ex,
+                "extra_label": e.sampler_text,
+            }
+        )
     scatter = figures.latent_scatter(panels, page.fig_dir / "latent_scatter.png")
     gens = {e.name: e.model.sample(s.n_gen, torch.Generator().manual_seed(s.seed + 1)) for e in entries}
-    samples = figures.sample_panels([(f"{e.label}:\n{e.sampler_text}", gens[e.name][:100]) for e in entries],
-                                    page.fig_dir / "samples.png")
+    samples = figures.sample_panels(
+        [(f"{e.label}:\n{e.sampler_text}", gens[e.name][:100]) for e in entries], page.fig_dir / "samples.png"
+    )
     body = [
         '<p class="claim">Problem 1: an autoencoder puts codes wherever reconstruction is easiest, in clumps '
-        'with empty space between them; nothing tells it what lies in the gaps. To generate with an AE we must '
-        'invent a distribution over codes (here: a Gaussian fitted to its training codes) and its draws land '
-        'in the gaps, where the decoder was never trained. The VAE\'s KL term pulls the codes towards the '
-        'prior N(0, I), so prior draws land where the decoder has seen data.</p>',
-        page.figure("latent_scatter", scatter, "Posterior means (codes) of test digits coloured by digit; grey "
-                    "crosses: the codes each model generates from, projected the same way. A wide latent is "
-                    "shown through a linear PCA projection (named above each plot), which keeps gaps visible "
-                    "as gaps."),
-        page.figure("samples", samples, "Generated digits: decoded means of latent draws. The AE has no prior, "
-                    "so its draws come from a Gaussian fitted to its own training codes (the usual fair "
-                    "stand-in); the VAE's come from its prior N(0, I)."),
+        "with empty space between them; nothing tells it what lies in the gaps. To generate with an AE we must "
+        "invent a distribution over codes (here: a Gaussian fitted to its training codes) and its draws land "
+        "in the gaps, where the decoder was never trained. The VAE's KL term pulls the codes towards the "
+        "prior N(0, I), so prior draws land where the decoder has seen data.</p>",
+        page.figure(
+            "latent_scatter",
+            scatter,
+            "Posterior means (codes) of test digits coloured by digit; grey "
+            "crosses: the codes each model generates from, projected the same way. A wide latent is "
+            "shown through a linear PCA projection (named above each plot), which keeps gaps visible "
+            "as gaps.",
+        ),
+        page.figure(
+            "samples",
+            samples,
+            "Generated digits: decoded means of latent draws. The AE has no prior, "
+            "so its draws come from a Gaussian fitted to its own training codes (the usual fair "
+            "stand-in); the VAE's come from its prior N(0, I).",
+        ),
     ]
     scores = {}
     if clf is not None:
@@ -412,27 +489,31 @@ def _section_latent(page: Page, entries, main, clf, x_eval, y_eval, ds, s: Repor
             scores[e.name] = generation_scores(c, gens[e.name], x_ref)
         scores["real"] = generation_scores(c, x_ref2, x_ref)
         cols = [(e.name, _esc(e.label)) for e in entries] + [("real", f"real test digits ({n_ref})")]
-        rows = [["mean max-class confidence"] + [page.num(f"{k}.gen_confidence", scores[k]["confidence"], 3)
-                                                 for k, _ in cols],
-                ["class coverage"] + [page.num(f"{k}.gen_coverage", scores[k]["coverage"], 3) for k, _ in cols],
-                ["Frechet distance (classifier features)"] + [page.num(f"{k}.gen_frechet", scores[k]["frechet"], 2)
-                                                              for k, _ in cols],
-                ["predicted labels 0..9"] + [" ".join(map(str, scores[k]["label_counts"])) for k, _ in cols]]
+        rows = [
+            ["mean max-class confidence"]
+            + [page.num(f"{k}.gen_confidence", scores[k]["confidence"], 3) for k, _ in cols],
+            ["class coverage"] + [page.num(f"{k}.gen_coverage", scores[k]["coverage"], 3) for k, _ in cols],
+            ["Frechet distance (classifier features)"]
+            + [page.num(f"{k}.gen_frechet", scores[k]["frechet"], 2) for k, _ in cols],
+            ["predicted labels 0..9"] + [" ".join(map(str, scores[k]["label_counts"])) for k, _ in cols],
+        ]
         head = ["measure"] + [label for _, label in cols]
         body += [
-            f'<p>A reference classifier ({_esc(cpath.name)}: an MLP {"-".join(map(str, [math.prod(c.config.input_shape), *c.config.hidden, c.config.classes]))} '
-            f'trained by vaekit on greyscale training digits) has test accuracy '
-            f'{page.num("classifier.test_accuracy", c.test_accuracy, 4)} on the 10,000 test digits. It scores '
-            f'{s.n_gen} generated digits per model:</p>',
+            f"<p>A reference classifier ({_esc(cpath.name)}: an MLP "
+            f"{'-'.join(map(str, [math.prod(c.config.input_shape), *c.config.hidden, c.config.classes]))} "
+            f"trained by vaekit on greyscale training digits) has test accuracy "
+            f"{page.num('classifier.test_accuracy', c.test_accuracy, 4)} on the 10,000 test digits. It scores "
+            f"{s.n_gen} generated digits per model:</p>",
             page.table(head, rows),
             '<p class="meta"><b>Mean max-class confidence</b>: the classifier\'s top probability averaged over the '
-            'digits (a clear digit scores near 1, an ambiguous blob lower). <b>Class coverage</b>: '
-            'exp(H) / 10, where H is the entropy of the histogram of predicted labels: the effective number of '
-            'classes as a fraction of the ten (1 = all ten equally often; 0.1 = one class only). <b>Frechet '
-            'distance</b>: |m1 - m2|^2 + tr(S1 + S2 - 2 (S1 S2)^1/2) between Gaussians fitted to the '
-            f'classifier\'s {c.config.hidden[-1]} last-hidden-layer features of the generated digits and of '
-            f'{n_ref} real test digits (the idea of FID, with an MNIST classifier); lower is better. The last '
-            f'column scores {n_ref} other real test digits the same way: the floor that finite samples allow.</p>']
+            "digits (a clear digit scores near 1, an ambiguous blob lower). <b>Class coverage</b>: "
+            "exp(H) / 10, where H is the entropy of the histogram of predicted labels: the effective number of "
+            "classes as a fraction of the ten (1 = all ten equally often; 0.1 = one class only). <b>Frechet "
+            "distance</b>: |m1 - m2|^2 + tr(S1 + S2 - 2 (S1 S2)^1/2) between Gaussians fitted to the "
+            f"classifier's {c.config.hidden[-1]} last-hidden-layer features of the generated digits and of "
+            f"{n_ref} real test digits (the idea of FID, with an MNIST classifier); lower is better. The last "
+            f"column scores {n_ref} other real test digits the same way: the floor that finite samples allow.</p>",
+        ]
         ae, vae = _ae_and_vae(main)
         if ae is not None and vae is not None:
             body.append(_verdict(scores[ae.name], scores[vae.name], ae, vae))
@@ -450,35 +531,45 @@ def _verdict(a: dict, v: dict, ae: Entry, vae: Entry) -> str:
     fa, fv = a["frechet"], v["frechet"]
     parts = []
     if fv < fa:
-        parts.append(f"The VAE wins on the Frechet distance by {fa - fv:.2f} ({fv:.2f} vs {fa:.2f}, "
-                     f"{_x_times(fv, fa)} lower)")
+        parts.append(
+            f"The VAE wins on the Frechet distance by {fa - fv:.2f} ({fv:.2f} vs {fa:.2f}, {_x_times(fv, fa)} lower)"
+        )
     else:
         parts.append(f"The AE wins on the Frechet distance by {fv - fa:.2f} ({fa:.2f} vs {fv:.2f})")
     ca, cv = a["confidence"], v["confidence"]
     who = "VAE" if cv > ca else "AE"
-    parts.append(f"the {who}'s digits are the more recognisable (mean confidence {cv:.3f} for the VAE vs "
-                 f"{ca:.3f} for the AE, a difference of {abs(cv - ca):.3f})")
+    parts.append(
+        f"the {who}'s digits are the more recognisable (mean confidence {cv:.3f} for the VAE vs "
+        f"{ca:.3f} for the AE, a difference of {abs(cv - ca):.3f})"
+    )
     ka, kv = a["coverage"], v["coverage"]
     who = "VAE" if kv > ka else "AE"
     parts.append(f"and the {who} covers the classes more evenly (coverage {kv:.3f} vs {ka:.3f})")
     wins = sum([fv < fa, cv > ca, kv > ka])
-    note = ("" if fv < fa else
-            " A full-covariance Gaussian fitted to the AE's codes is a strong stand-in for a prior, not a blind "
-            "guess: sampling an AE this way is competitive with a VAE (Ghosh et al. 2020, \"From Variational to "
-            "Deterministic Autoencoders\", found the same); the VAE's advantage is that it needs no such "
-            "after-the-fact fit, and that it has a likelihood (section 1).")
-    return (f'<p class="claim" data-verdict="{wins}">{"; ".join(parts)}. The VAE wins {wins} of the 3 '
-            f'measures ({_esc(vae.name)} vs {_esc(ae.name)}).{note}</p>')
+    note = (
+        ""
+        if fv < fa
+        else " A full-covariance Gaussian fitted to the AE's codes is a strong stand-in for a prior, not a blind "
+        'guess: sampling an AE this way is competitive with a VAE (Ghosh et al. 2020, "From Variational to '
+        "Deterministic Autoencoders\", found the same); the VAE's advantage is that it needs no such "
+        "after-the-fact fit, and that it has a likelihood (section 1)."
+    )
+    return (
+        f'<p class="claim" data-verdict="{wins}">{"; ".join(parts)}. The VAE wins {wins} of the 3 '
+        f"measures ({_esc(vae.name)} vs {_esc(ae.name)}).{note}</p>"
+    )
 
 
 def _section_interp(page: Page, main, clf, x_eval, y_eval, s: ReportSettings) -> None:
     pairs = _pair_indices(y_eval, s.pairs, len(x_eval))
     c = clf[1] if clf is not None else None
-    stats = {}      # (name, mode) -> (changes, confidences)
-    body = ['<p class="claim">Walking in a VAE\'s latent space between two digits gives a sequence of '
-            'plausible digits that changes gradually; in an AE\'s, the path can cross gaps where the decoder '
-            'produces blurs or sudden jumps. Spherical interpolation (slerp) keeps the norm of the code near '
-            'that of typical prior draws, where a straight line passes closer to the origin.</p>']
+    stats = {}  # (name, mode) -> (changes, confidences)
+    body = [
+        '<p class="claim">Walking in a VAE\'s latent space between two digits gives a sequence of '
+        "plausible digits that changes gradually; in an AE's, the path can cross gaps where the decoder "
+        "produces blurs or sudden jumps. Spherical interpolation (slerp) keeps the norm of the code near "
+        "that of typical prior draws, where a straight line passes closer to the origin.</p>"
+    ]
     details = []
     for p, (i, j) in enumerate(pairs):
         rows, caps, conf_rows = [], [], []
@@ -493,43 +584,64 @@ def _section_interp(page: Page, main, clf, x_eval, y_eval, s: ReportSettings) ->
                     prob = c.predict_proba(frames)
                     conf, lab = prob.max(-1)
                     cap = [f"{int(l_)}: {float(v_):.2f}" for l_, v_ in zip(lab, conf)]
-                    conf_rows.append([f"{_esc(e.name)} {mode}"] + [
-                        page.num(f"{e.name}.interp_{mode}.pair{p}.frame{t}", conf[t], 2) for t in range(s.steps)])
+                    conf_rows.append(
+                        [f"{_esc(e.name)} {mode}"]
+                        + [page.num(f"{e.name}.interp_{mode}.pair{p}.frame{t}", conf[t], 2) for t in range(s.steps)]
+                    )
                 rows.append((f"{e.name}\n{mode}", frames))
                 caps.append(cap)
                 old = stats.get((e.name, mode), ([], []))
                 stats[(e.name, mode)] = (old[0] + ch.tolist(), old[1] + ([] if conf is None else conf.tolist()))
         lab = "" if y_eval is None else f" (a {int(y_eval[i])} to a {int(y_eval[j])})"
-        path = figures.image_rows(rows, page.fig_dir / f"interpolation_{p + 1}.png", captions=caps if c else None,
-                                  size=0.7)
-        body.append(page.figure(f"interpolation_{p + 1}", path,
-                                f"Test digits {i} and {j}{lab}: decoded means along linear and spherical paths "
-                                f"between their codes ({s.steps} frames, ends included)"
-                                + ("; under each frame, the classifier's label and confidence." if c else ".")))
+        path = figures.image_rows(
+            rows, page.fig_dir / f"interpolation_{p + 1}.png", captions=caps if c else None, size=0.7
+        )
+        body.append(
+            page.figure(
+                f"interpolation_{p + 1}",
+                path,
+                f"Test digits {i} and {j}{lab}: decoded means along linear and spherical paths "
+                f"between their codes ({s.steps} frames, ends included)"
+                + ("; under each frame, the classifier's label and confidence." if c else "."),
+            )
+        )
         if conf_rows:
-            details.append(f"<p>Pair {p + 1}, test digits {i} and {j}{lab}:</p>" + page.table(
-                ["path"] + [f"frame {t}" for t in range(s.steps)], conf_rows))
+            details.append(
+                f"<p>Pair {p + 1}, test digits {i} and {j}{lab}:</p>"
+                + page.table(["path"] + [f"frame {t}" for t in range(s.steps)], conf_rows)
+            )
     rows = []
     for (name, mode), (ch, conf) in stats.items():
         ch = np.asarray(ch)
-        rows.append([f"{_esc(name)}", mode, page.num(f"{name}.interp_{mode}.mean_change", ch.mean(), 4),
-                     page.num(f"{name}.interp_{mode}.max_change", ch.max(), 4),
-                     page.num(f"{name}.interp_{mode}.max_over_mean", ch.max() / max(ch.mean(), 1e-12), 2),
-                     page.num(f"{name}.interp_{mode}.mean_confidence", np.mean(conf) if conf else None, 3),
-                     page.num(f"{name}.interp_{mode}.min_confidence", np.min(conf) if conf else None, 3)])
-    body += [page.table(["run", "path", "mean pixel change", "max pixel change", "max / mean",
-                         "mean confidence", "min confidence"], rows),
-             f'<p class="meta">Pixel change between consecutive frames: mean |x_t+1 - x_t| over pixels (values in '
-             f'[0, 1]); "mean" and "max" over the {s.steps - 1} steps of all {len(pairs)} pairs. A smooth path '
-             f'spreads its change evenly (max / mean near 1); a jump shows as a large max. Confidence: the '
-             f'classifier\'s top probability per frame, over all frames of all pairs; a low minimum marks frames '
-             f'that look like no digit.</p>']
+        rows.append(
+            [
+                f"{_esc(name)}",
+                mode,
+                page.num(f"{name}.interp_{mode}.mean_change", ch.mean(), 4),
+                page.num(f"{name}.interp_{mode}.max_change", ch.max(), 4),
+                page.num(f"{name}.interp_{mode}.max_over_mean", ch.max() / max(ch.mean(), 1e-12), 2),
+                page.num(f"{name}.interp_{mode}.mean_confidence", np.mean(conf) if conf else None, 3),
+                page.num(f"{name}.interp_{mode}.min_confidence", np.min(conf) if conf else None, 3),
+            ]
+        )
+    body += [
+        page.table(
+            ["run", "path", "mean pixel change", "max pixel change", "max / mean", "mean confidence", "min confidence"],
+            rows,
+        ),
+        f'<p class="meta">Pixel change between consecutive frames: mean |x_t+1 - x_t| over pixels (values in '
+        f'[0, 1]); "mean" and "max" over the {s.steps - 1} steps of all {len(pairs)} pairs. A smooth path '
+        f"spreads its change evenly (max / mean near 1); a jump shows as a large max. Confidence: the "
+        f"classifier's top probability per frame, over all frames of all pairs; a low minimum marks frames "
+        f"that look like no digit.</p>",
+    ]
     ae, vae = _ae_and_vae(main)
     if ae is not None and vae is not None:
         body.append(_interp_verdict(stats, ae.name, vae.name))
     if details:
-        body.append("<details><summary>classifier confidence of every frame</summary>" + "".join(details)
-                    + "</details>")
+        body.append(
+            "<details><summary>classifier confidence of every frame</summary>" + "".join(details) + "</details>"
+        )
     page.section(4, "interpolation", "Interpolation", body)
 
 
@@ -540,16 +652,19 @@ def _interp_verdict(stats: dict, ae: str, vae: str) -> str:
         (ca, fa), (cv, fv) = stats[(ae, mode)], stats[(vae, mode)]
         ra, rv = max(ca) / max(np.mean(ca), 1e-12), max(cv) / max(np.mean(cv), 1e-12)
         wins += rv < ra
-        text = (f"{mode.capitalize()} paths: the largest step is {rv:.2f}x the mean step for the VAE and {ra:.2f}x for the "
-                f"AE (the {'VAE' if rv < ra else 'AE'} changes more evenly)")
+        text = (
+            f"{mode.capitalize()} paths: the largest step is {rv:.2f}x the mean step for the VAE and {ra:.2f}x for the "
+            f"AE (the {'VAE' if rv < ra else 'AE'} changes more evenly)"
+        )
         if fa and fv:
             wins += min(fv) > min(fa)
-            text += (f", and the least recognisable frame scores {min(fv):.2f} for the VAE vs {min(fa):.2f} for "
-                     f"the AE")
+            text += f", and the least recognisable frame scores {min(fv):.2f} for the VAE vs {min(fa):.2f} for the AE"
         parts.append(text)
     n = 4 if stats[(ae, "linear")][1] else 2
-    return (f'<p class="claim" data-verdict="{wins}">{". ".join(parts)}. The VAE wins {wins} of these {n} '
-            f'comparisons ({_esc(vae)} vs {_esc(ae)}).</p>')
+    return (
+        f'<p class="claim" data-verdict="{wins}">{". ".join(parts)}. The VAE wins {wins} of these {n} '
+        f"comparisons ({_esc(vae)} vs {_esc(ae)}).</p>"
+    )
 
 
 def _section_manifold(page: Page, e: Entry, x_eval, y_eval, s: ReportSettings) -> None:
@@ -558,22 +673,38 @@ def _section_manifold(page: Page, e: Entry, x_eval, y_eval, s: ReportSettings) -
     with torch.inference_mode():
         imgs = e.model.decode(zg).mean
     axis = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.05, 0.95, n, dtype=torch.float64)).numpy()
-    xs = x_eval[:s.scatter_n]
+    xs = x_eval[: s.scatter_n]
     z = encode_means(e.model, xs)
     lo, hi = float(axis[0]), float(axis[-1])
     inside = float(((z >= lo) & (z <= hi)).all(1).float().mean())
-    path = figures.manifold(imgs, n, axis, z.numpy(), None if y_eval is None else y_eval[:s.scatter_n].numpy(),
-                            page.fig_dir / "manifold.png")
-    page.section(5, "manifold", "The 2-D manifold", [
-        '<p class="claim">With a 2-D latent the whole generative model fits in one picture: decoding a grid of '
-        'codes spaced by the inverse normal CDF (equal prior probability between neighbours) shows every digit '
-        'the model can draw, morphing continuously, with each class where its codes are in the scatter.</p>',
-        page.figure("manifold", path, f"{_esc(e.label)}. Left: decoded means on an {n} x {n} grid, "
-                    f"z = Phi^-1(q) for q evenly spaced in [0.05, 0.95] on each axis. Right: the posterior means of "
-                    f"{len(xs)} test digits, coloured by digit; the dashed square is the extent of the grid."),
-        f'<p>{page.num(f"{e.name}.manifold_inside", 100 * inside, 1, "%")} of the test codes fall inside the '
-        f'plotted square (the prior puts 81% there). Test NLL of this model: '
-        f'{page.metrics.get(f"{e.name}.nll", float("nan")):.2f} nats.</p>'])
+    path = figures.manifold(
+        imgs,
+        n,
+        axis,
+        z.numpy(),
+        None if y_eval is None else y_eval[: s.scatter_n].numpy(),
+        page.fig_dir / "manifold.png",
+    )
+    page.section(
+        5,
+        "manifold",
+        "The 2-D manifold",
+        [
+            '<p class="claim">With a 2-D latent the whole generative model fits in one picture: decoding a grid of '
+            "codes spaced by the inverse normal CDF (equal prior probability between neighbours) shows every digit "
+            "the model can draw, morphing continuously, with each class where its codes are in the scatter.</p>",
+            page.figure(
+                "manifold",
+                path,
+                f"{_esc(e.label)}. Left: decoded means on an {n} x {n} grid, "
+                f"z = Phi^-1(q) for q evenly spaced in [0.05, 0.95] on each axis. Right: the posterior means of "
+                f"{len(xs)} test digits, coloured by digit; the dashed square is the extent of the grid.",
+            ),
+            f"<p>{page.num(f'{e.name}.manifold_inside', 100 * inside, 1, '%')} of the test codes fall inside the "
+            f"plotted square (the prior puts 81% there). Test NLL of this model: "
+            f"{page.metrics.get(f'{e.name}.nll', float('nan')):.2f} nats.</p>",
+        ],
+    )
 
 
 def _section_shift(page: Page, e: Entry, clf, x_eval, y_eval, s: ReportSettings) -> None:
@@ -595,73 +726,123 @@ def _section_shift(page: Page, e: Entry, clf, x_eval, y_eval, s: ReportSettings)
         prob = clf[1].predict_proba(st["images"])
         pred = (prob.argmax(-1), prob.max(-1).values)
         caps = [f"{c}\n{int(l_)}: {float(p_):.2f}" for c, l_, p_ in zip(caps, *pred)]
-    path = figures.image_rows([("", st["images"])], page.fig_dir / "shift.png", captions=[caps],
-                              col_titles=names, size=1.3)
+    path = figures.image_rows(
+        [("", st["images"])], page.fig_dir / "shift.png", captions=[caps], col_titles=names, size=1.3
+    )
     rows = []
     for i, (nm, k) in enumerate(zip(names, keys)):
-        rows.append([nm, page.num(f"shift.{k}.mse", st["mse"][i], 4), page.num(f"shift.{k}.logp", st["logp"][i], 2)]
-                    + ([f"{int(pred[0][i])}", page.num(f"shift.{k}.confidence", pred[1][i], 3)] if pred else []))
+        rows.append(
+            [nm, page.num(f"shift.{k}.mse", st["mse"][i], 4), page.num(f"shift.{k}.logp", st["logp"][i], 2)]
+            + ([f"{int(pred[0][i])}", page.num(f"shift.{k}.confidence", pred[1][i], 3)] if pred else [])
+        )
     head = ["image", "pixel MSE to the original", f"log p(x) under {_esc(e.name)} (nats)"] + (
-        ["classifier label", "confidence"] if pred else [])
+        ["classifier label", "confidence"] if pred else []
+    )
     m, lp = st["mse"], st["logp"]
     worse = [k for k in SHIFTS if m[SHIFTS.index(k) + 1] > m[-1]]
-    mse_text = (f"By pixel MSE, the digit shifted by {worse[0]} pixel{'s' if worse[0] > 1 else ''} is already "
-                f"farther from the original ({m[SHIFTS.index(worse[0]) + 1]:.4f}) than a different digit "
-                f"({m[-1]:.4f}): pixel error calls the same digit, moved slightly, a worse copy than another digit."
-                if worse else
-                f"Pixel MSE grows with the shift ({', '.join(f'{v:.4f}' for v in m[1:-1])} for 1-3 pixels) "
-                f"towards that of a different digit ({m[-1]:.4f}).")
+    mse_text = (
+        f"By pixel MSE, the digit shifted by {worse[0]} pixel{'s' if worse[0] > 1 else ''} is already "
+        f"farther from the original ({m[SHIFTS.index(worse[0]) + 1]:.4f}) than a different digit "
+        f"({m[-1]:.4f}): pixel error calls the same digit, moved slightly, a worse copy than another digit."
+        if worse
+        else f"Pixel MSE grows with the shift ({', '.join(f'{v:.4f}' for v in m[1:-1])} for 1-3 pixels) "
+        f"towards that of a different digit ({m[-1]:.4f})."
+    )
     drop = lp[0] - lp[len(SHIFTS)]
-    lp_text = (f"The VAE's log-likelihood falls by {drop:.1f} nats from the original to the {SHIFTS[-1]}-pixel "
-               f"shift, and gives the different (but centred, typical) digit {lp[-1]:.1f} nats against "
-               f"{lp[0]:.1f} for the original: log p(x) scores how typical an image is of the training data, not "
-               f"how close it is to a given digit.")
+    lp_text = (
+        f"The VAE's log-likelihood falls by {drop:.1f} nats from the original to the {SHIFTS[-1]}-pixel "
+        f"shift, and gives the different (but centred, typical) digit {lp[-1]:.1f} nats against "
+        f"{lp[0]:.1f} for the original: log p(x) scores how typical an image is of the training data, not "
+        f"how close it is to a given digit."
+    )
     cl_text = ""
     if pred:
         same = all(int(pred[0][i]) == int(pred[0][0]) for i in range(len(SHIFTS) + 1))
-        cl_text = (" The classifier " + ("keeps the original's label through every shift" if same
-                                         else "changes its label under some shifts")
-                   + f" and labels the different digit {int(pred[0][-1])}.")
-    binz = ("Log p(x) is importance-sampled (k = {k}) and averaged over {d} Bernoulli binarizations of the "
+        cl_text = (
+            " The classifier "
+            + ("keeps the original's label through every shift" if same else "changes its label under some shifts")
+            + f" and labels the different digit {int(pred[0][-1])}."
+        )
+    binz = (
+        (
+            f"Log p(x) is importance-sampled (k = {s.iw_k}) and averaged over {s.shift_draws} Bernoulli "
+            "binarizations of the "
             "greyscale digit, each shifted exactly as the greyscale image, since the model is a Bernoulli model "
-            "of binary digits; MSE is on the greyscale images.").format(k=s.iw_k, d=s.shift_draws) \
-        if e.model.run_config.train.binarize != "none" else f"Log p(x) is importance-sampled (k = {s.iw_k})."
-    page.section(6, "good-reconstruction", 'Problem 2: what "good reconstruction" means', [
-        '<p class="claim">A reconstruction loss in pixel space decides what counts as "similar". A digit moved '
-        'by a pixel or two is the same digit to us, but not to pixel error.</p>',
-        page.figure("shift", path, f"Test digit 0, shifted right by 1-3 pixels, and the test digit of another "
-                    f"class nearest to it in pixel MSE (test digit {j}"
-                    + ("; among those the classifier also assigns to their own class" if pred else "") + "). Under each: pixel MSE to the original, "
-                    f"log p(x) under {_esc(e.name)}" + (", classifier label and confidence." if pred else ".")),
-        page.table(head, rows),
-        f"<p>{mse_text} {lp_text}{cl_text} Neither pixel MSE nor likelihood measures \"the same digit\": choose "
-        f"the metric for the question. Pixel error for copying, log p(x) for \"is this a plausible digit\", "
-        f"features of a trained network for semantic similarity, which is why section 3 compares generated "
-        f"digits in classifier-feature space and not in pixels.</p>",
-        f'<p class="meta">{binz}</p>'])
+            "of binary digits; MSE is on the greyscale images."
+        )
+        if e.model.run_config.train.binarize != "none"
+        else f"Log p(x) is importance-sampled (k = {s.iw_k})."
+    )
+    page.section(
+        6,
+        "good-reconstruction",
+        'Problem 2: what "good reconstruction" means',
+        [
+            '<p class="claim">A reconstruction loss in pixel space decides what counts as "similar". A digit moved '
+            "by a pixel or two is the same digit to us, but not to pixel error.</p>",
+            page.figure(
+                "shift",
+                path,
+                f"Test digit 0, shifted right by 1-3 pixels, and the test digit of another "
+                f"class nearest to it in pixel MSE (test digit {j}"
+                + ("; among those the classifier also assigns to their own class" if pred else "")
+                + "). Under each: pixel MSE to the original, "
+                f"log p(x) under {_esc(e.name)}" + (", classifier label and confidence." if pred else "."),
+            ),
+            page.table(head, rows),
+            f'<p>{mse_text} {lp_text}{cl_text} Neither pixel MSE nor likelihood measures "the same digit": choose '
+            f'the metric for the question. Pixel error for copying, log p(x) for "is this a plausible digit", '
+            f"features of a trained network for semantic similarity, which is why section 3 compares generated "
+            f"digits in classifier-feature space and not in pixels.</p>",
+            f'<p class="meta">{binz}</p>',
+        ],
+    )
 
 
 def _section_reparam(page: Page, e: Entry, x_bin, s: ReportSettings) -> None:
-    r = reparam_gradients(e.model, x_bin[:s.grad_batch], s.grad_draws, s.seed)
-    rows = [["z = mu + sigma * eps (reparameterized)", page.num("reparam.reparam.norm", r["reparam"]["norm"], 3),
-             page.num("reparam.reparam.rel_std", r["reparam"]["rel_std"], 3)],
-            ["z sampled without the trick (detached)", page.num("reparam.detached.norm", r["detached"]["norm"], 3),
-             page.num(None, None)],
-            ["score function (REINFORCE) on the detached sample", page.num("reparam.score.norm", r["score"]["norm"], 3),
-             page.num("reparam.score.rel_std", r["score"]["rel_std"], 3)]]
+    r = reparam_gradients(e.model, x_bin[: s.grad_batch], s.grad_draws, s.seed)
+    rows = [
+        [
+            "z = mu + sigma * eps (reparameterized)",
+            page.num("reparam.reparam.norm", r["reparam"]["norm"], 3),
+            page.num("reparam.reparam.rel_std", r["reparam"]["rel_std"], 3),
+        ],
+        [
+            "z sampled without the trick (detached)",
+            page.num("reparam.detached.norm", r["detached"]["norm"], 3),
+            page.num(None, None),
+        ],
+        [
+            "score function (REINFORCE) on the detached sample",
+            page.num("reparam.score.norm", r["score"]["norm"], 3),
+            page.num("reparam.score.rel_std", r["score"]["rel_std"], 3),
+        ],
+    ]
     ratio = r["score"]["rel_std"] / r["reparam"]["rel_std"] if r["reparam"]["rel_std"] else float("nan")
-    page.section(7, "reparameterization", "The reparameterization trick", [
-        '<p class="claim">Sampling z ~ q(z|x) is not differentiable in the encoder\'s parameters. Writing '
-        'z = mu(x) + sigma(x) * eps with eps ~ N(0, I) moves the randomness into eps, so the gradient of the '
-        'reconstruction term flows through z into the encoder.</p>',
-        page.table(["gradient of E_q[log p(x|z)] w.r.t. the encoder", "norm (single-sample, mean of draws)",
-                    "relative std across draws"], rows),
-        f"<p>Measured on one batch of {r['batch']} binarized test digits with {_esc(e.name)}, {r['draws']} "
-        f"single-sample estimates each. Without the trick the sampled z is a constant to autograd and the encoder "
-        f"gets exactly zero gradient from the reconstruction term: only the analytic KL (gradient norm "
-        f"{page.num('reparam.kl_norm', r['kl_norm'], 3)}) would reach it, and that term only pulls every q(z|x) "
-        f"towards the prior. The score-function estimator gets a gradient without the trick, but its noise is "
-        f"{ratio:.0f}x that of the reparameterized one on the same batch.</p>"])
+    page.section(
+        7,
+        "reparameterization",
+        "The reparameterization trick",
+        [
+            '<p class="claim">Sampling z ~ q(z|x) is not differentiable in the encoder\'s parameters. Writing '
+            "z = mu(x) + sigma(x) * eps with eps ~ N(0, I) moves the randomness into eps, so the gradient of the "
+            "reconstruction term flows through z into the encoder.</p>",
+            page.table(
+                [
+                    "gradient of E_q[log p(x|z)] w.r.t. the encoder",
+                    "norm (single-sample, mean of draws)",
+                    "relative std across draws",
+                ],
+                rows,
+            ),
+            f"<p>Measured on one batch of {r['batch']} binarized test digits with {_esc(e.name)}, {r['draws']} "
+            f"single-sample estimates each. Without the trick the sampled z is a constant to autograd and the encoder "
+            f"gets exactly zero gradient from the reconstruction term: only the analytic KL (gradient norm "
+            f"{page.num('reparam.kl_norm', r['kl_norm'], 3)}) would reach it, and that term only pulls every q(z|x) "
+            f"towards the prior. The score-function estimator gets a gradient without the trick, but its noise is "
+            f"{ratio:.0f}x that of the reparameterized one on the same batch.</p>",
+        ],
+    )
 
 
 # ------------------------------------------------------------------------------------------- assembly
@@ -675,8 +856,9 @@ class Report:
     seconds: float
 
 
-def build_report(runs: list[Path], fig_dir: Path, settings: ReportSettings | None = None,
-                 test_data: str | None = None) -> Report:
+def build_report(
+    runs: list[Path], fig_dir: Path, settings: ReportSettings | None = None, test_data: str | None = None
+) -> Report:
     """Compute every section that applies to `runs` and render the HTML; figures go to `fig_dir`."""
     t0 = time.perf_counter()
     s = settings or ReportSettings()
@@ -690,8 +872,9 @@ def build_report(runs: list[Path], fig_dir: Path, settings: ReportSettings | Non
     evals = {}
     for e in entries:
         cfg = e.model.run_config.train
-        r = evaluate(e.model, ds.subset(slice(0, n)), binarize=cfg.binarize, iw_samples=s.iw_k if e.is_vae else 0,
-                     seed=s.seed)
+        r = evaluate(
+            e.model, ds.subset(slice(0, n)), binarize=cfg.binarize, iw_samples=s.iw_k if e.is_vae else 0, seed=s.seed
+        )
         r["recon_mse"] = reconstruction_mse(e.model, x_eval)
         evals[e.name] = r
 
@@ -716,16 +899,20 @@ def build_report(runs: list[Path], fig_dir: Path, settings: ReportSettings | Non
         runs_html += f", <code>{_esc(clf[0])}</code> (classifier)"
     nav = "".join(f'<li><a href="#{a}">{t}</a></li>' for a, t in _nav(page))
     settings_text = ", ".join(f"{k}={v}" for k, v in asdict(s).items())
-    doc = (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>vaekit report</title>'
-           f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style></head><body>'
-           f'<h1>vaekit report</h1><p class="meta">Runs: {runs_html}. Measured on the {_esc(where)}. '
-           f'Settings: {_esc(settings_text)}. Computed in {seconds:.0f} s.</p><nav><ul>{nav}</ul></nav>'
-           + "".join(page.parts) + "</body></html>\n")
+    doc = (
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>vaekit report</title>'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style></head><body>'
+        f'<h1>vaekit report</h1><p class="meta">Runs: {runs_html}. Measured on the {_esc(where)}. '
+        f"Settings: {_esc(settings_text)}. Computed in {seconds:.0f} s.</p><nav><ul>{nav}</ul></nav>"
+        + "".join(page.parts)
+        + "</body></html>\n"
+    )
     return Report(doc, page.metrics, page.figures, seconds)
 
 
 def _nav(page: Page) -> list[tuple[str, str]]:
     import re
+
     return re.findall(r'<section id="([^"]+)" data-section="\d+"><h2>([^<]+)</h2>', "".join(page.parts))
 
 
@@ -739,8 +926,9 @@ def save_report(report: Report, output: str | Path) -> Path:
     return output
 
 
-def write_report(runs: list[Path], output: Path, settings: ReportSettings | None = None,
-                 test_data: str | None = None) -> Path:
+def write_report(
+    runs: list[Path], output: Path, settings: ReportSettings | None = None, test_data: str | None = None
+) -> Path:
     """The report for `runs` (run folders, and optionally a classifier folder) as one HTML file at
     `output`, figures also written to `output`'s folder/figures/. Returns `output`."""
     output = Path(output)

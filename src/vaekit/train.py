@@ -19,6 +19,7 @@ rank r takes the r-th of `world` equal slices of it, so the ranks together see e
 the batches a single process would. DDP averages the gradients, which makes a step the
 same mean over the global batch (only the noise and the summation order differ).
 """
+
 from __future__ import annotations
 
 import json
@@ -37,7 +38,9 @@ import torch
 
 from vaekit import io
 from vaekit.config import ModelConfig, RunConfig, TrainConfig, check_cpu_bf16
-from vaekit.data import Dataset, binarize as draw_binary, load as load_data, split_validation
+from vaekit.data import Dataset, split_validation
+from vaekit.data import binarize as draw_binary
+from vaekit.data import load as load_data
 from vaekit.errors import VaekitError, is_compile_error
 from vaekit.models import build_model
 from vaekit.objectives import kl_weight
@@ -53,7 +56,7 @@ class Run:
     out: Path | None
     model: torch.nn.Module
     metrics: list[dict] = field(default_factory=list)
-    stopped: str = "finished"   # finished | early-stopped
+    stopped: str = "finished"  # finished | early-stopped
 
 
 class Interrupted(Exception):
@@ -100,12 +103,15 @@ def prepare_out(out: Path, resume: bool, overwrite: bool) -> None:
     has_run = out.is_dir() and any(out.iterdir())
     if resume:
         if not (out / CKPT_DIR / CKPT_FILE).is_file():
-            raise VaekitError(f"--resume: {out} has no checkpoint ({CKPT_DIR}/{CKPT_FILE}) to resume from; "
-                              f"start it again with --overwrite")
+            raise VaekitError(
+                f"--resume: {out} has no checkpoint ({CKPT_DIR}/{CKPT_FILE}) to resume from; "
+                f"start it again with --overwrite"
+            )
         return
     if has_run and not overwrite:
-        raise VaekitError(f"--out {out}: a run folder already exists; pass --resume to continue it "
-                          f"or --overwrite to replace it")
+        raise VaekitError(
+            f"--out {out}: a run folder already exists; pass --resume to continue it or --overwrite to replace it"
+        )
     if has_run and overwrite:
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -214,8 +220,18 @@ class _SignalFlag:
 def _progress(steps: int, initial: int, batch: int, disable: bool, desc: str):
     """The bar counts steps but shows examples (rate in examples/s) and the ETA."""
     from tqdm import tqdm
-    return tqdm(total=steps, initial=initial, disable=disable, desc=desc, unit="ex", unit_scale=batch, leave=False,
-                dynamic_ncols=True, file=sys.stderr)
+
+    return tqdm(
+        total=steps,
+        initial=initial,
+        disable=disable,
+        desc=desc,
+        unit="ex",
+        unit_scale=batch,
+        leave=False,
+        dynamic_ncols=True,
+        file=sys.stderr,
+    )
 
 
 def _in_ci() -> bool:
@@ -227,6 +243,7 @@ def _agree(values: list[float], world: int, device) -> list[float]:
     if world == 1:
         return values
     import torch.distributed as dist
+
     t = torch.tensor(values, dtype=torch.float32, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return t.tolist()
@@ -240,6 +257,7 @@ def _rng_states(gens: dict[str, torch.Generator], rank: int, world: int, device)
     if world == 1:
         return local
     import torch.distributed as dist
+
     out = {}
     for k, v in local.items():
         parts = [torch.empty_like(v, device=device) for _ in range(world)]
@@ -248,14 +266,15 @@ def _rng_states(gens: dict[str, torch.Generator], rank: int, world: int, device)
     return out
 
 
-def _set_rng_states(rngs: dict[str, torch.Tensor], gens: dict[str, torch.Generator], rank: int, world: int,
-                    device, seed: int, step: int) -> None:
+def _set_rng_states(
+    rngs: dict[str, torch.Tensor], gens: dict[str, torch.Generator], rank: int, world: int, device, seed: int, step: int
+) -> None:
     """Put back this rank's RNG states; resumed with another number of processes, a rank gets fresh seeds."""
     suffix = f".r{rank}" if world > 1 else ""
     mine = {k: rngs.get(k + suffix) for k in ("torch", "cuda", *gens)}
     if mine["torch"] is None:
         torch.manual_seed(seed + rank + 7919 * step)
-        mine = {k: rngs.get(k, rngs.get(k + ".r0")) for k in gens}   # data RNGs are the same on every rank
+        mine = {k: rngs.get(k, rngs.get(k + ".r0")) for k in gens}  # data RNGs are the same on every rank
     for k, v in mine.items():
         if v is None:
             continue
@@ -268,8 +287,9 @@ def _set_rng_states(rngs: dict[str, torch.Tensor], gens: dict[str, torch.Generat
             gens[k].set_state(v)
 
 
-def _batch(ds: Dataset, global_idx: torch.Tensor, rank: int, world: int, gen: torch.Generator | None,
-           device) -> torch.Tensor:
+def _batch(
+    ds: Dataset, global_idx: torch.Tensor, rank: int, world: int, gen: torch.Generator | None, device
+) -> torch.Tensor:
     """This rank's slice of global batch `global_idx`, as float on `device`; with `gen`, dynamically binarized.
 
     The binarization is drawn for the whole global batch from a generator every rank shares, then sliced,
@@ -278,12 +298,21 @@ def _batch(ds: Dataset, global_idx: torch.Tensor, rank: int, world: int, gen: to
     if gen is None:
         return ds.batch(parts[rank], device)
     lo = sum(len(p) for p in parts[:rank])
-    x = draw_binary(ds.batch(global_idx if world > 1 else parts[rank]), gen)   # CPU generator, CPU draw
-    return x[lo:lo + len(parts[rank])].to(device, non_blocking=True)
+    x = draw_binary(ds.batch(global_idx if world > 1 else parts[rank]), gen)  # CPU generator, CPU draw
+    return x[lo : lo + len(parts[rank])].to(device, non_blocking=True)
 
 
-def fit(model, data, cfg: TrainConfig | None = None, out: str | Path | None = None, *, val=None,
-        resume: bool = False, overwrite: bool = False, run_config: RunConfig | None = None) -> Run:
+def fit(
+    model,
+    data,
+    cfg: TrainConfig | None = None,
+    out: str | Path | None = None,
+    *,
+    val=None,
+    resume: bool = False,
+    overwrite: bool = False,
+    run_config: RunConfig | None = None,
+) -> Run:
     """Train `model` on `data` as `cfg` says; write the run folder `out` (if given) on rank 0.
 
     Arguments:
@@ -298,8 +327,9 @@ def fit(model, data, cfg: TrainConfig | None = None, out: str | Path | None = No
     train_ds, val = _as_dataset(data), _as_dataset(val, "val")
     for name, ds in (("data", train_ds), ("val", val)):
         if ds is not None and tuple(ds.shape) != tuple(model.config.input_shape):
-            raise VaekitError(f"{name}: examples have shape {tuple(ds.shape)}, the model expects "
-                              f"{tuple(model.config.input_shape)}")
+            raise VaekitError(
+                f"{name}: examples have shape {tuple(ds.shape)}, the model expects {tuple(model.config.input_shape)}"
+            )
     if resume and out is None:
         raise VaekitError("resume=True needs the run folder `out` that holds the checkpoint")
     rank, world = dist_info()
@@ -326,13 +356,16 @@ def fit(model, data, cfg: TrainConfig | None = None, out: str | Path | None = No
     torch.manual_seed(cfg.seed + rank)  # reparameterization noise, different per rank
     np.random.seed(cfg.seed)
     random.seed(cfg.seed)
-    gens = {"order": torch.Generator().manual_seed(cfg.seed),                  # same on every rank
-            "binarize": torch.Generator().manual_seed(cfg.seed * 1009 + 17)}
+    gens = {
+        "order": torch.Generator().manual_seed(cfg.seed),  # same on every rank
+        "binarize": torch.Generator().manual_seed(cfg.seed * 1009 + 17),
+    }
     model.to(device)
     opt = make_optimizer(model, cfg)
     net = model
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
+
         net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.compile:
         net = _compiled(net)
@@ -340,7 +373,7 @@ def fit(model, data, cfg: TrainConfig | None = None, out: str | Path | None = No
     n = len(train_ds)
     if n < world:
         raise VaekitError(f"{n} training examples cannot be shared by {world} processes")
-    bs = min(cfg.batch_size, n)            # global batch; the last partial batch of an epoch is dropped
+    bs = min(cfg.batch_size, n)  # global batch; the last partial batch of an epoch is dropped
     if bs // world < 1:
         raise VaekitError(f"--batch-size {cfg.batch_size} is smaller than the number of processes ({world})")
     steps_per_epoch = n // bs
@@ -349,8 +382,17 @@ def fit(model, data, cfg: TrainConfig | None = None, out: str | Path | None = No
     params = [p for p in model.parameters() if p.requires_grad]
 
     # sums: this rank's (loss, elbo, recon, kl, examples) over the good steps of the current epoch
-    state = {"epoch": 0, "step_in_epoch": 0, "step": 0, "best_val": -math.inf, "bad_epochs": 0,
-             "metrics_lines": 0, "seconds": 0.0, "sums": [0.0] * 5, "world": world}
+    state = {
+        "epoch": 0,
+        "step_in_epoch": 0,
+        "step": 0,
+        "best_val": -math.inf,
+        "bad_epochs": 0,
+        "metrics_lines": 0,
+        "seconds": 0.0,
+        "sums": [0.0] * 5,
+        "world": world,
+    }
     perm, metrics, best = None, [], None
     if resume:
         state, rngs, perm = load_checkpoint(ckpt_path, model, opt)
@@ -358,7 +400,7 @@ def fit(model, data, cfg: TrainConfig | None = None, out: str | Path | None = No
         perm = perm if perm.numel() else None
         if rank != 0:  # the saved sums are the global ones; rank 0 carries them on
             state["sums"] = [0.0] * 5
-        metrics = io.read_metrics(out)[:state["metrics_lines"]]
+        metrics = io.read_metrics(out)[: state["metrics_lines"]]
         if writer:
             _truncate_metrics(out / "metrics.jsonl", state["metrics_lines"])
         if val is not None and state["best_val"] > -math.inf and (out / io.WEIGHTS).is_file():
@@ -390,8 +432,11 @@ def fit(model, data, cfg: TrainConfig | None = None, out: str | Path | None = No
         if out is None:
             return Interrupted(signum, f"interrupted {where}; nothing saved (fit was given no run folder)")
         how = f"vaekit train --out {out} --resume" + (" (under the same torchrun command)" if world > 1 else "")
-        return Interrupted(signum, f"interrupted by {signal.Signals(signum).name} {where}; checkpoint saved in "
-                                   f"{out / CKPT_DIR}. Resume with: {how}")
+        return Interrupted(
+            signum,
+            f"interrupted by {signal.Signals(signum).name} {where}; checkpoint saved in "
+            f"{out / CKPT_DIR}. Resume with: {how}",
+        )
 
     with _SignalFlag() as flag:
         try:
@@ -401,12 +446,19 @@ def fit(model, data, cfg: TrainConfig | None = None, out: str | Path | None = No
                     perm = torch.randperm(n, generator=gens["order"])
                 sums = torch.tensor(state["sums"], dtype=torch.float64, device=device)
                 model.train()
-                bar = _progress(steps_per_epoch, state["step_in_epoch"], bs, not show_bar,
-                                f"epoch {epoch + 1}/{cfg.epochs}")
+                bar = _progress(
+                    steps_per_epoch, state["step_in_epoch"], bs, not show_bar, f"epoch {epoch + 1}/{cfg.epochs}"
+                )
                 t_epoch = time.perf_counter()
                 for s in range(state["step_in_epoch"], steps_per_epoch):
-                    x = _batch(train_ds, perm[s * bs:(s + 1) * bs], rank, world, gens["binarize"] if dynamic
-                               else None, device)                                    # (B/world, *shape)
+                    x = _batch(
+                        train_ds,
+                        perm[s * bs : (s + 1) * bs],
+                        rank,
+                        world,
+                        gens["binarize"] if dynamic else None,
+                        device,
+                    )  # (B/world, *shape)
                     lr = learning_rate(cfg, state["step"], total_steps, epoch)
                     for g in opt.param_groups:
                         g["lr"] = lr
@@ -415,8 +467,9 @@ def fit(model, data, cfg: TrainConfig | None = None, out: str | Path | None = No
                     if world == 1:  # the one sync per step (free on CPU)
                         bad, stop = not finite.item(), flag.signum is not None
                     else:
-                        bad, stop = map(bool, _agree([float(not finite.item()), float(flag.signum is not None)],
-                                                     world, device))
+                        bad, stop = map(
+                            bool, _agree([float(not finite.item()), float(flag.signum is not None)], world, device)
+                        )
                     if bad:  # skip the update: weights and Adam's moments stay as they were
                         bad_steps += 1
                         if bad_steps >= cfg.max_bad_steps:
@@ -426,8 +479,15 @@ def fit(model, data, cfg: TrainConfig | None = None, out: str | Path | None = No
                         opt.step()
                         bad_steps = 0
                         with torch.no_grad():
-                            sums += torch.stack([loss_vec.sum(), terms.elbo.sum(), terms.recon.sum(),
-                                                 terms.kl.sum(), loss_vec.new_tensor(float(len(x)))]).double()
+                            sums += torch.stack(
+                                [
+                                    loss_vec.sum(),
+                                    terms.elbo.sum(),
+                                    terms.recon.sum(),
+                                    terms.kl.sum(),
+                                    loss_vec.new_tensor(float(len(x))),
+                                ]
+                            ).double()
                     state["step"] += 1
                     state["step_in_epoch"] = s + 1
                     if show_bar:
@@ -435,23 +495,29 @@ def fit(model, data, cfg: TrainConfig | None = None, out: str | Path | None = No
                             v = (sums[:4] / sums[4].clamp(min=1)).tolist()
                             bar.set_postfix(elbo=f"{v[1]:.2f}", kl=f"{v[3]:.2f}")  # draws now: every 25 steps
                         bar.update(1)
-                    if stop or (cfg.checkpoint_every and state["step"] % cfg.checkpoint_every == 0
-                                and s + 1 < steps_per_epoch):
+                    if stop or (
+                        cfg.checkpoint_every and state["step"] % cfg.checkpoint_every == 0 and s + 1 < steps_per_epoch
+                    ):
                         checkpoint(perm, sums)
                     if stop:
                         bar.close()
-                        raise interrupted(flag.signum or signal.SIGTERM,
-                                          f"at epoch {epoch + 1}, step {state['step']}")
+                        raise interrupted(flag.signum or signal.SIGTERM, f"at epoch {epoch + 1}, step {state['step']}")
                 bar.close()
 
                 if world > 1:
                     torch.distributed.all_reduce(sums)
                 train_vals = (sums[:4] / sums[4].clamp(min=1)).tolist()
-                row = {"epoch": epoch + 1, "step": state["step"], "seconds": round(time.perf_counter() - t_start, 3),
-                       "epoch_seconds": round(time.perf_counter() - t_epoch, 3),
-                       "lr": learning_rate(cfg, state["step"] - 1, total_steps, epoch),
-                       "train_loss": train_vals[0], "train_elbo": train_vals[1], "train_recon": train_vals[2],
-                       "train_kl": train_vals[3]}
+                row = {
+                    "epoch": epoch + 1,
+                    "step": state["step"],
+                    "seconds": round(time.perf_counter() - t_start, 3),
+                    "epoch_seconds": round(time.perf_counter() - t_epoch, 3),
+                    "lr": learning_rate(cfg, state["step"] - 1, total_steps, epoch),
+                    "train_loss": train_vals[0],
+                    "train_elbo": train_vals[1],
+                    "train_recon": train_vals[2],
+                    "train_kl": train_vals[3],
+                }
                 improved = True
                 if val is not None:
                     v = validate(model, val, cfg, device, rank, world)
@@ -482,16 +548,19 @@ def fit(model, data, cfg: TrainConfig | None = None, out: str | Path | None = No
         except KeyboardInterrupt:
             if flag.second is None:
                 raise
-            raise Interrupted(flag.second, f"stopped at once on a second {signal.Signals(flag.second).name}; "
-                              f"the last checkpoint (step {last_ckpt}) is kept" if last_ckpt is not None else
-                              f"stopped at once on a second {signal.Signals(flag.second).name}; no checkpoint "
-                              f"was written yet") from None
+            raise Interrupted(
+                flag.second,
+                f"stopped at once on a second {signal.Signals(flag.second).name}; "
+                f"the last checkpoint (step {last_ckpt}) is kept"
+                if last_ckpt is not None
+                else f"stopped at once on a second {signal.Signals(flag.second).name}; no checkpoint was written yet",
+            ) from None
         finally:
             if tb is not None:
                 tb.close()
 
     if best is not None:
-        model.load_state_dict(best)   # the best validation epoch's weights
+        model.load_state_dict(best)  # the best validation epoch's weights
     if not model.is_vae:
         _fit_ae_codes(model, train_ds, device)
     if writer:
@@ -511,16 +580,19 @@ def _compiled(net):
             return compiled(*args, **kwargs)
         except Exception as e:
             if is_compile_error(e):
-                raise VaekitError(f"--compile: torch.compile failed ({type(e).__name__}: "
-                                  f"{str(e).splitlines()[0] if str(e) else ''}); train without --compile") from None
+                raise VaekitError(
+                    f"--compile: torch.compile failed ({type(e).__name__}: "
+                    f"{str(e).splitlines()[0] if str(e) else ''}); train without --compile"
+                ) from None
             raise
+
     return call
 
 
 def _forward_backward(net, opt, params, x, cfg: TrainConfig, beta: float, device):
     """Loss, gradients (clipped if cfg.clip) and whether both are finite, as a tensor (no sync here)."""
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp):
-        loss_vec, terms = net(x, beta=beta, free_bits=cfg.free_bits, iw_k=cfg.iw_k)   # (B,), Terms
+        loss_vec, terms = net(x, beta=beta, free_bits=cfg.free_bits, iw_k=cfg.iw_k)  # (B,), Terms
     loss = loss_vec.mean()
     opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -551,12 +623,18 @@ def _print_epoch(row: dict, epochs: int) -> None:
 
 
 def _diverged(cfg: TrainConfig, epoch: int, step: int, ckpt_path: Path | None, last_ckpt: int | None) -> Diverged:
-    kept = (f"the last good checkpoint (step {last_ckpt}) is intact in {ckpt_path.parent}; --resume from it or "
-            f"start again with --overwrite" if last_ckpt is not None else "no checkpoint had been written yet")
-    return Diverged(f"training diverged: {cfg.max_bad_steps} consecutive steps with a non-finite loss or gradient, "
-                    f"the last at epoch {epoch + 1}, step {step}. Likely cause: the learning rate ({cfg.lr:g}) is too "
-                    f"high for this model and data, or the data has extreme values: try a lower --lr or --clip 1.0; "
-                    f"{kept}")
+    kept = (
+        f"the last good checkpoint (step {last_ckpt}) is intact in {ckpt_path.parent}; --resume from it or "
+        f"start again with --overwrite"
+        if last_ckpt is not None
+        else "no checkpoint had been written yet"
+    )
+    return Diverged(
+        f"training diverged: {cfg.max_bad_steps} consecutive steps with a non-finite loss or gradient, "
+        f"the last at epoch {epoch + 1}, step {step}. Likely cause: the learning rate ({cfg.lr:g}) is too "
+        f"high for this model and data, or the data has extreme values: try a lower --lr or --clip 1.0; "
+        f"{kept}"
+    )
 
 
 @torch.inference_mode()
@@ -564,12 +642,13 @@ def validate(model, ds: Dataset, cfg: TrainConfig, device, rank: int = 0, world:
     """Mean (elbo, recon, kl) per example in nats on `ds`, binarized with a fixed seed so epochs are comparable."""
     from vaekit.evaluate import eval_batches
     from vaekit.objectives import elbo
+
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=device)
     state = torch.get_rng_state()
     torch.manual_seed(cfg.seed + 12345 + rank)
     for x in eval_batches(ds, 1000, cfg.binarize, cfg.seed + 2, device):
-        x = x[rank::world]   # this rank's share of a batch binarized as in a single process
+        x = x[rank::world]  # this rank's share of a batch binarized as in a single process
         if not len(x):
             continue
         t = elbo(model, x)
@@ -601,6 +680,7 @@ def _tensorboard(out: Path):
     """A SummaryWriter when tensorboard is installed and works; otherwise None (it is an optional extra)."""
     try:
         from torch.utils.tensorboard import SummaryWriter
+
         return SummaryWriter(str(out / "tensorboard"))
     except Exception:  # not installed, or an incompatible install: never a reason to stop training
         return None
@@ -609,8 +689,14 @@ def _tensorboard(out: Path):
 # ------------------------------------------------------------------------------------- the CLI's entry
 
 
-def train(run_config: RunConfig, out: str | Path, *, resume: bool = False, overwrite: bool = False,
-          given: set[str] | None = None) -> Run:
+def train(
+    run_config: RunConfig,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    given: set[str] | None = None,
+) -> Run:
     """What `vaekit train` does: load data, build the model, fit, save. Returns the Run.
 
     `given` names the options the user set (flags or config file); on --resume only those are checked
@@ -619,20 +705,24 @@ def train(run_config: RunConfig, out: str | Path, *, resume: bool = False, overw
     rank, world = dist_info()
     if resume:
         saved = _saved_run_config(out)
-        run_config = RunConfig(_resume_model(saved.model, run_config.model, given),
-                               _resume_overrides(saved.train, run_config.train, given, saved.model))
+        run_config = RunConfig(
+            _resume_model(saved.model, run_config.model, given),
+            _resume_overrides(saved.train, run_config.train, given, saved.model),
+        )
     cfg = run_config.train
     ds = load_data(cfg.data, "train")
     model_cfg = replace(run_config.model, input_shape=ds.shape) if not resume else run_config.model
     if tuple(model_cfg.input_shape) != ds.shape:
-        raise VaekitError(f"--data {cfg.data}: examples have shape {ds.shape}, the run was built for "
-                          f"{tuple(model_cfg.input_shape)}")
+        raise VaekitError(
+            f"--data {cfg.data}: examples have shape {ds.shape}, the run was built for {tuple(model_cfg.input_shape)}"
+        )
     model_cfg.validate()
     io.check_fits_in_memory(model_cfg, f"--data {cfg.data}")
     cfg = resolve_binarize(cfg, model_cfg).validate(model_cfg)
     run_config = RunConfig(model_cfg, cfg)
     if world > 1:
         import torch.distributed as dist
+
         device = resolve_device(cfg.device)
         if device.type == "cuda":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
@@ -651,8 +741,9 @@ def train(run_config: RunConfig, out: str | Path, *, resume: bool = False, overw
 def _saved_run_config(out: Path) -> RunConfig:
     if not (out / CKPT_DIR / CKPT_FILE).is_file():
         what = "does not exist" if not out.exists() else f"has no checkpoint ({CKPT_DIR}/{CKPT_FILE})"
-        raise VaekitError(f"--resume: {out} {what}, so there is nothing to resume; start it without --resume "
-                          f"(or with --overwrite)")
+        raise VaekitError(
+            f"--resume: {out} {what}, so there is nothing to resume; start it without --resume (or with --overwrite)"
+        )
     return RunConfig.from_json_file(out / io.CONFIG)
 
 
@@ -670,18 +761,32 @@ def _resume_model(saved: ModelConfig, new: ModelConfig, given: set[str] | None) 
             continue
         n, o = getattr(new, name), getattr(saved, name)
         if _changed(name, n, o, getattr(defaults, name), given):
-            raise VaekitError(f"--resume: --{name.replace('_', '-')} cannot change on resume (the run has "
-                              f"{_show(o)}, given {_show(n)}); start a new run with another --out instead")
+            raise VaekitError(
+                f"--resume: --{name.replace('_', '-')} cannot change on resume (the run has "
+                f"{_show(o)}, given {_show(n)}); start a new run with another --out instead"
+            )
     return saved
 
 
 # what may change on --resume: more epochs, how it runs, and lr/clip (the way on after a divergence)
-_RESUMABLE = ("epochs", "quiet", "device", "threads", "checkpoint_every", "max_bad_steps", "patience", "lr", "clip",
-              "amp", "compile")
+_RESUMABLE = (
+    "epochs",
+    "quiet",
+    "device",
+    "threads",
+    "checkpoint_every",
+    "max_bad_steps",
+    "patience",
+    "lr",
+    "clip",
+    "amp",
+    "compile",
+)
 
 
-def _resume_overrides(saved: TrainConfig, given_cfg: TrainConfig, given: set[str] | None,
-                      model: ModelConfig) -> TrainConfig:
+def _resume_overrides(
+    saved: TrainConfig, given_cfg: TrainConfig, given: set[str] | None, model: ModelConfig
+) -> TrainConfig:
     """On --resume the saved config rules; only a few harmless fields may change (e.g. more --epochs)."""
     defaults = TrainConfig()
     if given_cfg.binarize == "auto":  # unchanged unless it was given and resolves to something else
@@ -693,8 +798,10 @@ def _resume_overrides(saved: TrainConfig, given_cfg: TrainConfig, given: set[str
         if not _changed(name, new, old, getattr(defaults, name), given):
             continue
         if name not in _RESUMABLE:
-            raise VaekitError(f"--resume: --{name.replace('_', '-')} cannot change on resume "
-                              f"(the run has {_show(old)}, given {_show(new)})")
+            raise VaekitError(
+                f"--resume: --{name.replace('_', '-')} cannot change on resume "
+                f"(the run has {_show(old)}, given {_show(new)})"
+            )
         changes[name] = new
     return replace(saved, **changes)
 

@@ -1,8 +1,9 @@
 """The latent explorer: `vaekit serve RUN [RUN ...]` -> a FastAPI app (server.py) and one page (static/).
 
-    from vaekit.app import create_app, load_entries
-    app = create_app(load_entries(["runs/demo/vae"]))     # any ASGI server can run it
+from vaekit.app import create_app, load_entries
+app = create_app(load_entries(["runs/demo/vae"]))     # any ASGI server can run it
 """
+
 from __future__ import annotations
 
 import socket
@@ -47,16 +48,19 @@ def serve(runs: list[str | Path], host: str = "127.0.0.1", port: int = 8000) -> 
     # Requests are answered one at a time (server.py says why), each a few small matrix products, too small
     # to gain from torch's intra-op threads; one thread leaves the other cores to the OS and other work.
     torch.set_num_threads(1)
-    sock = _listen(host, port)                       # first: a busy port fails before seconds of loading
+    sock = _listen(host, port)  # first: a busy port fails before seconds of loading
     try:
         entries = load_entries(runs)
         if not is_loopback(host):
-            print(f"warning: --host {host} makes the explorer reachable from other machines; it has no "
-                  f"authentication (the default, 127.0.0.1, is this machine only)", file=sys.stderr, flush=True)
+            print(
+                f"warning: --host {host} makes the explorer reachable from other machines; it has no "
+                f"authentication (the default, 127.0.0.1, is this machine only)",
+                file=sys.stderr,
+                flush=True,
+            )
         shown = f"[{host}]" if ":" in host else host
         names = ", ".join(f"{i}: {e.name}" for i, e in enumerate(entries))
-        print(f"vaekit explorer on http://{shown}:{sock.getsockname()[1]}/  (models {names}; Ctrl-C stops)",
-              flush=True)
+        print(f"vaekit explorer on http://{shown}:{sock.getsockname()[1]}/  (models {names}; Ctrl-C stops)", flush=True)
         app = create_app(entries, loopback_only=is_loopback(host))
         config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=3)
         uvicorn.Server(config).run(sockets=[sock])
@@ -68,5 +72,6 @@ def serve(runs: list[str | Path], host: str = "127.0.0.1", port: int = 8000) -> 
 def __getattr__(name):  # create_app / load_entries without importing torch and FastAPI for `vaekit --help`
     if name in ("create_app", "load_entries"):
         from vaekit.app import server
+
         return getattr(server, name)
     raise AttributeError(name)

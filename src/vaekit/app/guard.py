@@ -1,4 +1,5 @@
 """The explorer's ASGI middleware: body size limit, JSON only, loopback Host headers, security headers."""
+
 from __future__ import annotations
 
 import ipaddress
@@ -20,13 +21,16 @@ def is_loopback(host: str) -> bool:
 def _hostname(header: str) -> str:
     """The host part of a Host header: 'a:80' -> 'a', '[::1]:80' -> '::1'."""
     if header.startswith("["):
-        return header[1:header.find("]")] if "]" in header else header
+        return header[1 : header.find("]")] if "]" in header else header
     return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
 
 
 SECURITY_HEADERS = [
-    (b"content-security-policy", b"default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
-                                 b"connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"),
+    (
+        b"content-security-policy",
+        b"default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+        b"connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+    ),
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"no-referrer"),
 ]
@@ -64,13 +68,15 @@ class Guard:
             if not length.isdigit():
                 return await _reply(send_secure, 400, "bad Content-Length header")
             if int(length) > self.max_body:
-                return await _reply(send_secure, 413,
-                                    f"request body of {int(length)} bytes is over the limit of {self.max_body}")
+                return await _reply(
+                    send_secure, 413, f"request body of {int(length)} bytes is over the limit of {self.max_body}"
+                )
         if scope["method"] == "POST" and scope["path"] in self.json_paths:
             ctype = headers.get(b"content-type", b"").decode("latin-1").split(";")[0].strip().lower()
             if not (ctype == "application/json" or (ctype.startswith("application/") and ctype.endswith("+json"))):
-                return await _reply(send_secure, 415,
-                                    f"send the request body as application/json, not {ctype[:100] or 'nothing'}")
+                return await _reply(
+                    send_secure, 415, f"send the request body as application/json, not {ctype[:100] or 'nothing'}"
+                )
         if length is None and b"transfer-encoding" not in headers:
             return await self.app(scope, receive, send_secure)
         chunks, total = [], 0
@@ -93,12 +99,21 @@ class Guard:
                 replayed = True
                 return {"type": "http.request", "body": body, "more_body": False}
             return await receive()
+
         return await self.app(scope, replay, send_secure)
 
 
 async def _reply(send, status: int, detail: str) -> None:
     body = json.dumps({"detail": detail}).encode()
-    await send({"type": "http.response.start", "status": status, "headers": [
-        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-        (b"connection", b"close")]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})

@@ -2,20 +2,21 @@
 every input (types, finite values, ranges, list lengths, unknown fields). What depends on the chosen model
 (z has exactly its latent_dim values, pixels exactly its image size) is checked in server.py.
 """
+
 from __future__ import annotations
 
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictStr, model_validator
 
-MAX_BODY = 1 << 20       # bytes in a request body
-MAP_POINTS = 2000        # test examples on the map (and the ones a request may pick by index)
-MAX_SAMPLES = 100        # images in one /api/sample grid
-MAX_STEPS = 32           # images in one interpolation strip
-MAX_LATENT = 1024        # the longest z the schema admits; each model then wants exactly its own D
-MAX_PIXELS = 1 << 16     # the longest pixel list the schema admits; each model wants exactly prod(shape)
-Z_BOUND = 1e3            # |z_d| above this is refused: finite, and far outside any trained code
-ELBO_SAMPLES = 16        # posterior draws behind the ELBO of a drawing (fixed noise: same drawing, same number)
+MAX_BODY = 1 << 20  # bytes in a request body
+MAP_POINTS = 2000  # test examples on the map (and the ones a request may pick by index)
+MAX_SAMPLES = 100  # images in one /api/sample grid
+MAX_STEPS = 32  # images in one interpolation strip
+MAX_LATENT = 1024  # the longest z the schema admits; each model then wants exactly its own D
+MAX_PIXELS = 1 << 16  # the longest pixel list the schema admits; each model wants exactly prod(shape)
+Z_BOUND = 1e3  # |z_d| above this is refused: finite, and far outside any trained code
+ELBO_SAMPLES = 16  # posterior draws behind the ELBO of a drawing (fixed noise: same drawing, same number)
 
 
 def _whole(v):
@@ -28,18 +29,35 @@ def Int(**limits):
     return Annotated[int, Field(strict=True, **limits), BeforeValidator(_whole)]
 
 
-ModelRef = Annotated[Int(ge=0) | Annotated[StrictStr, Field(min_length=1, max_length=200)], Field(
-    description="A model: its index in /api/models, or its name there. Never a path.",
-    examples=[0, "vae"])]
+ModelRef = Annotated[
+    Int(ge=0) | Annotated[StrictStr, Field(min_length=1, max_length=200)],
+    Field(description="A model: its index in /api/models, or its name there. Never a path.", examples=[0, "vae"]),
+]
 Coord = Annotated[float, Field(ge=-Z_BOUND, le=Z_BOUND, allow_inf_nan=False)]
 Pixel = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
-Latent = Annotated[list[Coord], Field(min_length=1, max_length=MAX_LATENT,
-                                      description="A latent vector: exactly the model's latent_dim finite floats.")]
-Pixels = Annotated[list[Pixel], Field(min_length=1, max_length=MAX_PIXELS, description=(
-    "An image as floats in [0, 1], flattened row-major from the model's input_shape (C, H, W): exactly "
-    "prod(input_shape) values (784 for MNIST). 0 is black (background), 1 is white (ink)."))]
-Index = Annotated[Int(ge=0, lt=MAP_POINTS), Field(description=(
-    "A test example shown on the map: 0 <= index < the model's `points` in /api/models."))]
+Latent = Annotated[
+    list[Coord],
+    Field(
+        min_length=1,
+        max_length=MAX_LATENT,
+        description="A latent vector: exactly the model's latent_dim finite floats.",
+    ),
+]
+Pixels = Annotated[
+    list[Pixel],
+    Field(
+        min_length=1,
+        max_length=MAX_PIXELS,
+        description=(
+            "An image as floats in [0, 1], flattened row-major from the model's input_shape (C, H, W): exactly "
+            "prod(input_shape) values (784 for MNIST). 0 is black (background), 1 is white (ink)."
+        ),
+    ),
+]
+Index = Annotated[
+    Int(ge=0, lt=MAP_POINTS),
+    Field(description=("A test example shown on the map: 0 <= index < the model's `points` in /api/models.")),
+]
 Image = Annotated[str, Field(description="A PNG image as a data URL: data:image/png;base64,...")]
 
 
@@ -99,7 +117,7 @@ class EncodeRequest(Source):
 class SampleRequest(_Request):
     model: ModelRef = 0
     n: Int(ge=1, le=MAX_SAMPLES) = Field(16, description="How many prior draws.")
-    seed: Int(ge=0, le=2 ** 31 - 1) = Field(0, description="The same seed gives the same draws.")
+    seed: Int(ge=0, le=2**31 - 1) = Field(0, description="The same seed gives the same draws.")
     nrow: Int(ge=1, le=MAX_SAMPLES) = Field(None, description="Images per grid row (default: about square).")
 
 
@@ -128,9 +146,12 @@ class ModelInfo(BaseModel):
     arch: str
     likelihood: str
     data: str = Field(description="The data the map shows: a built-in dataset's name, or a file's name.")
-    split: Literal["test", "file"] = Field(description=(
-        "test: the dataset's test split; file: the first examples of the file the model was trained on "
-        "(a file has no test split)."))
+    split: Literal["test", "file"] = Field(
+        description=(
+            "test: the dataset's test split; file: the first examples of the file the model was trained on "
+            "(a file has no test split)."
+        )
+    )
     points: int = Field(description="Test examples on the map; /api/encode and /api/interpolate take index < points.")
     has_labels: bool
     elbo_mean: float | None = Field(description="Mean ELBO of the map's examples in nats (None for an AE).")
@@ -152,10 +173,13 @@ class LatentsResponse(BaseModel):
     y: list[float]
     labels: list[int] | None
     origin: list[float] = Field(description="A point of the plane in latent space (D,).")
-    basis: list[list[float]] = Field(description=(
-        "Two orthonormal latent directions (2, D): a code z shows at ((z - origin) . basis[0], "
-        "(z - origin) . basis[1]); the plane point (u, v) with the other coordinates at an anchor a is "
-        "a + (u - u_a) basis[0] + (v - v_a) basis[1]."))
+    basis: list[list[float]] = Field(
+        description=(
+            "Two orthonormal latent directions (2, D): a code z shows at ((z - origin) . basis[0], "
+            "(z - origin) . basis[1]); the plane point (u, v) with the other coordinates at an anchor a is "
+            "a + (u - u_a) basis[0] + (v - v_a) basis[1]."
+        )
+    )
     center: list[float] = Field(description="The mean code of the map's examples (D,): the default anchor.")
     low: list[float] = Field(description="Per-dimension minimum of the map's codes (D,).")
     high: list[float] = Field(description="Per-dimension maximum of the map's codes (D,).")
@@ -173,7 +197,8 @@ class EncodeResponse(BaseModel):
     image: Image = Field(description="The image that was encoded.")
     reconstruction: Image = Field(description="The decoded mean at mu.")
     elbo: float | None = Field(
-        description=f"ELBO in nats ({ELBO_SAMPLES} posterior draws, analytic KL); None for an AE.")
+        description=f"ELBO in nats ({ELBO_SAMPLES} posterior draws, analytic KL); None for an AE."
+    )
     recon: float = Field(description="E_q log p(x|z) in nats (for an AE: log p(x|z) at its code).")
     kl: float | None = Field(description="KL(q(z|x) || p(z)) in nats; None for an AE.")
 
@@ -197,7 +222,9 @@ class Message(BaseModel):
     detail: str
 
 
-ERRORS = {400: {"model": Message, "description": "Body not UTF-8 JSON, or a Host header that is not loopback"},
-          404: {"model": Message, "description": "Unknown model"},
-          413: {"model": Message, "description": "Request body over the size limit"},
-          415: {"model": Message, "description": "Body is not application/json"}}
+ERRORS = {
+    400: {"model": Message, "description": "Body not UTF-8 JSON, or a Host header that is not loopback"},
+    404: {"model": Message, "description": "Unknown model"},
+    413: {"model": Message, "description": "Request body over the size limit"},
+    415: {"model": Message, "description": "Body is not application/json"},
+}

@@ -12,6 +12,7 @@ input is validated (latent length, finite values, exact image size, capped count
 4xx and a message. schema.py holds the request and response models, guard.py the middleware that caps
 request bodies, requires JSON and checks the Host header.
 """
+
 from __future__ import annotations
 
 import base64
@@ -29,10 +30,27 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from vaekit.app.guard import Guard
-from vaekit.app.schema import (ELBO_SAMPLES, ERRORS, MAP_POINTS, MAX_BODY, MAX_LATENT, DecodeRequest,
-                               DecodeResponse, EncodeRequest, EncodeResponse, End, InterpolateRequest,
-                               InterpolateResponse, LatentsResponse, Limits, ModelInfo, ModelsResponse,
-                               SampleRequest, SampleResponse, Source)
+from vaekit.app.schema import (
+    ELBO_SAMPLES,
+    ERRORS,
+    MAP_POINTS,
+    MAX_BODY,
+    MAX_LATENT,
+    DecodeRequest,
+    DecodeResponse,
+    EncodeRequest,
+    EncodeResponse,
+    End,
+    InterpolateRequest,
+    InterpolateResponse,
+    LatentsResponse,
+    Limits,
+    ModelInfo,
+    ModelsResponse,
+    SampleRequest,
+    SampleResponse,
+    Source,
+)
 from vaekit.errors import VaekitError
 from vaekit.figures import grid
 from vaekit.latent import interpolate
@@ -50,15 +68,15 @@ class Entry:
 
     name: str
     model: object
-    data: str                         # the name of the data the map shows (a file's name, never its path)
-    split: str                        # "test" (a built-in dataset's test split) or "file" (the whole file)
-    x: torch.Tensor                   # (N, *shape) test examples in [0, 1], N <= MAP_POINTS
-    labels: torch.Tensor | None       # (N,)
-    mu: torch.Tensor                  # (N, D) their posterior means (an AE: its codes)
+    data: str  # the name of the data the map shows (a file's name, never its path)
+    split: str  # "test" (a built-in dataset's test split) or "file" (the whole file)
+    x: torch.Tensor  # (N, *shape) test examples in [0, 1], N <= MAP_POINTS
+    labels: torch.Tensor | None  # (N,)
+    mu: torch.Tensor  # (N, D) their posterior means (an AE: its codes)
     pca: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None  # mean (D,), basis (2, D), explained share (2,)
-    elbo_mean: float | None           # mean ELBO of the map's examples (greyscale), nats; None for an AE
-    recon_mean: float | None          # mean E_q log p(x|z) of the same, nats
-    eps: torch.Tensor                 # (ELBO_SAMPLES, 1, D) fixed noise for the ELBO of a drawing
+    elbo_mean: float | None  # mean ELBO of the map's examples (greyscale), nats; None for an AE
+    recon_mean: float | None  # mean E_q log p(x|z) of the same, nats
+    eps: torch.Tensor  # (ELBO_SAMPLES, 1, D) fixed noise for the ELBO of a drawing
 
     @property
     def latent_dim(self) -> int:
@@ -95,7 +113,7 @@ def pca_plane(mu: torch.Tensor):
     basis = vh[:2]
     sign = torch.sign(basis.gather(1, basis.abs().argmax(1, keepdim=True)))
     basis = basis * sign
-    share = s[:2] ** 2 / (s ** 2).sum().clamp_min(1e-12)
+    share = s[:2] ** 2 / (s**2).sum().clamp_min(1e-12)
     return m, basis, share
 
 
@@ -104,6 +122,7 @@ def _map_data(model, run: Path, cache: dict):
     """(data name, split, x (N, *shape), labels) of the run's test data (for a file: the file, which has no
     test split), or no examples when the data cannot be had."""
     from vaekit.data import DATASETS, load
+
     source = model.run_config.train.data
     split = "test" if source in DATASETS else "file"
     empty = (Path(source).name, split, torch.zeros(0, *model.shape), None)
@@ -141,10 +160,12 @@ def make_entry(name: str, model, run: Path, cache: dict) -> Entry:
 def load_entries(runs: list[str | Path]) -> list[Entry]:
     """Load every run with vaekit.load (safetensors only) and encode its map. Raises VaekitError."""
     import vaekit
+
     runs = [Path(r) for r in runs]
     models = [vaekit.load(r) for r in runs]
     cache: dict = {}
     return [make_entry(n, m, r, cache) for n, m, r in zip(_names(runs), models, runs)]
+
 
 # ------------------------------------------------------------------------------------------ helpers
 
@@ -183,15 +204,32 @@ class Explorer:
             if ref.isascii() and ref.isdigit() and int(ref) < len(self.entries):
                 return self.entries[int(ref)]
         shown = ref if isinstance(ref, int) else repr(ref[:80])
-        raise HTTPException(404, f"unknown model {shown}: use an index 0..{len(self.entries) - 1} "
-                                 f"or a name from /api/models")
+        raise HTTPException(
+            404, f"unknown model {shown}: use an index 0..{len(self.entries) - 1} or a name from /api/models"
+        )
 
     def info(self) -> ModelsResponse:
-        return ModelsResponse(limits=Limits(), models=[ModelInfo(
-            index=i, name=e.name, kind="vae" if e.model.is_vae else "ae", latent_dim=e.latent_dim,
-            input_shape=list(e.shape), arch=e.model.config.arch, likelihood=e.model.config.likelihood,
-            data=e.data, split=e.split, points=len(e.x), has_labels=e.labels is not None, elbo_mean=e.elbo_mean,
-            recon_mean=e.recon_mean) for i, e in enumerate(self.entries)])
+        return ModelsResponse(
+            limits=Limits(),
+            models=[
+                ModelInfo(
+                    index=i,
+                    name=e.name,
+                    kind="vae" if e.model.is_vae else "ae",
+                    latent_dim=e.latent_dim,
+                    input_shape=list(e.shape),
+                    arch=e.model.config.arch,
+                    likelihood=e.model.config.likelihood,
+                    data=e.data,
+                    split=e.split,
+                    points=len(e.x),
+                    has_labels=e.labels is not None,
+                    elbo_mean=e.elbo_mean,
+                    recon_mean=e.recon_mean,
+                )
+                for i, e in enumerate(self.entries)
+            ],
+        )
 
     # -- inputs -> tensors, checked against the model
 
@@ -204,13 +242,19 @@ class Explorer:
         """The image a source names, (1, *shape)."""
         if src.index is not None:
             if src.index >= len(e.x):
-                invalid(loc + ("index",), f"model {e.name!r} has {len(e.x)} test examples on its map: "
-                                          f"index must be below {len(e.x)}, got {src.index}")
-            return e.x[src.index:src.index + 1]
+                invalid(
+                    loc + ("index",),
+                    f"model {e.name!r} has {len(e.x)} test examples on its map: "
+                    f"index must be below {len(e.x)}, got {src.index}",
+                )
+            return e.x[src.index : src.index + 1]
         need = math.prod(e.shape)
         if len(src.pixels) != need:
-            invalid(loc + ("pixels",), f"model {e.name!r} takes images of shape {list(e.shape)}: "
-                                       f"pixels needs {need} values, got {len(src.pixels)}")
+            invalid(
+                loc + ("pixels",),
+                f"model {e.name!r} takes images of shape {list(e.shape)}: "
+                f"pixels needs {need} values, got {len(src.pixels)}",
+            )
         return torch.tensor(src.pixels, dtype=torch.float32).view(1, *e.shape)
 
     # -- the endpoints' work, under inference_mode
@@ -224,16 +268,22 @@ class Explorer:
     @torch.inference_mode()
     def encode(self, req: EncodeRequest) -> EncodeResponse:
         e = self.get(req.model)
-        x = self.x_of(e, req, ("body",))                                 # (1, *shape)
+        x = self.x_of(e, req, ("body",))  # (1, *shape)
         q = e.model.encode(x)
         mu, sigma = q.mean[0], q.stddev[0]
         if e.model.is_vae:
-            t = elbo(e.model, x, eps=e.eps)                              # terms (K, 1), KL (1,)
+            t = elbo(e.model, x, eps=e.eps)  # terms (K, 1), KL (1,)
             scores = dict(elbo=t.elbo.mean().item(), recon=t.recon.mean().item(), kl=t.kl.mean().item())
         else:
             scores = dict(elbo=None, recon=e.model.decode(mu[None]).log_prob(x).item(), kl=None)
-        return EncodeResponse(model=e.name, mu=_floats(mu), sigma=_floats(sigma), image=png(x),
-                              reconstruction=png(e.model.decode(mu[None]).mean), **scores)
+        return EncodeResponse(
+            model=e.name,
+            mu=_floats(mu),
+            sigma=_floats(sigma),
+            image=png(x),
+            reconstruction=png(e.model.decode(mu[None]).mean),
+            **scores,
+        )
 
     @torch.inference_mode()
     def sample(self, req: SampleRequest) -> SampleResponse:
@@ -248,12 +298,16 @@ class Explorer:
         ends = []
         for name, end in (("start", req.start), ("end", req.end)):
             loc = ("body", name)
-            ends.append(self.z_of(e, end.z, loc + ("z",)) if end.z is not None
-                        else e.model.encode(self.x_of(e, end, loc)).mean[0])
-        z = interpolate(ends[0], ends[1], req.steps, req.spherical)          # (steps, D)
+            ends.append(
+                self.z_of(e, end.z, loc + ("z",))
+                if end.z is not None
+                else e.model.encode(self.x_of(e, end, loc)).mean[0]
+            )
+        z = interpolate(ends[0], ends[1], req.steps, req.spherical)  # (steps, D)
         frames = e.model.decode(z).mean
-        return InterpolateResponse(model=e.name, steps=req.steps, spherical=req.spherical,
-                                   image=png(frames, req.steps, pad=2), z=_floats(z))
+        return InterpolateResponse(
+            model=e.name, steps=req.steps, spherical=req.spherical, image=png(frames, req.steps, pad=2), z=_floats(z)
+        )
 
     @torch.inference_mode()
     def latents(self, ref: str, n: int, plane: str, x: int, y: int) -> LatentsResponse:
@@ -263,8 +317,11 @@ class Explorer:
             plane = "pca" if d > 2 and e.pca is not None else "dims"
         if plane == "pca":
             if e.pca is None:
-                invalid(("query", "plane"), f"model {e.name!r} has no PCA plane "
-                                            f"({'a 1-D latent' if d < 2 else 'no map points'}): use plane=dims")
+                invalid(
+                    ("query", "plane"),
+                    f"model {e.name!r} has no PCA plane "
+                    f"({'a 1-D latent' if d < 2 else 'no map points'}): use plane=dims",
+                )
             origin, basis, share = e.pca
             dims = None
             axes = [f"PC 1 ({100 * share[0]:.0f}% of variance)", f"PC 2 ({100 * share[1]:.0f}%)"]
@@ -278,18 +335,28 @@ class Explorer:
             basis = torch.zeros(2, d)
             basis[0, x] = 1.0
             if d > 1:
-                basis[1, y] = 1.0                                        # a 1-D latent: the y axis moves nothing
+                basis[1, y] = 1.0  # a 1-D latent: the y axis moves nothing
             dims = [x, y] if d > 1 else [x]
             axes = [f"z{x + 1}", f"z{y + 1}" if d > 1 else "(none)"]
         mu = e.mu[:n]
-        uv = (mu - origin) @ basis.T                                     # (n, 2)
+        uv = (mu - origin) @ basis.T  # (n, 2)
         empty = torch.zeros(d)
         return LatentsResponse(
-            model=e.name, plane=plane, dims=dims, axes=axes, n=len(mu), x=_floats(uv[:, 0], 4),
-            y=_floats(uv[:, 1], 4), labels=None if e.labels is None else e.labels[:n].tolist(),
-            origin=_floats(origin), basis=_floats(basis), center=_floats(e.mu.mean(0) if len(e.mu) else empty),
+            model=e.name,
+            plane=plane,
+            dims=dims,
+            axes=axes,
+            n=len(mu),
+            x=_floats(uv[:, 0], 4),
+            y=_floats(uv[:, 1], 4),
+            labels=None if e.labels is None else e.labels[:n].tolist(),
+            origin=_floats(origin),
+            basis=_floats(basis),
+            center=_floats(e.mu.mean(0) if len(e.mu) else empty),
             low=_floats(e.mu.min(0).values if len(e.mu) else empty),
-            high=_floats(e.mu.max(0).values if len(e.mu) else empty))
+            high=_floats(e.mu.max(0).values if len(e.mu) else empty),
+        )
+
 
 # --------------------------------------------------------------------------------------------- app
 
@@ -298,16 +365,25 @@ def create_app(entries: list[Entry], loopback_only: bool = True) -> FastAPI:
     ex = Explorer(entries)
     # No /docs or /redoc: FastAPI serves them with scripts from a CDN, and this server loads nothing from
     # elsewhere. The schema itself is at /openapi.json.
-    app = FastAPI(title="vaekit latent explorer", version="1", docs_url=None, redoc_url=None, description=(
-        "Encode, decode, interpolate and sample the models `vaekit serve` loaded. Models are named by their "
-        "index or name from /api/models. Images come back as PNG data URLs; images sent in are flat lists of "
-        f"floats in [0, 1]. Request bodies are JSON, at most {MAX_BODY} bytes."))
+    app = FastAPI(
+        title="vaekit latent explorer",
+        version="1",
+        docs_url=None,
+        redoc_url=None,
+        description=(
+            "Encode, decode, interpolate and sample the models `vaekit serve` loaded. Models are named by their "
+            "index or name from /api/models. Images come back as PNG data URLs; images sent in are flat lists of "
+            f"floats in [0, 1]. Request bodies are JSON, at most {MAX_BODY} bytes."
+        ),
+    )
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request, exc: RequestValidationError):
         # FastAPI's shape without echoing the input back (it may be a megabyte of floats)
-        errors = [{"loc": list(err.get("loc", ())), "msg": str(err.get("msg", "")), "type": str(err.get("type", ""))}
-                  for err in exc.errors()[:20]]
+        errors = [
+            {"loc": list(err.get("loc", ())), "msg": str(err.get("msg", "")), "type": str(err.get("type", ""))}
+            for err in exc.errors()[:20]
+        ]
         return JSONResponse({"detail": errors}, status_code=422)
 
     @app.get("/", include_in_schema=False)
@@ -323,24 +399,37 @@ def create_app(entries: list[Entry], loopback_only: bool = True) -> FastAPI:
     async def models() -> ModelsResponse:
         return ex.info()
 
-    @app.get("/api/latents", response_model=LatentsResponse, responses=ERRORS,
-             summary="Map points: test-set posterior means on a plane")
+    @app.get(
+        "/api/latents",
+        response_model=LatentsResponse,
+        responses=ERRORS,
+        summary="Map points: test-set posterior means on a plane",
+    )
     async def latents(
-            model: Annotated[str, Query(min_length=1, max_length=200, description="Index or name.")] = "0",
-            n: Annotated[int, Query(ge=1, le=MAP_POINTS, description="The first n points.")] = MAP_POINTS,
-            plane: Annotated[Literal["auto", "pca", "dims"], Query(
+        model: Annotated[str, Query(min_length=1, max_length=200, description="Index or name.")] = "0",
+        n: Annotated[int, Query(ge=1, le=MAP_POINTS, description="The first n points.")] = MAP_POINTS,
+        plane: Annotated[
+            Literal["auto", "pca", "dims"],
+            Query(
                 description="pca: the top-2 principal plane of the codes; dims: two latent dimensions x, y; "
-                            "auto: dims for latent_dim <= 2, else pca.")] = "auto",
-            x: Annotated[int, Query(ge=0, lt=MAX_LATENT)] = 0,
-            y: Annotated[int, Query(ge=0, lt=MAX_LATENT)] = 1) -> LatentsResponse:
+                "auto: dims for latent_dim <= 2, else pca."
+            ),
+        ] = "auto",
+        x: Annotated[int, Query(ge=0, lt=MAX_LATENT)] = 0,
+        y: Annotated[int, Query(ge=0, lt=MAX_LATENT)] = 1,
+    ) -> LatentsResponse:
         return ex.latents(model, n, plane, x, y)
 
     @app.post("/api/decode", response_model=DecodeResponse, responses=ERRORS, summary="z -> decoded image")
     async def decode(req: DecodeRequest) -> DecodeResponse:
         return ex.decode(req)
 
-    @app.post("/api/encode", response_model=EncodeResponse, responses=ERRORS,
-              summary="An image (drawing or test example) -> posterior, reconstruction, ELBO")
+    @app.post(
+        "/api/encode",
+        response_model=EncodeResponse,
+        responses=ERRORS,
+        summary="An image (drawing or test example) -> posterior, reconstruction, ELBO",
+    )
     async def encode(req: EncodeRequest) -> EncodeResponse:
         return ex.encode(req)
 
@@ -348,8 +437,12 @@ def create_app(entries: list[Entry], loopback_only: bool = True) -> FastAPI:
     async def sample(req: SampleRequest) -> SampleResponse:
         return ex.sample(req)
 
-    @app.post("/api/interpolate", response_model=InterpolateResponse, responses=ERRORS,
-              summary="A strip of decoded codes between two ends")
+    @app.post(
+        "/api/interpolate",
+        response_model=InterpolateResponse,
+        responses=ERRORS,
+        summary="A strip of decoded codes between two ends",
+    )
     async def interpolate_(req: InterpolateRequest) -> InterpolateResponse:
         return ex.interpolate(req)
 

