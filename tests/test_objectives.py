@@ -344,8 +344,11 @@ def test_posterior_means_and_evaluate_on_a_small_dataset():
     model = _mlp_vae(seed=21).float()
     x = (torch.rand(30, 1, 6, 5, generator=_gen(22)) * 255).to(torch.uint8)
     ds = Dataset(x, torch.arange(30) % 3, "toy")
-    mu = posterior_means(model, [ds.batch(slice(i, i + 7)) for i in range(0, 30, 7)])
+    mu = posterior_means(model, ds, batch_size=7)
     assert mu.shape == (30, 4)
+    with torch.inference_mode():
+        assert torch.allclose(mu, model.encode(ds.batch(slice(0, 30))).mean, atol=1e-6)  # batching changes nothing
+        assert torch.allclose(posterior_means(model, ds.batch(slice(0, 30)), batch_size=4), mu, atol=1e-6)  # a tensor
     res = evaluate(model, ds, binarize="dynamic", iw_samples=50, batch_size=8, per_example=True)
     for key in ("split", "n", "elbo", "recon", "kl", "nll", "iw_samples", "active_units", "seconds"):
         assert key in res

@@ -350,14 +350,13 @@ def cmd_interpolate(args) -> int:
 
 def cmd_encode(args) -> int:
     import numpy as np
-    import torch
 
     import vaekit
+    from vaekit.evaluate import posterior_means
 
     model = vaekit.load(args.run)
     ds = _data_for(model, args.data, args.split, model.run_config)
-    with torch.inference_mode():
-        mu = torch.cat([model.encode(ds.batch(slice(i, i + 1000))).mean for i in range(0, len(ds), 1000)])
+    mu = posterior_means(model, ds).cpu()
     args.output.parent.mkdir(parents=True, exist_ok=True)
     np.save(args.output, mu.numpy())
     print(f"{args.output}: {tuple(mu.shape)} posterior means")

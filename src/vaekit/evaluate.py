@@ -87,9 +87,14 @@ def log_likelihood(
 
 
 @torch.inference_mode()
-def posterior_means(model, batches) -> torch.Tensor:
-    """E_q[z|x] for every batch, concatenated: (N, D)."""
-    return torch.cat([model.encode(x).mean for x in batches])
+def posterior_means(model, data, batch_size: int = 1000, device=None) -> torch.Tensor:
+    """E_q[z|x] for every example of `data`, encoded `batch_size` at a time: (N, D) on the model's device.
+
+    `data`: a Dataset (its pixels as the model sees them, in [0, 1]) or a tensor (N, *shape)."""
+    device = device if device is not None else next(model.parameters()).device
+    batch = data.batch if hasattr(data, "batch") else (lambda idx, dev: data[idx].to(dev))
+    n = len(data)
+    return torch.cat([model.encode(batch(slice(i, i + batch_size), device)).mean for i in range(0, n, batch_size)])
 
 
 def active_units(mu: torch.Tensor, threshold: float = 0.01) -> int:

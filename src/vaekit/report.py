@@ -35,7 +35,7 @@ from vaekit.classifier import Classifier, generation_scores, is_classifier_folde
 from vaekit.data import DATASETS, Dataset, binarize
 from vaekit.data import load as load_data
 from vaekit.errors import VaekitError
-from vaekit.evaluate import evaluate, log_likelihood
+from vaekit.evaluate import evaluate, log_likelihood, posterior_means
 from vaekit.latent import interpolate, normal_grid
 
 
@@ -149,12 +149,6 @@ def binarized(model, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------------- measures
-
-
-@torch.inference_mode()
-def encode_means(model, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
-    """Posterior means E[z|x] (for an AE, the codes), (N, D)."""
-    return torch.cat([model.encode(x[i : i + batch_size]).mean for i in range(0, len(x), batch_size)])
 
 
 @torch.inference_mode()
@@ -432,7 +426,7 @@ def _section_latent(page: Page, entries, main, clf, x_eval, y_eval, ds, s: Repor
     labels = None if y_eval is None else y_eval[: s.scatter_n].numpy()
     panels = []
     for e in main:
-        z = encode_means(e.model, xs).numpy()
+        z = posterior_means(e.model, xs).numpy()
         extra = e.model.latent_sampler(min(500, s.n_gen), g).numpy()
         if e.latent_dim == 2:
             xy, ex, how, xl, yl = z, extra, "the 2-D latent itself", "z1", "z2"
@@ -574,7 +568,7 @@ def _section_interp(page: Page, main, clf, x_eval, y_eval, s: ReportSettings) ->
     for p, (i, j) in enumerate(pairs):
         rows, caps, conf_rows = [], [], []
         for e in main:
-            z = encode_means(e.model, x_eval[[i, j]])
+            z = posterior_means(e.model, x_eval[[i, j]])
             for mode in ("linear", "spherical"):
                 with torch.inference_mode():
                     frames = e.model.decode(interpolate(z[0], z[1], s.steps, mode == "spherical")).mean
@@ -674,7 +668,7 @@ def _section_manifold(page: Page, e: Entry, x_eval, y_eval, s: ReportSettings) -
         imgs = e.model.decode(zg).mean
     axis = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.05, 0.95, n, dtype=torch.float64)).numpy()
     xs = x_eval[: s.scatter_n]
-    z = encode_means(e.model, xs)
+    z = posterior_means(e.model, xs)
     lo, hi = float(axis[0]), float(axis[-1])
     inside = float(((z >= lo) & (z <= hi)).all(1).float().mean())
     path = figures.manifold(

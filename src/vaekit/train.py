@@ -663,9 +663,10 @@ def validate(model, ds: Dataset, cfg: TrainConfig, device, rank: int = 0, world:
 @torch.inference_mode()
 def _fit_ae_codes(model, ds: Dataset, device) -> None:
     """An AE generates from a Gaussian fitted to its training codes; fit it once training is done."""
+    from vaekit.evaluate import posterior_means
+
     model.eval()
-    codes = torch.cat([model.encode(ds.batch(slice(i, i + 1000), device)).mean for i in range(0, len(ds), 1000)])
-    model.fit_code_gaussian(codes)
+    model.fit_code_gaussian(posterior_means(model, ds, 1000, device))
 
 
 def _truncate_metrics(path: Path, lines: int) -> None:
