@@ -26,6 +26,7 @@ from safetensors import SafetensorError
 from test_train import BASE, assert_same_run, ckpt_meta
 
 import vaekit
+import vaekit.checkpoint
 import vaekit.io
 import vaekit.train as T
 from vaekit.cli import main
@@ -90,7 +91,7 @@ def one_error_line(capsys) -> str:
 def loadable_checkpoint(out: Path) -> dict:
     cfg = vaekit.RunConfig.from_json_file(out / "config.json")
     model = vaekit.build_model(cfg.model)
-    meta, _, _ = T.load_checkpoint(out / CKPT, model, T.make_optimizer(model, cfg.train))
+    meta, _, _ = vaekit.checkpoint.load(out / CKPT, model, T.make_optimizer(model, cfg.train))
     return meta
 
 

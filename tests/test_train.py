@@ -28,6 +28,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 import vaekit
+import vaekit.checkpoint
+import vaekit.runlog
+import vaekit.steps as S
 import vaekit.train as T
 from vaekit import cli
 from vaekit.config import ModelConfig, TrainConfig
@@ -42,7 +45,8 @@ BASE = ["--epochs", 3, "--batch-size", 50, "--threads", 1]
 DRIVER = r"""
 import os, signal, sys, time
 import vaekit.io
-import vaekit.train as T
+import vaekit.checkpoint as C
+import vaekit.steps as S
 env = os.environ
 n = [0]
 def send():
@@ -50,21 +54,21 @@ def send():
         os.kill(os.getpid(), getattr(signal, env.get("T_SIGNAL", "SIGTERM")))
         time.sleep(0.05)  # the handler runs before the next signal
 if "T_AFTER" in env:
-    orig = T.save_checkpoint
+    orig = C.save
     def save_checkpoint(*a, **k):
         orig(*a, **k)
         n[0] += 1
         if n[0] == int(env["T_AFTER"]):
             send()
-    T.save_checkpoint = save_checkpoint
+    C.save = save_checkpoint
 if "T_AT_STEP" in env:
-    orig_lr = T.learning_rate
+    orig_lr = S.learning_rate
     def learning_rate(cfg, step, *a):
         if step == int(env["T_AT_STEP"]) and not n[0]:
             n[0] = 1
             send()
         return orig_lr(cfg, step, *a)
-    T.learning_rate = learning_rate
+    S.learning_rate = learning_rate
 if "T_KILL_WRITE" in env:
     orig_save = vaekit.io.save_file
     def save_file(tensors, path, metadata=None):
@@ -300,18 +304,18 @@ def test_external_sigterm_saves_checkpoint_and_exits_143(tmp_path, small_npz):
     meta = ckpt_meta(out)
     assert 0 < meta["step"] < 1000 * STEPS
     model = vaekit.build_model(vaekit.RunConfig.from_json_file(out / "config.json").model)
-    T.load_checkpoint(out / "checkpoint" / "state.safetensors", model, T.make_optimizer(model, TrainConfig()))
+    vaekit.checkpoint.load(out / "checkpoint" / "state.safetensors", model, T.make_optimizer(model, TrainConfig()))
 
 
 def test_ctrl_c_in_process_saves_checkpoint_and_returns_130(tmp_path, small_npz, monkeypatch, capsys):
-    lr = T.learning_rate
+    lr = S.learning_rate
 
     def at_step_5(cfg, step, *a):
         if step == 5:
             os.kill(os.getpid(), signal.SIGINT)
         return lr(cfg, step, *a)
 
-    monkeypatch.setattr(T, "learning_rate", at_step_5)
+    monkeypatch.setattr(S, "learning_rate", at_step_5)
     before = signal.getsignal(signal.SIGINT)
     out = tmp_path / "run"
     assert main_cli("train", "--data", small_npz, *BASE, "--checkpoint-every", 0, "--out", out) == 130
@@ -377,7 +381,7 @@ def test_huge_learning_rate_diverges_with_a_clear_error(tmp_path, small_npz, cap
     assert "3 consecutive steps" in err and "epoch 1, step" in err and "learning rate (1e+06)" in err
     assert f"step {ckpt_meta(out)['step']}" in err
     model = vaekit.build_model(vaekit.RunConfig.from_json_file(out / "config.json").model)
-    T.load_checkpoint(out / "checkpoint" / "state.safetensors", model, T.make_optimizer(model, TrainConfig()))
+    vaekit.checkpoint.load(out / "checkpoint" / "state.safetensors", model, T.make_optimizer(model, TrainConfig()))
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
@@ -508,13 +512,13 @@ def test_progress_bar_only_on_a_terminal(tmp_path, small_npz, monkeypatch):
 
 def test_learning_rate_schedules():
     cfg = TrainConfig(lr=0.1)
-    assert [T.learning_rate(cfg, s, 100, s // 10) for s in (0, 50, 99)] == [0.1, 0.1, 0.1]
+    assert [S.learning_rate(cfg, s, 100, s // 10) for s in (0, 50, 99)] == [0.1, 0.1, 0.1]
     cos = TrainConfig(lr=0.1, schedule="cosine")
-    assert T.learning_rate(cos, 0, 100, 0) == 0.1
-    assert T.learning_rate(cos, 50, 100, 5) == pytest.approx(0.05)
-    assert T.learning_rate(cos, 100, 100, 10) == pytest.approx(0.0, abs=1e-12)
+    assert S.learning_rate(cos, 0, 100, 0) == 0.1
+    assert S.learning_rate(cos, 50, 100, 5) == pytest.approx(0.05)
+    assert S.learning_rate(cos, 100, 100, 10) == pytest.approx(0.0, abs=1e-12)
     step = TrainConfig(lr=0.1, schedule="step", step_every=2)
-    assert [T.learning_rate(step, 0, 100, e) for e in range(5)] == [0.1, 0.1, 0.05, 0.05, 0.025]
+    assert [S.learning_rate(step, 0, 100, e) for e in range(5)] == [0.1, 0.1, 0.05, 0.05, 0.025]
 
 
 def test_schedule_reaches_the_optimizer(digits, monkeypatch):
@@ -557,7 +561,7 @@ def test_early_stopping_and_best_model(tmp_path, digits, monkeypatch):
         snapshots.append({n: v.detach().clone() for n, v in model.state_dict().items()})
         return [next(scores), 0.0, 0.0]
 
-    monkeypatch.setattr(T, "validate", fake_validate)
+    monkeypatch.setattr(S, "validate", fake_validate)
     out = tmp_path / "run"
     run = T.fit(
         tiny_model(),
@@ -599,7 +603,7 @@ def test_fit_takes_arrays_and_fits_an_autoencoders_code_gaussian(digits):
 
 def test_without_tensorboard_training_is_unaffected(tmp_path, digits, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails as if not installed
-    assert T._tensorboard(tmp_path) is None
+    assert vaekit.runlog._tensorboard(tmp_path) is None
     run = vaekit.fit(tiny_model(), digits, TrainConfig(epochs=1, batch_size=100, threads=1, quiet=True), tmp_path / "r")
     assert run.metrics and not (tmp_path / "r" / "tensorboard").exists()
 

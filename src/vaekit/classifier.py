@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -24,15 +23,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vaekit import io
+from vaekit import checkpoint as ckpt
+from vaekit import io, seeds
 from vaekit.config import from_dict, to_dict
 from vaekit.data import DATASETS, Dataset
 from vaekit.data import load as load_data
 from vaekit.errors import VaekitError
 from vaekit.networks import mlp
+from vaekit.runlog import RunLog, truncate_metrics
 
 CONFIG_KEY = "classifier"
-CKPT_DIR, CKPT_FILE = "checkpoint", "state.safetensors"  # as in a run folder
+RESUMABLE = ("epochs",)  # what may change when a classifier run is resumed
 
 
 @dataclass(frozen=True)
@@ -97,23 +98,6 @@ def accuracy(model: Classifier, ds: Dataset, batch_size: int = 2000) -> float:
     return right / len(ds)
 
 
-def _save_checkpoint(path: Path, model, opt, state: dict, gens: dict[str, torch.Generator]) -> None:
-    """Weights, Adam's state and the data-order generator in one safetensors file; scalars as metadata."""
-    io.save_training_state(path, model, opt, {f"rng.{k}": g.get_state() for k, g in gens.items()}, state)
-
-
-def _load_checkpoint(path: Path, model, opt, gens: dict[str, torch.Generator]) -> dict:
-    tensors, state = io.load_training_state(path, model, opt, what="classifier")
-    try:
-        for k, g in gens.items():
-            g.set_state(tensors[f"rng.{k}"])
-    except (KeyError, RuntimeError) as e:
-        raise VaekitError(
-            f"{path}: checkpoint does not match this classifier ({str(e).splitlines()[0][:120]})"
-        ) from None
-    return state
-
-
 def fit_classifier(
     model: Classifier,
     train_ds: Dataset,
@@ -126,58 +110,55 @@ def fit_classifier(
 ) -> list[dict]:
     """Adam on the cross-entropy; one metrics row per epoch (with the test accuracy when `test` is given).
 
-    With `out`, writes the folder as train.fit does (weights and checkpoint after every epoch, so an
-    interrupted run resumes from its last finished epoch). Returns the metrics rows.
+    With `out`, writes the folder as train.fit does, with the same pieces (checkpoint.py, runlog.py):
+    weights, metrics and checkpoint after every epoch, so an interrupted run resumes from its last finished
+    epoch. Returns the metrics rows.
     """
     if train_ds.y is None:
         raise VaekitError(f"{train_ds.name}: the classifier needs labelled data")
     torch.manual_seed(cfg.seed)
-    gens = {"order": torch.Generator().manual_seed(cfg.seed)}
+    gens = {"order": torch.Generator().manual_seed(seeds.order(cfg.seed))}
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    state = {"epoch": 0, "metrics_lines": 0, "seconds": 0.0}
-    ckpt = out / CKPT_DIR / CKPT_FILE if out is not None else None
+    state, rows = {"epoch": 0, "metrics_lines": 0, "seconds": 0.0}, []
     if resume:
-        state = _load_checkpoint(ckpt, model, opt, gens)
+        state, rngs, _ = ckpt.load(ckpt.path(out), model, opt, what="classifier")
+        ckpt.restore_generators(rngs, gens, ckpt.path(out), "classifier")
         rows = io.read_metrics(out)[: state["metrics_lines"]]
-    else:
-        rows = []
+        truncate_metrics(out, state["metrics_lines"])
     t_start = time.perf_counter() - state["seconds"]
-    n = len(train_ds)
-    for epoch in range(state["epoch"], cfg.epochs):
-        model.train()
-        perm = torch.randperm(n, generator=gens["order"])
-        loss_sum, t_epoch = 0.0, time.perf_counter()
-        for i in range(0, n, cfg.batch_size):
-            idx = perm[i : i + cfg.batch_size]
-            loss = F.cross_entropy(model(train_ds.batch(idx)), train_ds.y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            loss_sum += loss.item() * len(idx)
-        row = {
-            "epoch": epoch + 1,
-            "seconds": round(time.perf_counter() - t_start, 3),
-            "epoch_seconds": round(time.perf_counter() - t_epoch, 3),
-            "train_loss": loss_sum / n,
-        }
-        if test is not None:
-            row["test_accuracy"] = accuracy(model, test)
-        rows.append(row)
-        if not quiet:
-            acc = f"  test accuracy {row['test_accuracy']:.4f}" if "test_accuracy" in row else ""
-            print(
-                f"classifier epoch {epoch + 1}/{cfg.epochs}  loss {row['train_loss']:.4f}{acc}  "
-                f"({row['epoch_seconds']:.1f}s)",
-                file=sys.stderr,
-                flush=True,
-            )
-        if out is not None:
-            io.save_tensors(model.state_dict(), out / io.WEIGHTS)
-            io.atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
-            state.update(epoch=epoch + 1, metrics_lines=len(rows), seconds=time.perf_counter() - t_start)
-            _save_checkpoint(ckpt, model, opt, state, gens)
+    with RunLog(out, 0, quiet, cfg.epochs, what="classifier ", bar=False) as log:
+        for epoch in range(state["epoch"], cfg.epochs):
+            t_epoch = time.perf_counter()
+            loss = _train_epoch(model, opt, train_ds, cfg.batch_size, gens["order"])
+            now = time.perf_counter()
+            row = {"epoch": epoch + 1, "seconds": round(now - t_start, 3), "epoch_seconds": round(now - t_epoch, 3)}
+            row["train_loss"] = loss
+            if test is not None:
+                row["test_accuracy"] = accuracy(model, test)
+            rows.append(row)
+            log.end_epoch(row, model)
+            if out is not None:
+                state.update(epoch=epoch + 1, metrics_lines=len(rows), seconds=time.perf_counter() - t_start)
+                rngs = {k: g.get_state() for k, g in gens.items()}
+                ckpt.save(ckpt.path(out), model, opt, state, rngs, host_rngs=False)
     model.eval()
     return rows
+
+
+def _train_epoch(model: Classifier, opt, ds: Dataset, batch_size: int, order: torch.Generator) -> float:
+    """One pass over `ds` in a fresh random order; the mean cross-entropy per example, in nats."""
+    model.train()
+    n = len(ds)
+    perm = torch.randperm(n, generator=order)
+    loss_sum = 0.0
+    for i in range(0, n, batch_size):
+        idx = perm[i : i + batch_size]
+        loss = F.cross_entropy(model(ds.batch(idx)), ds.y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        loss_sum += loss.item() * len(idx)
+    return loss_sum / n
 
 
 def train_classifier(
@@ -187,12 +168,10 @@ def train_classifier(
 
     The test accuracy is measured on the test split of a built-in dataset (none for a user's file).
     """
-    from vaekit.train import prepare_out
-
     out = Path(out)
-    prepare_out(out, resume, overwrite)
+    ckpt.prepare_out(out, resume, overwrite)
     if resume:  # the saved config rules; only the number of epochs may grow
-        cfg = replace(load_config(out), epochs=cfg.epochs)
+        cfg = ckpt.merge_on_resume(load_config(out), cfg, None, RESUMABLE, skip=("input_shape",))
     ds = load_data(cfg.data, "train")
     if cfg.limit:
         ds = ds.subset(slice(0, cfg.limit))

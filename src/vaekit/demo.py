@@ -17,8 +17,10 @@ import time
 from dataclasses import asdict, fields, replace
 from pathlib import Path
 
+from vaekit import checkpoint as ckpt
 from vaekit import io
-from vaekit.classifier import CKPT_DIR, CKPT_FILE, ClassifierConfig, train_classifier
+from vaekit.classifier import RESUMABLE as CLASSIFIER_RESUMABLE
+from vaekit.classifier import ClassifierConfig, train_classifier
 from vaekit.classifier import load_config as load_classifier_config
 from vaekit.config import ModelConfig, RunConfig, TrainConfig
 from vaekit.errors import VaekitError
@@ -28,8 +30,6 @@ from vaekit.train import train
 # Epochs sized so the full demo ends well inside 10 minutes on a 2-core CPU (about 2-3 s per epoch each).
 FULL_EPOCHS = {"ae": 20, "vae": 30, "vae2d": 20, "classifier": 5}
 QUICK_EPOCHS = {"ae": 1, "vae": 1, "vae2d": 1, "classifier": 1}
-# TrainConfig fields that `vaekit train --resume` lets change: a run differing only in these is ours.
-RESUMABLE = {"epochs", "quiet", "device", "threads", "checkpoint_every"}
 
 
 def plan(quick: bool) -> dict[str, RunConfig | ClassifierConfig]:
@@ -94,10 +94,12 @@ def ensure_run(folder: Path, cfg: RunConfig | ClassifierConfig, threads: int = 0
     if not fresh:
         saved = _saved_config(folder, classifier)
         if classifier:
-            diff = _differences(saved, cfg, {"epochs", "input_shape"})
+            diff = _differences(saved, cfg, {*CLASSIFIER_RESUMABLE, "input_shape"})
         else:
             diff = _differences(saved.model, cfg.model, {"input_shape"}) + _differences(
-                saved.train, cfg.train, RESUMABLE
+                saved.train,
+                cfg.train,
+                ckpt.RESUMABLE,  # a run differing only in these is ours
             )
         if diff:
             raise VaekitError(
@@ -107,7 +109,7 @@ def ensure_run(folder: Path, cfg: RunConfig | ClassifierConfig, threads: int = 0
         done = len(io.read_metrics(folder))
         if done >= epochs and (folder / io.WEIGHTS).is_file():
             return f"reused ({done} epochs)"
-        if not (folder / CKPT_DIR / CKPT_FILE).is_file():
+        if not ckpt.exists(folder):
             _say(f"{folder}: stopped before its first checkpoint; starting it again")
             overwrite = True
     resume = not fresh and not overwrite

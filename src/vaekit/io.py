@@ -121,39 +121,6 @@ def check_fits_in_memory(cfg, where: str) -> None:
         )
 
 
-def save_training_state(path: Path, model, opt, extra: dict[str, torch.Tensor], meta: dict) -> None:
-    """A checkpoint as one safetensors file, written atomically: the weights (`model.*`), the optimizer's
-    state (`optim.{param}.{name}`), `extra` tensors (RNG states, ...), and `meta` as JSON metadata."""
-    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-    osd = opt.state_dict()
-    for pid, s in osd["state"].items():
-        for k, v in s.items():
-            tensors[f"optim.{pid}.{k}"] = v if isinstance(v, torch.Tensor) else torch.tensor(v)
-    tensors.update(extra)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    save_tensors(tensors, path, metadata={"state": json.dumps({**meta, "param_groups": osd["param_groups"]})})
-
-
-def load_training_state(path: Path, model, opt, what: str = "model") -> tuple[dict[str, torch.Tensor], dict]:
-    """Restore what save_training_state wrote into `model` and `opt`; returns (all tensors, meta)."""
-    from safetensors import safe_open
-
-    tensors = load_tensors(path)
-    try:
-        with safe_open(str(path), "pt") as f:
-            meta = json.loads(f.metadata()["state"])
-        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-        opt_state: dict[int, dict] = {}
-        for k, v in tensors.items():
-            if k.startswith("optim."):
-                _, pid, name = k.split(".", 2)
-                opt_state.setdefault(int(pid), {})[name] = v
-        opt.load_state_dict({"state": opt_state, "param_groups": meta.pop("param_groups")})
-    except (KeyError, ValueError, RuntimeError, TypeError, json.JSONDecodeError) as e:
-        raise VaekitError(f"{path}: checkpoint does not match this {what} ({str(e).splitlines()[0][:120]})") from None
-    return tensors, meta
-
-
 def save(model, folder: Path, config: RunConfig) -> None:
     """Write config.json and model.safetensors into `folder` (created if needed)."""
     folder = Path(folder)

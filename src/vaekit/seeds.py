@@ -1,0 +1,56 @@
+"""Every random stream vaekit draws, derived from the one user seed, in one place.
+
+Changing a formula here changes every number downstream (and breaks exact resume of older runs): don't.
+"""
+
+from __future__ import annotations
+
+
+def weights(seed: int) -> int:
+    """The initial weights (the same on every rank) and the validation split."""
+    return seed
+
+
+def noise(seed: int, rank: int = 0) -> int:
+    """The reparameterization noise of training, different per rank."""
+    return seed + rank
+
+
+def resumed_noise(seed: int, rank: int, step: int) -> int:
+    """The noise of a rank that resumes without a saved state of its own (another number of processes)."""
+    return seed + rank + 7919 * step
+
+
+def order(seed: int) -> int:
+    """The data order (the same on every rank)."""
+    return seed
+
+
+def binarize(seed: int) -> int:
+    """Dynamic binarization of the training batches (the same on every rank)."""
+    return seed * 1009 + 17
+
+
+def static_train(seed: int) -> int:
+    """The one fixed draw of --binarize static, training split."""
+    return seed
+
+
+def static_val(seed: int) -> int:
+    """The one fixed draw of --binarize static, validation split."""
+    return seed + 1
+
+
+def val_noise(seed: int, rank: int = 0) -> int:
+    """The ELBO's sample in validation (fixed, so epochs are comparable)."""
+    return seed + 12345 + rank
+
+
+def val_binarize(seed: int) -> int:
+    """The binarization of the validation set (fixed, so epochs are comparable)."""
+    return seed + 2
+
+
+def importance(seed: int) -> int:
+    """The importance samples of an evaluation seeded by `seed` (its ELBO sample uses `seed` itself)."""
+    return seed + 1

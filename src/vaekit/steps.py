@@ -1,0 +1,123 @@
+"""What a training step and a validation pass are made of: the learning-rate schedule, the optimizer,
+forward/backward with the finite check, torch.compile, validation, and the AE's code Gaussian."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vaekit import seeds
+from vaekit.config import ModelConfig, TrainConfig
+from vaekit.data import Dataset
+from vaekit.data import load as load_data
+from vaekit.distributed import all_sum
+from vaekit.errors import VaekitError, is_compile_error
+
+
+def resolve_binarize(cfg: TrainConfig, model_cfg: ModelConfig) -> TrainConfig:
+    """`auto` binarizes dynamically for a Bernoulli likelihood and not otherwise."""
+    if cfg.binarize == "auto":
+        return replace(cfg, binarize="dynamic" if model_cfg.likelihood == "bernoulli" else "none")
+    return cfg
+
+
+def learning_rate(cfg: TrainConfig, step: int, total_steps: int, epoch: int) -> float:
+    """The schedule as a pure function of progress (nothing to checkpoint). `step` counts from 0."""
+    if cfg.schedule == "cosine":
+        return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / max(1, total_steps)))
+    if cfg.schedule == "step":
+        return cfg.lr * 0.5 ** (epoch // cfg.step_every)
+    return cfg.lr
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """Adam with the fused kernel (one kernel for all parameters; on CPU too, where it beats foreach:
+    benchmarks/RESULTS.md), foreach where fused is refused."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    try:
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+    except (RuntimeError, TypeError):
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
+
+
+def as_dataset(data, what: str = "data") -> Dataset | None:
+    """A Dataset from a Dataset, a dataset name or path, or an array/tensor (N, *shape) in [0, 1] or uint8."""
+    if data is None or isinstance(data, Dataset):
+        return data
+    if isinstance(data, (str, Path)):
+        return load_data(data, "train")
+    if isinstance(data, (np.ndarray, torch.Tensor)):
+        x = torch.as_tensor(data)
+        if x.dtype != torch.uint8:
+            x = x.float()
+        return Dataset(x, None, what)
+    raise VaekitError(f"{what}: expected a Dataset, a dataset name or path, or an array; got {type(data).__name__}")
+
+
+def compiled(net):
+    """torch.compile(net), with a one-line error if the backend cannot compile (no C++ compiler, ...).
+    Shapes are fixed (the last partial batch is dropped) and the KL weight is a traced float, so it compiles
+    once per run."""
+    fn = torch.compile(net)
+
+    def call(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:
+            if is_compile_error(e):
+                first = str(e).splitlines()[0] if str(e) else ""
+                raise VaekitError(
+                    f"--compile: torch.compile failed ({type(e).__name__}: {first}); train without --compile"
+                ) from None
+            raise
+
+    return call
+
+
+def forward_backward(net, opt, params, x, cfg: TrainConfig, beta: float, device):
+    """Loss, gradients (clipped if cfg.clip) and whether both are finite, as a tensor (no sync here)."""
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp):
+        loss_vec, terms = net(x, beta=beta, free_bits=cfg.free_bits, iw_k=cfg.iw_k)  # (B,), Terms
+    loss = loss_vec.mean()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.clip > 0:
+        norm = torch.nn.utils.clip_grad_norm_(params, cfg.clip)
+    else:
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+    return loss_vec, terms, torch.isfinite(loss) & torch.isfinite(norm)
+
+
+@torch.inference_mode()
+def validate(model, ds: Dataset, cfg: TrainConfig, device, rank: int = 0, world: int = 1) -> list[float]:
+    """Mean (elbo, recon, kl) per example in nats on `ds`, binarized with a fixed seed so epochs are comparable."""
+    from vaekit.evaluate import eval_batches
+    from vaekit.objectives import elbo
+
+    model.eval()
+    sums = torch.zeros(4, dtype=torch.float64, device=device)
+    state = torch.get_rng_state()
+    torch.manual_seed(seeds.val_noise(cfg.seed, rank))
+    for x in eval_batches(ds, 1000, cfg.binarize, seeds.val_binarize(cfg.seed), device):
+        x = x[rank::world]  # this rank's share of a batch binarized as in a single process
+        if not len(x):
+            continue
+        t = elbo(model, x)
+        sums += torch.stack([t.elbo.sum(), t.recon.sum(), t.kl.sum(), t.elbo.new_tensor(float(len(x)))]).double()
+    torch.set_rng_state(state)  # validation must not perturb the training noise (exact resume)
+    all_sum(sums, world)
+    model.train()
+    return (sums[:3] / sums[3]).tolist()
+
+
+@torch.inference_mode()
+def fit_ae_codes(model, ds: Dataset, device) -> None:
+    """An AE generates from a Gaussian fitted to its training codes; fit it once training is done."""
+    from vaekit.evaluate import posterior_means
+
+    model.eval()
+    model.fit_code_gaussian(posterior_means(model, ds, 1000, device))
