@@ -27,7 +27,7 @@ from vaekit.errors import VaekitError
 from vaekit.report import QUICK, ReportSettings, build_report, save_report
 from vaekit.train import train
 
-# Epochs sized so the full demo ends well inside 10 minutes on a 2-core CPU (about 2-3 s per epoch each).
+# Epochs sized so the full demo ends well inside 10 minutes on a 2-core CPU (timings: README, benchmarks/).
 FULL_EPOCHS = {"ae": 20, "vae": 30, "vae2d": 20, "classifier": 5}
 QUICK_EPOCHS = {"ae": 1, "vae": 1, "vae2d": 1, "classifier": 1}
 
