@@ -297,6 +297,46 @@ def test_train_rejects_bad_config_files(bad, tmp_path, name, needles):
     assert_clean_error(p, *needles)
 
 
+_VAE_ONLY = "--beta applies to a VAE only; an autoencoder has no KL term or posterior to sample"
+CONFIG_ERRORS = [  # (the file, flags, the whole message): {cfg} where the file must be named
+    ("epochs: -3\n", [], "{cfg}: --epochs must be a positive integer, got -3"),
+    ("epochs: -3\n", ["--epochs", 2, "--lr", -1], "--lr must be positive and finite, got -1.0"),
+    ("latent-dim: 0\n", [], "{cfg}: --latent-dim must be a positive integer, got 0"),
+    ("model: ae\nbeta: 2\n", [], "{cfg}: " + _VAE_ONLY),
+    ("beta: 2\n", ["--model", "ae"], "{cfg}: " + _VAE_ONLY),
+    ("model: ae\n", ["--beta", 2], _VAE_ONLY),
+    ("arch: cnn\n", [], "{cfg}: --arch: 'cnn' is not one of mlp, conv"),
+    (
+        "arch: cnn\n",
+        ["--arch", "mlp", "--step-every", 4],
+        "--step-every applies only to --schedule step (this run's schedule is constant)",
+    ),
+]
+
+
+@pytest.mark.parametrize("text,flags,message", CONFIG_ERRORS, ids=[f"{t.strip()} {f}" for t, f, _ in CONFIG_ERRORS])
+def test_train_names_the_config_file_a_bad_value_came_from(bad, tmp_path, text, flags, message):
+    """The whole stderr, byte for byte: the file is named exactly when the bad option's value came from it."""
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(text)
+    p = cli("train", "--data", bad / "imgs.npz", "--quiet", "--out", tmp_path / "r", "--config", cfg, *flags)
+    assert (p.returncode, p.stdout, p.stderr) == (2, "", "error: " + message.format(cfg=cfg) + "\n")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="only meaningful without a GPU")
+@pytest.mark.xfail(
+    strict=True,
+    reason="train.resolve_device's error needs option='device' (train.py, being refactored): until then the "
+    "file is not named; remove this mark with that change",
+)
+def test_train_names_the_config_file_of_a_device_it_cannot_use(bad, tmp_path):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("device: cuda\n")
+    p = cli("train", "--data", bad / "imgs.npz", "--quiet", "--out", tmp_path / "r", "--config", cfg)
+    message = f"error: {cfg}: --device cuda: no CUDA device is available (torch.cuda.is_available() is False)\n"
+    assert (p.returncode, p.stderr) == (2, message)
+
+
 def test_train_refuses_to_overwrite_an_existing_run(tiny, tmp_path):
     root, run = tiny
     copy = tmp_path / "existing"

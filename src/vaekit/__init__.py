@@ -5,9 +5,10 @@ ds = vaekit.data.load("mnist", split="train")
 model = vaekit.load("runs/demo/vae")
 model.encode(x); model.decode(z); model.sample(64)
 vaekit.evaluate.log_likelihood(model, x, k=5000)
+vaekit.operations.evaluate_run("runs/demo/vae")   # what `vaekit eval` prints, as a dict
 """
 
-from vaekit import data, evaluate, objectives
+from vaekit import data, evaluate, objectives, operations
 from vaekit.config import ModelConfig, RunConfig, TrainConfig
 from vaekit.errors import VaekitError
 from vaekit.io import load, save
@@ -19,6 +20,7 @@ __all__ = [
     "data",
     "evaluate",
     "objectives",
+    "operations",
     "load",
     "save",
     "fit",

@@ -106,19 +106,32 @@ TRAIN_FLAGS = [
     ("--patience", int, "early stopping: epochs without validation improvement, 0 = off"),
     ("--max-bad-steps", int, "consecutive non-finite steps before stopping (default 20)"),
 ]
+# Training switches: (flag, help); store_true with default None, for the same reason.
+SWITCHES = [
+    ("--amp", "bf16 mixed precision (CUDA, or a CPU with AVX512-BF16/AMX): ~1.5-2x faster steps"),
+    ("--compile", "torch.compile the training step (a one-off compile of ~5-30 s, then faster steps)"),
+    ("--quiet", "no progress output"),
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="vaekit", description="Variational autoencoders: train, evaluate, sample, explore.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
+    for add_arguments in (_data_args, _train_args, _eval_args, _picture_args, _file_args, _shell_args):
+        add_arguments(sub)
+    return p
 
+
+def _data_args(sub) -> None:
     d = sub.add_parser("data", help="datasets: fetch and verify")
     dsub = d.add_subparsers(dest="data_command", metavar="ACTION", parser_class=_Parser)
     dsub.required = True
     f = dsub.add_parser("fetch", help="download, verify and cache a dataset")
     f.add_argument("name", help="mnist or fashion-mnist")
 
+
+def _train_args(sub) -> None:
     t = sub.add_parser("train", help="train a VAE or an autoencoder into a run folder")
     for flag, typ, hlp in TRAIN_FLAGS:
         t.add_argument(flag, type=typ, default=None, help=hlp)
@@ -127,20 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
     g = t.add_mutually_exclusive_group()
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     g.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
-    t.add_argument(
-        "--amp",
-        action="store_true",
-        default=None,
-        help="bf16 mixed precision (CUDA, or a CPU with AVX512-BF16/AMX): ~1.5-2x faster steps",
-    )
-    t.add_argument(
-        "--compile",
-        action="store_true",
-        default=None,
-        help="torch.compile the training step (a one-off compile of ~5-30 s, then faster steps)",
-    )
-    t.add_argument("--quiet", action="store_true", default=None, help="no progress output")
+    for flag, hlp in SWITCHES:
+        t.add_argument(flag, action="store_true", default=None, help=hlp)
 
+
+def _eval_args(sub) -> None:
     e = sub.add_parser("eval", help="ELBO, reconstruction, KL and importance-sampled NLL, in nats")
     e.add_argument("run", type=Path)
     e.add_argument("--split", default="test", choices=["train", "test"])
@@ -154,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     e.add_argument("--json", action="store_true", help="print one JSON object")
 
+
+def _picture_args(sub) -> None:
     s = sub.add_parser("sample", help="decode draws from the prior into an image grid")
     s.add_argument("run", type=Path)
     s.add_argument("-n", type=_int_in(1, MAX_IMAGES), default=64)
@@ -174,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--spherical", action="store_true", help="slerp instead of a straight line")
     i.add_argument("-o", "--output", type=_image_path, help="PNG path (default RUN/figures/interpolation.png)")
 
+
+def _file_args(sub) -> None:
     en = sub.add_parser("encode", help="posterior means E[z|x] of a dataset, as .npy")
     en.add_argument("run", type=Path)
     en.add_argument("--data", required=True, help="a dataset name (its --split) or a file/folder")
@@ -190,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--limit", type=_positive_int)
     sc.add_argument("-o", "--output", type=_out_file, required=True, help="scores.csv")
 
+
+def _shell_args(sub) -> None:
     rp = sub.add_parser("report", help="the HTML report for one or more runs")
     rp.add_argument("runs", type=Path, nargs="+")
     rp.add_argument("-o", "--output", type=Path, default=Path("report.html"))
@@ -202,7 +212,6 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("runs", type=Path, nargs="+")
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=int, default=8000)
-    return p
 
 
 # ------------------------------------------------------------------------------------------ commands
@@ -217,31 +226,14 @@ def cmd_data(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from vaekit.config import load_config_file, split_options
+    from vaekit.config import Options
     from vaekit.train import dist_info, train
 
-    options = load_config_file(args.config) if args.config else {}
-    where = str(args.config) if args.config else "flags"
-    from_file = {str(k).replace("-", "_") for k in options}
-    for flag, _, _ in TRAIN_FLAGS + [("--amp", None, None), ("--compile", None, None), ("--quiet", None, None)]:
-        v = getattr(args, flag[2:].replace("-", "_"))
-        if v is not None:
-            options[flag[2:].replace("-", "_")] = v
-            from_file.discard(flag[2:].replace("-", "_"))
-    rc = split_options(options, where)
-    try:
-        run = train(
-            rc,
-            args.out,
-            resume=args.resume,
-            overwrite=args.overwrite,
-            given={str(k).replace("-", "_") for k in options},
-        )
-    except VaekitError as e:  # "--epochs must be ..." when `epochs: -3` came from the file: name the file too
-        first = str(e).split(maxsplit=1)[0] if str(e).startswith("--") else ""
-        if first.rstrip(":").lstrip("-").replace("-", "_") in from_file:
-            raise VaekitError(f"{args.config}: {e}") from None
-        raise
+    names = [flag[2:].replace("-", "_") for flag, *_ in TRAIN_FLAGS + SWITCHES]
+    options = Options.gather(args.config, {n: getattr(args, n) for n in names if getattr(args, n) is not None})
+    run_config = options.run_config()
+    with options.naming_sources():  # `run.yaml: --epochs must be ...` when `epochs: -3` came from the file
+        run = train(run_config, args.out, resume=args.resume, overwrite=args.overwrite, given=options.given)
     last = run.metrics[-1] if run.metrics else {}
     summary = {k: round(v, 3) for k, v in last.items() if isinstance(v, float)}
     if dist_info()[0] == 0:  # under torchrun, rank 0 speaks for all
@@ -249,148 +241,67 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _data_for(run_model, source: str | None, split: str, run_cfg):
-    """The dataset a command works on: `source` if given, else the run's training data (at `split`)."""
-    from vaekit.data import load
-
-    ds = load(source or run_cfg.train.data, split)
-    if ds.shape != tuple(run_cfg.model.input_shape):
-        raise VaekitError(
-            f"--data {source or run_cfg.train.data}: examples have shape {ds.shape}, "
-            f"the model expects {tuple(run_cfg.model.input_shape)}"
-        )
-    return ds
-
-
 def cmd_eval(args) -> int:
-    import vaekit
-    from vaekit.evaluate import evaluate
-    from vaekit.train import resolve_device
+    from vaekit.operations import evaluate_run
 
-    device = resolve_device(args.device)
-    model = vaekit.load(args.run, device)
-    cfg = model.run_config
-    ds = _data_for(model, args.data, args.split, cfg)
-    if args.limit:
-        ds = ds.subset(slice(0, args.limit))
-    if args.iw_samples < 0:
-        raise VaekitError("--iw-samples must be >= 0")
-    res = evaluate(
-        model,
-        ds,
-        binarize=cfg.train.binarize,
-        iw_samples=args.iw_samples if model.is_vae else 0,
+    res = evaluate_run(
+        args.run,
+        data=args.data,
+        split=args.split,
+        limit=args.limit,
+        iw_samples=args.iw_samples,
         batch_size=args.batch_size,
         seed=args.seed,
-        device=device,
+        device=args.device,
     )
-    res["split"] = args.split if args.data is None or args.data in vaekit.data.DATASETS else "file"
-    res["model"] = cfg.model.model
     if args.json:
         print(json.dumps(res))
         return 0
     print(f"{args.run} on {res['split']} ({res['n']} examples), nats per example:")
     print(f"  ELBO   {res['elbo']:10.3f}   (recon {res['recon']:.3f}, KL {res['kl']:.3f})")
-    if res["nll"] is not None:
+    if res["nll"] is not None:  # a VAE: kl_per_dim has one entry per latent dimension
         print(f"  NLL    {res['nll']:10.3f}   (-log p(x), importance-sampled, k={res['iw_samples']})")
-        print(f"  active units {res['active_units']}/{cfg.model.latent_dim}")
+        print(f"  active units {res['active_units']}/{len(res['kl_per_dim'])}")
     print(f"  {res['seconds']:.1f} s")
     return 0
 
 
 def cmd_sample(args) -> int:
-    import torch
+    from vaekit.operations import save_samples
 
-    import vaekit
-    from vaekit.figures import save_grid
-
-    model = vaekit.load(args.run)
-    x = model.sample(args.n, torch.Generator().manual_seed(args.seed))
-    out = save_grid(x, args.output or args.run / "figures" / "samples.png")
-    print(out)
+    print(save_samples(args.run, args.output, n=args.n, seed=args.seed))
     return 0
 
 
 def cmd_reconstruct(args) -> int:
-    import torch
+    from vaekit.operations import save_reconstructions
 
-    import vaekit
-    from vaekit.figures import save_grid
-
-    model = vaekit.load(args.run)
-    ds = _data_for(model, None, args.split, model.run_config)
-    x = ds.batch(slice(0, args.n))
-    x_hat = model.reconstruct(x)
-    out = save_grid(
-        torch.cat([x, x_hat]),
-        args.output or args.run / "figures" / "reconstructions.png",
-        nrow=min(args.n, 16) if args.n <= 16 else args.n,
-    )
-    print(out)
+    print(save_reconstructions(args.run, args.output, n=args.n, split=args.split))
     return 0
 
 
 def cmd_interpolate(args) -> int:
-    import vaekit
-    from vaekit.figures import save_grid
-    from vaekit.latent import interpolate
+    from vaekit.operations import save_interpolation
 
-    model = vaekit.load(args.run)
-    ds = _data_for(model, None, "test", model.run_config)
-    for i in (args.src, args.dst):
-        if not 0 <= i < len(ds):
-            raise VaekitError(f"--from/--to: index {i} is outside the test set (0..{len(ds) - 1})")
-    x = ds.batch([args.src, args.dst])
-    z = model.encode(x).mean
-    frames = model.decode(interpolate(z[0], z[1], args.steps, args.spherical)).mean
-    out = save_grid(frames, args.output or args.run / "figures" / "interpolation.png", nrow=args.steps)
-    print(out)
+    print(save_interpolation(args.run, args.src, args.dst, args.output, steps=args.steps, spherical=args.spherical))
     return 0
 
 
 def cmd_encode(args) -> int:
-    import numpy as np
+    from vaekit.operations import save_codes
 
-    import vaekit
-    from vaekit.evaluate import posterior_means
-
-    model = vaekit.load(args.run)
-    ds = _data_for(model, args.data, args.split, model.run_config)
-    mu = posterior_means(model, ds).cpu()
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    np.save(args.output, mu.numpy())
+    mu = save_codes(args.run, args.data, args.output, split=args.split)
     print(f"{args.output}: {tuple(mu.shape)} posterior means")
     return 0
 
 
 def cmd_score(args) -> int:
-    import csv
+    from vaekit.operations import save_scores
 
-    import vaekit
-    from vaekit.evaluate import evaluate
-
-    if args.iw_samples < 0:
-        raise VaekitError("--iw-samples must be >= 0 (0 skips -log p(x))")
-    model = vaekit.load(args.run)
-    cfg = model.run_config
-    ds = _data_for(model, args.data, args.split, cfg)
-    if args.limit:
-        ds = ds.subset(slice(0, args.limit))
-    res = evaluate(
-        model, ds, binarize=cfg.train.binarize, iw_samples=args.iw_samples if model.is_vae else 0, per_example=True
+    table = save_scores(
+        args.run, args.data, args.output, split=args.split, iw_samples=args.iw_samples, limit=args.limit
     )
-    pe = res["per_example"]
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    with open(args.output, "w", newline="") as f:
-        w = csv.writer(f)
-        cols = ["index", "label", "neg_elbo"] + (["neg_log_px"] if "nll" in pe else [])
-        w.writerow(cols)
-        for i in range(len(ds)):
-            row = [i, "" if ds.y is None else int(ds.y[i]), f"{-pe['elbo'][i].item():.4f}"]
-            if "nll" in pe:
-                row.append(f"{pe['nll'][i].item():.4f}")
-            w.writerow(row)
-    print(f"{args.output}: {len(ds)} rows (scores in nats; higher = more anomalous)")
+    print(f"{args.output}: {len(table['index'])} rows (scores in nats; higher = more anomalous)")
     return 0
 
 

@@ -6,6 +6,7 @@ it was trained. A run's config.json holds both: {"model": {...}, "train": {...}}
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -59,28 +60,35 @@ class ModelConfig:
         if not self.input_shape or any(s <= 0 for s in self.input_shape):
             raise VaekitError(f"bad input shape {self.input_shape}")
         if self.arch == "conv" and len(self.input_shape) != 3:
-            raise VaekitError(f"--arch conv needs image data (C, H, W); this data has shape {self.input_shape}")
+            raise VaekitError(
+                f"--arch conv needs image data (C, H, W); this data has shape {self.input_shape}", option="arch"
+            )
         if not (0 < self.sigma < math.inf) or not (0 < self.min_sigma < math.inf):
             raise VaekitError(
-                f"--sigma and min_sigma must be positive and finite, got {self.sigma} and {self.min_sigma}"
+                f"--sigma and min_sigma must be positive and finite, got {self.sigma} and {self.min_sigma}",
+                option="sigma",
             )
         if not self.sigma > self.min_sigma:
             raise VaekitError(
                 f"--sigma {self.sigma:g} must be larger than min_sigma {self.min_sigma:g} "
-                f"(the floor of a Gaussian likelihood's sigma)"
+                f"(the floor of a Gaussian likelihood's sigma)",
+                option="sigma",
             )
         defaults = ModelConfig()
         if self.likelihood != "gaussian":
             if self.learn_sigma != "none":
-                raise VaekitError(f"--learn-sigma {self.learn_sigma} applies only to --likelihood gaussian")
+                raise VaekitError(
+                    f"--learn-sigma {self.learn_sigma} applies only to --likelihood gaussian", option="learn_sigma"
+                )
             for name in ("sigma", "min_sigma"):
                 if getattr(self, name) != getattr(defaults, name):
                     raise VaekitError(
                         f"--{name.replace('_', '-')} applies only to --likelihood gaussian "
-                        f"(this model's likelihood is {self.likelihood})"
+                        f"(this model's likelihood is {self.likelihood})",
+                        option=name,
                     )
         if self.arch == "mlp" and tuple(self.channels) != defaults.channels:
-            raise VaekitError("--channels applies only to --arch conv (this model is an MLP)")
+            raise VaekitError("--channels applies only to --arch conv (this model is an MLP)", option="channels")
         return self
 
 
@@ -95,7 +103,8 @@ def check_cpu_bf16() -> None:
     if not cpu_has_bf16():
         raise VaekitError(
             "--amp on CPU needs native bf16 (AVX512-BF16 or AMX), which this CPU lacks "
-            "(emulated bf16 is slower than fp32); drop --amp"
+            "(emulated bf16 is slower than fp32); drop --amp",
+            option="amp",
         )
 
 
@@ -134,52 +143,63 @@ class TrainConfig:
         _positive("iw-k", self.iw_k, MAX_IW_K)
         _float32(self)
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
-            raise VaekitError(f"--seed must be an integer in 0..{MAX_SEED}, got {_show(self.seed)}")
+            raise VaekitError(f"--seed must be an integer in 0..{MAX_SEED}, got {_show(self.seed)}", option="seed")
         if isinstance(self.threads, int) and self.threads > MAX_THREADS:
-            raise VaekitError(f"--threads must be at most {MAX_THREADS}, got {_show(self.threads)}")
+            raise VaekitError(f"--threads must be at most {MAX_THREADS}, got {_show(self.threads)}", option="threads")
         _positive("step-every", self.step_every)
         _positive("max-bad-steps", self.max_bad_steps)
         if not 0 < self.lr < math.inf:
-            raise VaekitError(f"--lr must be positive and finite, got {self.lr}")
+            raise VaekitError(f"--lr must be positive and finite, got {self.lr}", option="lr")
         for name in ("beta", "kl_warmup", "free_bits", "clip", "weight_decay"):
             if not 0 <= getattr(self, name) < math.inf:
-                raise VaekitError(f"--{name.replace('_', '-')} must be >= 0 and finite, got {getattr(self, name)}")
+                raise VaekitError(
+                    f"--{name.replace('_', '-')} must be >= 0 and finite, got {getattr(self, name)}", option=name
+                )
         for name in ("threads", "checkpoint_every", "patience"):
             if getattr(self, name) < 0:
-                raise VaekitError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+                raise VaekitError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}", option=name)
         if not 0 <= self.val_fraction < 1:
-            raise VaekitError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
+            raise VaekitError(f"--val-fraction must be in [0, 1), got {self.val_fraction}", option="val_fraction")
         if self.patience and not self.val_fraction > 0:
-            raise VaekitError("--patience stops on the validation ELBO, which needs --val-fraction > 0")
+            raise VaekitError(
+                "--patience stops on the validation ELBO, which needs --val-fraction > 0", option="patience"
+            )
         if self.amp and self.device == "cpu":
             check_cpu_bf16()
         if self.schedule != "step" and self.step_every != TrainConfig.step_every:
-            raise VaekitError(f"--step-every applies only to --schedule step (this run's schedule is {self.schedule})")
+            raise VaekitError(
+                f"--step-every applies only to --schedule step (this run's schedule is {self.schedule})",
+                option="step_every",
+            )
         if model is not None and model.model == "ae":
             for name, default in (("iw_k", 1), ("beta", 1.0), ("kl_warmup", 0.0), ("free_bits", 0.0)):
                 if getattr(self, name) != default:
                     raise VaekitError(
                         f"--{name.replace('_', '-')} applies to a VAE only; "
-                        f"an autoencoder has no KL term or posterior to sample"
+                        f"an autoencoder has no KL term or posterior to sample",
+                        option=name,
                     )
         if self.iw_k > 1 and (self.free_bits or self.kl_warmup or self.beta != 1.0):
             raise VaekitError(
                 "--iw-k > 1 trains on the IWAE bound, which has no separate KL term: "
-                "drop --beta/--kl-warmup/--free-bits"
+                "drop --beta/--kl-warmup/--free-bits",
+                option="iw_k",
             )
         return self
 
 
 def _choice(flag: str, value, choices) -> None:
     if not isinstance(value, str) or value not in choices:
-        raise VaekitError(f"--{flag}: {_show(value)} is not one of {', '.join(map(str, choices))}")
+        raise VaekitError(
+            f"--{flag}: {_show(value)} is not one of {', '.join(map(str, choices))}", option=flag.replace("-", "_")
+        )
 
 
 def _positive(flag: str, value, most: int | None = None) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise VaekitError(f"--{flag} must be a positive integer, got {_show(value)}")
+        raise VaekitError(f"--{flag} must be a positive integer, got {_show(value)}", option=flag.replace("-", "_"))
     if most is not None and value > most:
-        raise VaekitError(f"--{flag} must be at most {most}, got {_show(value)}")
+        raise VaekitError(f"--{flag} must be at most {most}, got {_show(value)}", option=flag.replace("-", "_"))
 
 
 def _float32(cfg) -> None:
@@ -187,7 +207,9 @@ def _float32(cfg) -> None:
     for f in dataclasses.fields(cfg):
         v = getattr(cfg, f.name)
         if isinstance(v, float) and math.isfinite(v) and abs(v) > FLOAT32_MAX:
-            raise VaekitError(f"--{f.name.replace('_', '-')} {v:g} is too large (more than float32 holds)")
+            raise VaekitError(
+                f"--{f.name.replace('_', '-')} {v:g} is too large (more than float32 holds)", option=f.name
+            )
 
 
 class _ShortRepr(reprlib.Repr):
@@ -331,3 +353,47 @@ def split_options(options: dict, where: str) -> RunConfig:
         else:
             raise VaekitError(f"{where}: unknown option {_show(key)}")
     return RunConfig(from_dict(ModelConfig, m, where), from_dict(TrainConfig, t, where))
+
+
+@dataclass(frozen=True)
+class Options:
+    """The options of `vaekit train` and where each came from: a `--config` file, then the flags over it.
+
+    `values`: option -> value, the file's keys as spelled there (`latent-dim` or `latent_dim`), then the
+    flags'. `sources`: each option's field name (`latent_dim`) -> "file" or "flags", the last that set it.
+    """
+
+    values: dict
+    sources: dict[str, str]
+    file: Path | None = None
+
+    @classmethod
+    def gather(cls, file: Path | None, flags: dict) -> Options:
+        """`file`'s options (YAML or JSON, see load_config_file; None: no file) with `flags` (field name ->
+        value, only the flags given) overriding them."""
+        values = load_config_file(file) if file is not None else {}
+        sources = {str(k).replace("-", "_"): "file" for k in values}
+        for name, value in flags.items():
+            values[name] = value
+            sources[name] = "flags"
+        return cls(values, sources, file)
+
+    @property
+    def given(self) -> set[str]:
+        """The field names the user set, in the file or as flags (what `train(given=...)` checks on resume)."""
+        return set(self.sources)
+
+    def run_config(self) -> RunConfig:
+        """The RunConfig these options describe (not yet validated: that needs the data's shape)."""
+        return split_options(self.values, str(self.file) if self.file is not None else "flags")
+
+    @contextlib.contextmanager
+    def naming_sources(self):
+        """Inside this block, an error about an option (VaekitError.option) whose value came from the file
+        names the file first: `run.yaml: --epochs must be a positive integer, got -3`."""
+        try:
+            yield
+        except VaekitError as e:
+            if e.option is not None and self.sources.get(e.option) == "file":
+                raise VaekitError(f"{self.file}: {e}", option=e.option) from None
+            raise
