@@ -324,11 +324,6 @@ def test_train_names_the_config_file_a_bad_value_came_from(bad, tmp_path, text, 
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="only meaningful without a GPU")
-@pytest.mark.xfail(
-    strict=True,
-    reason="train.resolve_device's error needs option='device' (train.py, being refactored): until then the "
-    "file is not named; remove this mark with that change",
-)
 def test_train_names_the_config_file_of_a_device_it_cannot_use(bad, tmp_path):
     cfg = tmp_path / "run.yaml"
     cfg.write_text("device: cuda\n")

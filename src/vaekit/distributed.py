@@ -28,7 +28,9 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise VaekitError("--device cuda: no CUDA device is available (torch.cuda.is_available() is False)")
+        raise VaekitError(
+            "--device cuda: no CUDA device is available (torch.cuda.is_available() is False)", option="device"
+        )
     return torch.device(name)
 
 

@@ -102,7 +102,7 @@ def tensor_shapes(path: Path) -> dict[str, tuple[int, ...]]:
         raise VaekitError(f"{path}: not a readable safetensors file ({str(e).splitlines()[0]})") from None
 
 
-def check_fits_in_memory(cfg, where: str) -> None:
+def check_fits_in_memory(cfg, where: str, option: str | None = None) -> None:
     """Refuse a model whose training state (weights, gradients, Adam's two moments: 16 bytes a parameter)
     is larger than this machine's memory, before allocating it: an 80 kB PNG of 9000x9000 pixels makes
     an MLP of 65 billion parameters, which would end in an allocation error's traceback."""
@@ -117,7 +117,8 @@ def check_fits_in_memory(cfg, where: str) -> None:
         raise VaekitError(
             f"{where}: {kind} model for examples of shape {tuple(cfg.input_shape)} has {n:,} "
             f"parameters, {16 * n / 2**30:,.0f} GiB to train, more than this machine's "
-            f"{memory / 2**30:,.0f} GiB; use smaller examples or a smaller --hidden"
+            f"{memory / 2**30:,.0f} GiB; use smaller examples or a smaller --hidden",
+            option=option,
         )
 
 

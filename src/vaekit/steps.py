@@ -71,7 +71,8 @@ def compiled(net):
             if is_compile_error(e):
                 first = str(e).splitlines()[0] if str(e) else ""
                 raise VaekitError(
-                    f"--compile: torch.compile failed ({type(e).__name__}: {first}); train without --compile"
+                    f"--compile: torch.compile failed ({type(e).__name__}: {first}); train without --compile",
+                    option="compile",
                 ) from None
             raise
 

@@ -248,7 +248,8 @@ class Loop:
         self.batch = min(self.cfg.batch_size, n)
         if self.batch // self.world < 1:
             raise VaekitError(
-                f"--batch-size {self.cfg.batch_size} is smaller than the number of processes ({self.world})"
+                f"--batch-size {self.cfg.batch_size} is smaller than the number of processes ({self.world})",
+                option="batch_size",
             )
         self.steps_per_epoch = n // self.batch
         self.total_steps = self.steps_per_epoch * self.cfg.epochs
@@ -427,10 +428,11 @@ def train(run_config: RunConfig, out: str | Path, *, resume: bool = False, overw
     model_cfg = replace(run_config.model, input_shape=ds.shape) if not resume else run_config.model
     if tuple(model_cfg.input_shape) != ds.shape:
         raise VaekitError(
-            f"--data {cfg.data}: examples have shape {ds.shape}, the run was built for {tuple(model_cfg.input_shape)}"
+            f"--data {cfg.data}: examples have shape {ds.shape}, the run was built for {tuple(model_cfg.input_shape)}",
+            option="data",
         )
     model_cfg.validate()
-    io.check_fits_in_memory(model_cfg, f"--data {cfg.data}")
+    io.check_fits_in_memory(model_cfg, f"--data {cfg.data}", option="data")
     cfg = resolve_binarize(cfg, model_cfg).validate(model_cfg)
     run_config = RunConfig(model_cfg, cfg)
     with process_group(cfg.device, dist_info()[1]) as device:
