@@ -180,3 +180,23 @@ def read_metrics(folder: Path) -> list[dict]:
         except json.JSONDecodeError:
             continue
     return rows
+
+
+def run_names(runs: list[str | Path]) -> list[str]:
+    """Short unique names for run folders, in order (the report's and the explorer's): each folder's own
+    name, with as many parent folders as it takes to tell apart different folders of the same name
+    (runs/a/vae, runs/b/vae -> a/vae, b/vae; x/a/vae, y/a/vae -> x/a/vae, y/a/vae); the same folder
+    given again gets a ' per repeat (vae, vae'). Paths are resolved first, so "." is named by its folder."""
+    full = [Path(r).resolve() for r in runs]
+    out = []
+    for p in full:
+        twins = {q for q in full if q != p and q.name == p.name}
+        top = max(len(p.parts) - 1, 1)  # never the root ("/") itself
+        depth = min(2 if twins else 1, top)
+        while depth < top and any(q.parts[-depth:] == p.parts[-depth:] for q in twins):
+            depth += 1
+        name = "/".join(p.parts[-depth:]) or str(p)
+        while name in out:
+            name += "'"
+        out.append(name)
+    return out

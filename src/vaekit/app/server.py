@@ -52,8 +52,10 @@ from vaekit.app.schema import (
     Source,
 )
 from vaekit.errors import VaekitError
+from vaekit.evaluate import posterior_means
 from vaekit.figures import grid
-from vaekit.latent import interpolate
+from vaekit.io import run_names
+from vaekit.latent import interpolate, pca
 from vaekit.objectives import elbo
 
 STATIC = Path(__file__).parent / "static"
@@ -73,7 +75,7 @@ class Entry:
     x: torch.Tensor  # (N, *shape) test examples in [0, 1], N <= MAP_POINTS
     labels: torch.Tensor | None  # (N,)
     mu: torch.Tensor  # (N, D) their posterior means (an AE: its codes)
-    pca: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None  # mean (D,), basis (2, D), explained share (2,)
+    pca: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None  # latent.pca of mu: mean (D,), basis (2, D), share (2,)
     elbo_mean: float | None  # mean ELBO of the map's examples (greyscale), nats; None for an AE
     recon_mean: float | None  # mean E_q log p(x|z) of the same, nats
     eps: torch.Tensor  # (ELBO_SAMPLES, 1, D) fixed noise for the ELBO of a drawing
@@ -89,32 +91,6 @@ class Entry:
 
 def _warn(msg: str) -> None:
     print(f"warning: {msg}", file=sys.stderr, flush=True)
-
-
-def _names(runs: list[Path]) -> list[str]:
-    """Folder names, made unique with the parent folder (runs/a/vae, runs/b/vae -> a/vae, b/vae) or a suffix."""
-    names = [Path(r).resolve().name for r in runs]
-    out = []
-    for r, n in zip(runs, names):
-        if names.count(n) > 1:
-            n = f"{Path(r).resolve().parent.name}/{n}"
-        while n in out:
-            n += "'"
-        out.append(n)
-    return out
-
-
-@torch.inference_mode()
-def pca_plane(mu: torch.Tensor):
-    """The top-2 principal plane of codes mu (N, D): mean (D,), orthonormal basis (2, D), explained share (2,).
-    Signs fixed so that each axis' largest loading is positive (the same codes give the same picture)."""
-    m = mu.mean(0)
-    _, s, vh = torch.linalg.svd(mu - m, full_matrices=False)
-    basis = vh[:2]
-    sign = torch.sign(basis.gather(1, basis.abs().argmax(1, keepdim=True)))
-    basis = basis * sign
-    share = s[:2] ** 2 / (s**2).sum().clamp_min(1e-12)
-    return m, basis, share
 
 
 @torch.inference_mode()
@@ -145,8 +121,8 @@ def _map_data(model, run: Path, cache: dict):
 def make_entry(name: str, model, run: Path, cache: dict) -> Entry:
     data, split, x, labels = _map_data(model, run, cache)
     d = model.latent_dim
-    mu = model.encode(x).mean if len(x) else torch.zeros(0, d)
-    pca = pca_plane(mu) if len(x) >= 2 and d >= 2 else None
+    mu = posterior_means(model, x) if len(x) else torch.zeros(0, d)
+    plane = pca(mu, 2) if len(x) >= 2 and d >= 2 else None
     g = torch.Generator().manual_seed(0)
     eps = torch.randn(ELBO_SAMPLES, 1, d, generator=g)
     elbo_mean = recon_mean = None
@@ -154,7 +130,7 @@ def make_entry(name: str, model, run: Path, cache: dict) -> Entry:
         t = elbo(model, x, eps=torch.randn(len(x), d, generator=g))
         recon_mean = t.recon.mean().item()
         elbo_mean = t.elbo.mean().item() if model.is_vae else None
-    return Entry(name, model, data, split, x, labels, mu, pca, elbo_mean, recon_mean, eps)
+    return Entry(name, model, data, split, x, labels, mu, plane, elbo_mean, recon_mean, eps)
 
 
 def load_entries(runs: list[str | Path]) -> list[Entry]:
@@ -164,7 +140,7 @@ def load_entries(runs: list[str | Path]) -> list[Entry]:
     runs = [Path(r) for r in runs]
     models = [vaekit.load(r) for r in runs]
     cache: dict = {}
-    return [make_entry(n, m, r, cache) for n, m, r in zip(_names(runs), models, runs)]
+    return [make_entry(n, m, r, cache) for n, m, r in zip(run_names(runs), models, runs)]
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -362,7 +338,8 @@ class Explorer:
 
 
 def create_app(entries: list[Entry], loopback_only: bool = True) -> FastAPI:
-    ex = Explorer(entries)
+    """The explorer's ASGI app over `entries` (load_entries). loopback_only: answer only requests whose Host
+    header names a loopback address (DNS rebinding), as a server on 127.0.0.1 should."""
     # No /docs or /redoc: FastAPI serves them with scripts from a CDN, and this server loads nothing from
     # elsewhere. The schema itself is at /openapi.json.
     app = FastAPI(
@@ -391,6 +368,14 @@ def create_app(entries: list[Entry], loopback_only: bool = True) -> FastAPI:
         return FileResponse(STATIC / "index.html")
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    _add_api(app, Explorer(entries))
+    posts = frozenset(r.path for r in app.routes if "POST" in getattr(r, "methods", ()))
+    app.add_middleware(Guard, json_paths=posts, max_body=MAX_BODY, loopback_only=loopback_only)
+    return app
+
+
+def _add_api(app: FastAPI, ex: Explorer) -> None:
+    """The /api/ endpoints, each a call into the Explorer."""
 
     # The endpoints are `async def`: each runs on the event loop, one at a time. A request is about a
     # millisecond of capped work, and serving them in turn beat FastAPI's thread pool here (1600 vs 940
@@ -445,7 +430,3 @@ def create_app(entries: list[Entry], loopback_only: bool = True) -> FastAPI:
     )
     async def interpolate_(req: InterpolateRequest) -> InterpolateResponse:
         return ex.interpolate(req)
-
-    posts = frozenset(r.path for r in app.routes if "POST" in getattr(r, "methods", ()))
-    app.add_middleware(Guard, json_paths=posts, max_body=MAX_BODY, loopback_only=loopback_only)
-    return app
