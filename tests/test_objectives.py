@@ -360,8 +360,8 @@ def test_a_prior_without_analytic_kl_gets_the_monte_carlo_kl(prior):
 @pytest.mark.parametrize("prior", [_WithheldKL(P_MU, P_LOGVAR), _mixture()], ids=["withheld", "mixture"])
 def test_monte_carlo_elbo_is_unbiased_against_an_oracle(prior):
     """E_eps[elbo] = E_q[log p(x|z)] - KL(q || p): the ELBO averaged over 4000 draws per example against an
-    oracle from torch.distributions (the exact KL for the Normal prior, a 200k-draw Monte Carlo KL for the
-    mixture) and 20k independent draws of the reconstruction term; within 4 standard errors."""
+    oracle from torch.distributions (the exact KL for the Normal prior, a 50k-draw Monte Carlo KL for the
+    mixture) and 10k independent draws of the reconstruction term; within 4 standard errors."""
     model = _vae_with(prior, seed=35)
     x = _binary((3, 1, 6, 5), seed=36)
     reps = 4000
@@ -370,10 +370,10 @@ def test_monte_carlo_elbo_is_unbiased_against_an_oracle(prior):
         ours = elbo(model, x.repeat(reps, 1, 1, 1)).elbo.view(reps, 3)
         q = model.encode(x)
         ref_q = td.Independent(td.Normal(q.mu, q.stddev), 1)
-        z = ref_q.sample((20_000,))  # (n, B, D)
+        z = ref_q.sample((10_000,))  # (n, B, D)
         recon = model.decode(z).log_prob(x)  # (n, B)
         if isinstance(prior, _Mixture):
-            zk = ref_q.sample((200_000,))
+            zk = ref_q.sample((50_000,))
             log_ratio = ref_q.log_prob(zk) - prior.oracle().log_prob(zk)
             kl, kl_se = log_ratio.mean(0), log_ratio.std(0) / math.sqrt(len(zk))
         else:
@@ -570,6 +570,7 @@ def test_posterior_means_and_evaluate_on_a_small_dataset():
     assert res["recon_loss"] == pytest.approx(-res["recon"])
 
 
+@pytest.mark.slow  # torch.compile: seconds with a warm inductor cache, much longer on a fresh machine
 def test_compiled_log_likelihood_matches_the_eager_one():
     """Large evaluations compute the log-weights with torch.compile: the same float32 numbers (to rounding)
     from the same noise, and the switch is on for MNIST-sized work, off for small calls."""
