@@ -9,6 +9,7 @@ STAMP  := $(VENV)/.installed
 help:
 	@echo "make demo   - fetch MNIST, train, evaluate, write the report (runs/demo)"
 	@echo "make test   - the whole test suite"
+	@echo "make test-quick - lint and the quick offline tier (no network, no data download, < 60 s)"
 	@echo "make bench  - speed benchmarks (results appended to benchmarks/RESULTS.md)"
 	@echo "make bench-quality - test NLL of configs/mnist-best.yaml within 60 minutes of training"
 
@@ -34,8 +35,10 @@ test: system data lint
 	$(VENV)/bin/vaekit data fetch fashion-mnist
 	$(PY) -m pytest -q
 
+# The quick tier: no network, no dataset download (synthetic data), under a minute; it prints its time.
 test-quick: lint
-	$(PY) -m pytest -q -m "not slow and not browser"
+	@t0=$$(date +%s); $(PY) -m pytest -q -m "not slow and not browser" --durations=5; rc=$$?; \
+	echo "test-quick: $$(( $$(date +%s) - t0 )) s (tests only; budget 60 s)"; exit $$rc
 
 bench: data
 	$(PY) benchmarks/train_speed.py

@@ -1,7 +1,14 @@
-"""Shared fixtures: the CLI as a subprocess, a slice of real MNIST, small trained runs."""
+"""Shared fixtures: the CLI as a subprocess, synthetic digits, a slice of real MNIST, small trained runs.
+
+Tiers: `pytest -m "not slow and not browser"` (make test-quick) needs no network and no dataset download.
+Every test that uses real MNIST through `mnist_train` (so also mnist_slice, vae_run, ae_run and any fixture
+built on them) is marked `slow` here at collection; a test that loads real data by itself carries the mark.
+Quick tests that need images use `synthetic_digits`.
+"""
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -35,6 +42,50 @@ def assert_clean_error(p: subprocess.CompletedProcess, *needles: str) -> None:
     assert "Traceback" not in p.stderr
     for n in needles:
         assert n.lower() in lines[0].lower(), (n, lines[0])
+
+
+REAL_DATA_FIXTURE = "mnist_train"  # every real-MNIST fixture is built on it
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if REAL_DATA_FIXTURE in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
+def loopback_works() -> bool:
+    """Whether this machine can reach itself at 127.0.0.1 (not so inside `unshare -n`, where lo is down)."""
+    import socket
+
+    with socket.socket() as server:
+        try:
+            server.bind(("127.0.0.1", 0))
+            server.listen(1)
+            with socket.create_connection(server.getsockname(), timeout=5):
+                return True
+        except OSError:
+            return False
+
+
+def synthetic_digits(n: int, seed: int = 0):
+    """n synthetic 28x28 'digits', a vaekit Dataset (x uint8 (n, 1, 28, 28), y labels 0-9): label c is a
+    bright bar at angle 18c degrees, shifted by up to 3 pixels and dimmed at random, over faint noise. It
+    stands in for MNIST where a test checks the machinery (loop, checkpoints, shapes), not what is learned."""
+    import torch
+
+    from vaekit.data import Dataset
+
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % 10
+    r = torch.arange(28, dtype=torch.float32) - 13.5
+    angle = y.float() * math.pi / 10  # (n,)
+    shift = torch.randint(-3, 4, (n, 2), generator=g).float()
+    rows, cols = r[None, :, None] - shift[:, 0, None, None], r[None, None, :] - shift[:, 1, None, None]
+    dist = (rows * torch.cos(angle)[:, None, None] - cols * torch.sin(angle)[:, None, None]).abs()  # to the bar's line
+    bar = ((dist < 1.8) & (rows**2 + cols**2 < 100)).float() * (0.6 + 0.4 * torch.rand(n, 1, 1, generator=g))
+    x = (bar + 0.1 * torch.rand(n, 28, 28, generator=g)).clamp(0, 1)
+    return Dataset((x * 255).round().to(torch.uint8)[:, None], y, "synthetic")
 
 
 @pytest.fixture(autouse=True)

@@ -117,6 +117,7 @@ def test_classifier_learns_mnist_slice(mnist_train):
     assert s["confidence"] > 0.7 and s["coverage"] > 0.8 and s["frechet"] >= 0 and sum(s["label_counts"]) == 300
 
 
+@pytest.mark.slow  # train_classifier trains on real MNIST
 def test_classifier_folder_round_trip_and_resume(tmp_path):
     out = tmp_path / "clf"
     model = train_classifier(ClassifierConfig(epochs=1, limit=2000, hidden=(64, 32)), out)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import loopback_works
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -518,6 +519,7 @@ def test_fetch_unknown_name():
         vaekit.data.fetch("cifar")
 
 
+@pytest.mark.skipif(not loopback_works(), reason="no loopback network here (inside `unshare -n`, say)")
 def test_mirror_source_over_http(tiny, tmp_path):
     contents, served = tiny
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(_Quiet, directory=str(served)))

@@ -10,7 +10,16 @@ import pytest
 import torch
 from torch import distributions as td
 
-from vaekit.distributions import Bernoulli, ContinuousBernoulli, Gaussian, Normal, StandardNormal
+from vaekit.distributions import (
+    Bernoulli,
+    ContinuousBernoulli,
+    Gaussian,
+    Normal,
+    NormalPrior,
+    PointMass,
+    Prior,
+    StandardNormal,
+)
 
 EXTREME_LOGITS = torch.tensor([-1e3, -50.0, -20.0, -1.0, -1e-3, 0.0, 1e-3, 1.0, 20.0, 50.0, 1e3])
 
@@ -104,6 +113,76 @@ def test_standard_normal_log_prob_and_sample():
     assert s.shape == (100_000, 3)
     torch.testing.assert_close(s.mean(0), torch.zeros(3), atol=0.02, rtol=0)
     torch.testing.assert_close(s.std(0), torch.ones(3), atol=0.02, rtol=0)
+
+
+# ------------------------------------------------------------------- priors: what they say about the KL
+
+
+def _q_and_prior(dtype=torch.float64):
+    """A diagonal Normal q (50, 6) and a prior N(m, diag s^2) with non-zero m and non-unit s, both as ours
+    and as torch.distributions."""
+    g = _gen(11)
+    mu = torch.randn(50, 6, generator=g, dtype=dtype) * 3
+    logvar = torch.empty(50, 6, dtype=dtype).uniform_(-14, 8, generator=g)
+    p_mu = torch.tensor([1.5, -2.0, 0.0, 0.7, 3.0, -0.3], dtype=dtype)
+    p_logvar = torch.tensor([0.8, -1.2, 2.0, 0.0, -0.5, 1.0], dtype=dtype)
+    ref_q = td.Normal(mu, torch.exp(0.5 * logvar))
+    ref_p = td.Normal(p_mu, torch.exp(0.5 * p_logvar))
+    return Normal(mu, logvar), NormalPrior(p_mu, p_logvar), ref_q, ref_p
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_normal_prior_analytic_kl_matches_torch_kl_divergence(dtype):
+    q, prior, ref_q, ref_p = _q_and_prior(dtype)
+    tol = dict(rtol=1e-5, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-10)
+    kl_d = prior.analytic_kl_per_dim(q)
+    assert kl_d.shape == (50, 6)
+    torch.testing.assert_close(kl_d, td.kl_divergence(ref_q, ref_p), **tol)
+    torch.testing.assert_close(q.kl_per_dim(prior.normal), kl_d, rtol=0, atol=0)
+    assert (kl_d >= 0).all()
+    # the check has teeth: against N(0, I) the same q has a different KL
+    assert (kl_d - q.kl_std_normal_per_dim()).abs().max() > 1.0
+    # at the prior itself the KL vanishes
+    at_p = Normal(prior.normal.mu.expand(3, 6), prior.normal.logvar.expand(3, 6))
+    torch.testing.assert_close(prior.analytic_kl_per_dim(at_p), torch.zeros(3, 6, dtype=dtype), rtol=0, atol=1e-6)
+
+
+def test_normal_prior_log_prob_and_sample_match_torch():
+    q, prior, ref_q, ref_p = _q_and_prior()
+    z = torch.randn(4, 50, 6, generator=_gen(12), dtype=torch.float64) * 4  # (k, B, D)
+    torch.testing.assert_close(prior.log_prob_per_dim(z), ref_p.log_prob(z), rtol=1e-12, atol=1e-10)
+    torch.testing.assert_close(prior.log_prob(z), td.Independent(ref_p, 1).log_prob(z), rtol=1e-12, atol=1e-10)
+    torch.testing.assert_close(q.log_prob_per_dim(z), ref_q.log_prob(z), rtol=1e-12, atol=1e-10)
+    assert prior.dim == 6
+    s = prior.sample(200_000, _gen(13))
+    assert s.shape == (200_000, 6) and s.dtype == torch.float64
+    torch.testing.assert_close(s.mean(0), ref_p.mean, atol=0.03, rtol=0)
+    torch.testing.assert_close(s.std(0), ref_p.stddev, rtol=0.01, atol=0)
+    assert torch.equal(prior.sample(5, _gen(1)), prior.sample(5, _gen(1), device="cpu"))  # seeded by the generator
+
+
+def test_standard_normal_answers_with_the_same_numbers_as_before():
+    """The standard normal's analytic KL is q.kl_std_normal_per_dim() itself (bit for bit: the ELBO of every
+    trained model is unchanged), its per-dimension log-density sums to log_prob, and it has no closed form
+    against anything but a diagonal Normal."""
+    q, _, ref_q, _ = _q_and_prior()
+    prior = StandardNormal(6)
+    assert torch.equal(prior.analytic_kl_per_dim(q), q.kl_std_normal_per_dim())
+    z = torch.randn(3, 50, 6, generator=_gen(14), dtype=torch.float64)
+    torch.testing.assert_close(prior.log_prob_per_dim(z).sum(-1), prior.log_prob(z), rtol=1e-14, atol=1e-12)
+    assert prior.analytic_kl_per_dim(PointMass(z[0])) is None
+    assert NormalPrior(torch.zeros(6), torch.zeros(6)).analytic_kl_per_dim(PointMass(z[0])) is None
+
+
+def test_a_prior_by_default_claims_no_closed_form_and_no_factorisation():
+    class Bare(Prior):
+        dim = 2
+
+    q = Normal(torch.zeros(3, 2), torch.zeros(3, 2))
+    assert Bare().analytic_kl_per_dim(q) is None
+    assert Bare().log_prob_per_dim(torch.zeros(3, 2)) is None
+    with pytest.raises(NotImplementedError):
+        Bare().log_prob(torch.zeros(3, 2))
 
 
 # ---------------------------------------------------------------------------------------- Bernoulli

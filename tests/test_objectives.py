@@ -13,9 +13,20 @@ from torch import distributions as td
 
 from vaekit.config import ModelConfig
 from vaekit.data import Dataset
+from vaekit.distributions import Normal, NormalPrior, Prior
+from vaekit.errors import VaekitError
 from vaekit.evaluate import active_units, evaluate, log_likelihood, posterior_means
 from vaekit.models import build_model
-from vaekit.objectives import ae_loss, elbo, free_bits_kl, iwae_bound, kl_weight, log_weights, training_loss
+from vaekit.objectives import (
+    ae_loss,
+    elbo,
+    free_bits_kl,
+    iwae_bound,
+    kl_divergence,
+    kl_weight,
+    log_weights,
+    training_loss,
+)
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -254,6 +265,193 @@ def test_gradient_matches_finite_differences_through_the_sample():
         assert grad[j].item() == pytest.approx((up - down) / (2 * h), rel=1e-5, abs=1e-7)
 
 
+# ------------------------------------------------------------------------- non-standard priors
+
+P_MU = torch.tensor([1.5, -2.0, 0.5, 0.8], dtype=torch.float64)
+P_LOGVAR = torch.tensor([0.8, -1.2, 1.5, -0.4], dtype=torch.float64)
+
+
+class _WithheldKL(NormalPrior):
+    """The same N(m, diag s^2) prior with its closed-form KL withheld: the objective must fall back to Monte
+    Carlo (per dimension too, since it still factorises), and the oracle still knows the exact KL."""
+
+    def analytic_kl_per_dim(self, q):
+        return None
+
+
+class _Mixture(Prior):
+    """A mixture of K diagonal Gaussians: no closed-form KL against q, no factorisation over dimensions."""
+
+    def __init__(self, logits, mu, logvar):  # (K,), (K, D), (K, D)
+        self.log_w, self.comp, self.dim = torch.log_softmax(logits, 0), Normal(mu, logvar), mu.shape[-1]
+
+    def log_prob(self, z):  # (..., D) -> (...)
+        return torch.logsumexp(self.log_w + self.comp.log_prob(z[..., None, :]), -1)
+
+    def sample(self, n, generator=None, device=None):
+        k = torch.multinomial(self.log_w.exp(), n, replacement=True, generator=generator)
+        eps = torch.randn(n, self.dim, generator=generator, dtype=self.comp.mu.dtype)
+        return self.comp.mu[k] + self.comp.stddev[k] * eps
+
+    def oracle(self):
+        """The same mixture as torch.distributions, the independent implementation the tests check against."""
+        comp = td.Independent(td.Normal(self.comp.mu, self.comp.stddev), 1)
+        return td.MixtureSameFamily(td.Categorical(logits=self.log_w), comp)
+
+
+def _mixture():
+    logits = torch.tensor([0.0, 0.7, -0.5], dtype=torch.float64)
+    mu = torch.tensor([[2.0, 0.0, -1.0, 1.0], [-2.0, 1.0, 0.5, -1.0], [0.0, -2.0, 2.0, 0.0]], dtype=torch.float64)
+    return _Mixture(logits, mu, torch.full((3, 4), -0.7, dtype=torch.float64))
+
+
+def _vae_with(prior, seed=30):
+    model = _mlp_vae(seed=seed)
+    model.prior = prior
+    return model
+
+
+def test_elbo_uses_the_analytic_kl_of_a_non_standard_prior():
+    """N(m, diag s^2), m != 0, s != 1: the ELBO's KL is that prior's, checked against torch's kl_divergence."""
+    prior = NormalPrior(P_MU, P_LOGVAR)
+    model = _vae_with(prior)
+    x = _binary((6, 1, 6, 5), seed=31)
+    eps = torch.randn(6, 4, generator=_gen(32), dtype=torch.float64)
+    t = elbo(model, x, eps=eps)
+    q = model.encode(x)
+    ref_q = td.Normal(q.mu, q.stddev)
+    ref_p = td.Normal(P_MU, torch.exp(0.5 * P_LOGVAR))
+    torch.testing.assert_close(t.kl_per_dim, td.kl_divergence(ref_q, ref_p), rtol=1e-12, atol=1e-10)
+    torch.testing.assert_close(t.kl, td.kl_divergence(td.Independent(ref_q, 1), td.Independent(ref_p, 1)))
+    torch.testing.assert_close(t.elbo, model.decode(q.rsample(eps=eps)).log_prob(x) - t.kl, rtol=1e-12, atol=1e-10)
+    assert (t.kl - q.kl_std_normal()).abs().min() > 0.5  # not the standard normal's KL
+    # the Monte Carlo KL at the same z makes it the IWAE bound with k=1, for this prior too
+    t_mc = elbo(model, x, eps=eps, analytic_kl=False)
+    torch.testing.assert_close(t_mc.elbo, iwae_bound(model, x, 1, eps=eps[None]), rtol=1e-12, atol=1e-10)
+    # the IWAE training branch reports this prior's KL, not the standard normal's
+    _, terms = training_loss(model, x, iw_k=5)
+    torch.testing.assert_close(terms.kl, t.kl, rtol=1e-12, atol=1e-10)
+
+
+@pytest.mark.parametrize("prior", [_WithheldKL(P_MU, P_LOGVAR), _mixture()], ids=["withheld", "mixture"])
+def test_a_prior_without_analytic_kl_gets_the_monte_carlo_kl(prior):
+    """No closed form: the ELBO's KL is log q(z|x) - log p(z) at its own z, so elbo = iwae_bound(k=1) for the
+    same eps; per dimension it exists exactly when the prior factorises."""
+    model = _vae_with(prior)
+    x = _binary((5, 1, 6, 5), seed=33)
+    eps = torch.randn(5, 4, generator=_gen(34), dtype=torch.float64)
+    t = elbo(model, x, eps=eps)
+    torch.testing.assert_close(t.elbo, iwae_bound(model, x, 1, eps=eps[None]), rtol=1e-12, atol=1e-10)
+    torch.testing.assert_close(elbo(model, x, eps=eps, analytic_kl=False).elbo, t.elbo, rtol=0, atol=0)
+    q = model.encode(x)
+    z = q.rsample(eps=eps)
+    ref_q = td.Independent(td.Normal(q.mu, q.stddev), 1)
+    ref_p = prior.oracle() if isinstance(prior, _Mixture) else td.Independent(td.Normal(P_MU, P_LOGVAR.exp().sqrt()), 1)
+    torch.testing.assert_close(t.kl, ref_q.log_prob(z) - ref_p.log_prob(z), rtol=1e-12, atol=1e-10)
+    if isinstance(prior, _Mixture):
+        assert t.kl_per_dim is None
+    else:
+        torch.testing.assert_close(t.kl_per_dim.sum(-1), t.kl, rtol=1e-12, atol=1e-10)
+        torch.testing.assert_close(
+            t.kl_per_dim, td.Normal(q.mu, q.stddev).log_prob(z) - td.Normal(P_MU, P_LOGVAR.exp().sqrt()).log_prob(z)
+        )
+
+
+@pytest.mark.parametrize("prior", [_WithheldKL(P_MU, P_LOGVAR), _mixture()], ids=["withheld", "mixture"])
+def test_monte_carlo_elbo_is_unbiased_against_an_oracle(prior):
+    """E_eps[elbo] = E_q[log p(x|z)] - KL(q || p): the ELBO averaged over 4000 draws per example against an
+    oracle from torch.distributions (the exact KL for the Normal prior, a 50k-draw Monte Carlo KL for the
+    mixture) and 10k independent draws of the reconstruction term; within 4 standard errors."""
+    model = _vae_with(prior, seed=35)
+    x = _binary((3, 1, 6, 5), seed=36)
+    reps = 4000
+    torch.manual_seed(37)
+    with torch.no_grad():
+        ours = elbo(model, x.repeat(reps, 1, 1, 1)).elbo.view(reps, 3)
+        q = model.encode(x)
+        ref_q = td.Independent(td.Normal(q.mu, q.stddev), 1)
+        z = ref_q.sample((10_000,))  # (n, B, D)
+        recon = model.decode(z).log_prob(x)  # (n, B)
+        if isinstance(prior, _Mixture):
+            zk = ref_q.sample((50_000,))
+            log_ratio = ref_q.log_prob(zk) - prior.oracle().log_prob(zk)
+            kl, kl_se = log_ratio.mean(0), log_ratio.std(0) / math.sqrt(len(zk))
+        else:
+            kl = td.kl_divergence(ref_q, td.Independent(td.Normal(P_MU, P_LOGVAR.exp().sqrt()), 1))
+            kl_se = torch.zeros(3, dtype=torch.float64)
+    oracle = recon.mean(0) - kl
+    se = torch.sqrt(ours.var(0) / reps + recon.var(0) / len(recon) + kl_se**2)
+    assert ((ours.mean(0) - oracle).abs() < 4 * se).all(), (ours.mean(0), oracle, se)
+    # the check has teeth: with the standard normal's KL the answer is far off
+    assert ((recon.mean(0) - q.kl_std_normal() - oracle).abs() > 20 * se).all()
+
+
+def test_monte_carlo_kl_gradient_matches_finite_differences():
+    """With a mixture prior the ELBO's gradient flows through z and log q(z|x): d ELBO / d(encoder bias) with
+    eps fixed, against central differences (float64)."""
+    model = _vae_with(_mixture(), seed=38)
+    x = _binary((4, 1, 6, 5), seed=39)
+    eps = torch.randn(4, 4, generator=_gen(40), dtype=torch.float64)
+    bias = model.encoder.net[-1].bias
+    elbo(model, x, eps=eps).elbo.sum().backward()
+    grad = bias.grad.clone()
+    h = 1e-6
+    for j in (1, 6):  # one mu unit, one logvar unit
+        with torch.no_grad():
+            bias[j] += h
+            up = elbo(model, x, eps=eps).elbo.sum().item()
+            bias[j] -= 2 * h
+            down = elbo(model, x, eps=eps).elbo.sum().item()
+            bias[j] += h
+        assert grad[j].item() == pytest.approx((up - down) / (2 * h), rel=1e-5, abs=1e-7)
+
+
+def test_free_bits_with_priors_that_have_no_analytic_kl():
+    """A factorising prior gets free bits on its per-dimension Monte Carlo KL; a mixture, which has no
+    per-dimension KL, is refused with a VaekitError when free bits are asked for and trains without them."""
+    x = _binary((6, 1, 6, 5), seed=41)
+    model = _vae_with(_WithheldKL(P_MU, P_LOGVAR))
+    torch.manual_seed(5)
+    t = elbo(model, x)
+    torch.manual_seed(5)
+    loss, terms = training_loss(model, x, beta=0.5, free_bits=0.4)
+    torch.testing.assert_close(loss, -(t.recon - 0.5 * free_bits_kl(t.kl_per_dim, 0.4)))
+    torch.testing.assert_close(terms.elbo, t.elbo)
+
+    model = _vae_with(_mixture())
+    with pytest.raises(VaekitError, match="free bits"):
+        training_loss(model, x, free_bits=0.4)
+    torch.manual_seed(6)
+    t = elbo(model, x)
+    torch.manual_seed(6)
+    loss, _ = training_loss(model, x, beta=0.5)
+    torch.testing.assert_close(loss, -(t.recon - 0.5 * t.kl))
+    _, terms = training_loss(model, x, iw_k=4)  # the IWAE branch reports a Monte Carlo KL for it
+    assert terms.kl.shape == (6,) and torch.isfinite(terms.kl).all()
+
+
+def test_kl_divergence_draws_its_own_sample_only_without_a_closed_form():
+    q = Normal(torch.randn(5, 4, generator=_gen(42), dtype=torch.float64), torch.zeros(5, 4, dtype=torch.float64))
+    torch.manual_seed(7)
+    state = torch.get_rng_state()
+    kl, kl_d = kl_divergence(NormalPrior(P_MU, P_LOGVAR), q)
+    assert torch.equal(torch.get_rng_state(), state)  # analytic: no draw, the training RNG stream is untouched
+    torch.testing.assert_close(kl, kl_d.sum(-1), rtol=0, atol=0)
+    kl_mc, _ = kl_divergence(_WithheldKL(P_MU, P_LOGVAR), q)
+    assert not torch.equal(torch.get_rng_state(), state)
+    assert (kl_mc - kl).abs().max() > 1e-3  # one draw: an estimate, not the closed form
+
+
+def test_a_vae_samples_from_its_prior():
+    prior = NormalPrior(P_MU.float(), P_LOGVAR.float())
+    model = _mlp_vae(seed=43).float()
+    model.prior = prior
+    z = model.latent_sampler(100_000, _gen(44))
+    torch.testing.assert_close(z.mean(0), P_MU.float(), atol=0.03, rtol=0)
+    torch.testing.assert_close(z.std(0), torch.exp(0.5 * P_LOGVAR.float()), rtol=0.02, atol=0)
+    assert model.sample(3, _gen(45)).shape == (3, 1, 6, 5)
+
+
 # ------------------------------------------------------------------------- warm-up, free bits, AE loss
 
 
@@ -372,6 +570,7 @@ def test_posterior_means_and_evaluate_on_a_small_dataset():
     assert res["recon_loss"] == pytest.approx(-res["recon"])
 
 
+@pytest.mark.slow  # torch.compile: seconds with a warm inductor cache, much longer on a fresh machine
 def test_compiled_log_likelihood_matches_the_eager_one():
     """Large evaluations compute the log-weights with torch.compile: the same float32 numbers (to rounding)
     from the same noise, and the switch is on for MNIST-sized work, off for small calls."""
@@ -386,3 +585,19 @@ def test_compiled_log_likelihood_matches_the_eager_one():
     other = log_likelihood(model, x, k=500, generator=_gen(13), compile=True)
     assert (other - eager).abs().max() > 1e-3  # a different draw gives a different estimate
     assert 5000 * 100 * 784 < E.COMPILE_MIN_WORK < 5000 * 10000 * 784  # per 100-digit batch: no; a test set: yes
+
+
+def test_evaluate_a_vae_whose_prior_does_not_factorise():
+    """A mixture prior has no per-dimension KL: evaluate still gives the ELBO (its Monte Carlo KL) and log p(x),
+    with kl_per_dim None, and its ELBO is the mean of objectives.elbo under the same seed."""
+    mix = _mixture()
+    model = _vae_with(_Mixture(torch.tensor([0.0, 0.7, -0.5]), mix.comp.mu.float(), mix.comp.logvar.float())).float()
+    x = (torch.rand(12, 1, 6, 5, generator=_gen(40)) * 255).to(torch.uint8)
+    ds = Dataset(x, None, "toy")
+    res = evaluate(model, ds, binarize="none", iw_samples=20, batch_size=12, seed=3)
+    assert res["kl_per_dim"] is None and res["nll"] is not None and math.isfinite(res["nll"])
+    with torch.random.fork_rng():
+        torch.manual_seed(3)
+        want = elbo(model, ds.batch(slice(0, 12)))
+    assert res["elbo"] == pytest.approx(want.elbo.mean().item(), rel=1e-6)
+    assert res["kl"] == pytest.approx(want.kl.mean().item(), rel=1e-6)

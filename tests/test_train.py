@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, assert_clean_error
+from conftest import ROOT, assert_clean_error, synthetic_digits
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -144,8 +144,9 @@ def tiny_model(**kw) -> torch.nn.Module:
 
 
 @pytest.fixture(scope="module")
-def digits(mnist_train) -> Dataset:
-    return mnist_train.subset(torch.arange(500))
+def digits() -> Dataset:
+    """500 synthetic digits: what these tests check (the loop, checkpoints, schedules) needs images, not MNIST."""
+    return synthetic_digits(500)
 
 
 def main_cli(*args) -> int:

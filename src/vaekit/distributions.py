@@ -56,6 +56,17 @@ class Normal:
         """log N(z; mu, sigma^2) summed over the latent dimension: (..., D) -> (...)."""
         return -0.5 * (LOG_2PI + self.logvar + (z - self.mu) ** 2 * torch.exp(-self.logvar)).sum(-1)
 
+    def log_prob_per_dim(self, z: torch.Tensor) -> torch.Tensor:
+        """log N(z_d; mu_d, sigma_d^2) for each latent dimension: (..., D) -> (..., D)."""
+        return -0.5 * (LOG_2PI + self.logvar + (z - self.mu) ** 2 * torch.exp(-self.logvar))
+
+    def kl_per_dim(self, p: Normal) -> torch.Tensor:
+        """KL(self || p) per latent dimension for another diagonal Normal p (broadcasting), (B, D), in nats:
+        (log sigma_p^2 - log sigma^2 + (sigma^2 + (mu - mu_p)^2) / sigma_p^2 - 1) / 2."""
+        return 0.5 * (
+            p.logvar - self.logvar + (torch.exp(self.logvar) + (self.mu - p.mu) ** 2) * torch.exp(-p.logvar) - 1
+        )
+
     def kl_std_normal_per_dim(self) -> torch.Tensor:
         """KL(q || N(0, I)) per latent dimension, (B, D) (Kingma & Welling 2013, Appendix B)."""
         return -0.5 * (1 + self.logvar - self.mu**2 - torch.exp(self.logvar))
@@ -85,7 +96,34 @@ class PointMass:
         return self.z if k is None else self.z.expand(k, *self.z.shape)
 
 
-class StandardNormal:
+class Prior:
+    """A prior p(z) over a D-dimensional latent. Besides log_prob and sample, a prior says what it knows
+    about KL(q || p), so that the objective asks instead of assuming N(0, I):
+
+        analytic_kl_per_dim(q)  KL(q || p) in closed form per latent dimension, (B, D); None: no closed form
+        log_prob_per_dim(z)     log p(z_d) per latent dimension, (..., D); None: p does not factorise over d
+
+    The defaults answer None to both (a mixture, say); a prior overrides what it can answer.
+    """
+
+    dim: int
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        """(..., D) -> (...), in nats."""
+        raise NotImplementedError
+
+    def sample(self, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+        """(n, D) draws on `device`."""
+        raise NotImplementedError
+
+    def analytic_kl_per_dim(self, q) -> torch.Tensor | None:
+        return None
+
+    def log_prob_per_dim(self, z: torch.Tensor) -> torch.Tensor | None:
+        return None
+
+
+class StandardNormal(Prior):
     """The prior p(z) = N(0, I) over a D-dimensional latent."""
 
     def __init__(self, dim: int):
@@ -95,9 +133,43 @@ class StandardNormal:
         """(..., D) -> (...), in nats."""
         return -0.5 * (LOG_2PI + z**2).sum(-1)
 
+    def log_prob_per_dim(self, z: torch.Tensor) -> torch.Tensor:
+        """(..., D) -> (..., D), in nats."""
+        return -0.5 * (LOG_2PI + z**2)
+
+    def analytic_kl_per_dim(self, q) -> torch.Tensor | None:
+        """KL(q || N(0, I)) per dimension, (B, D), for a diagonal Normal q; None for any other q."""
+        return q.kl_std_normal_per_dim() if isinstance(q, Normal) else None
+
     def sample(self, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
         """(n, D) draws on `device`; drawn where `generator` lives (a CPU generator can feed a CUDA model)."""
         z = torch.randn(n, self.dim, generator=generator, device=generator.device if generator is not None else device)
+        return z.to(device) if device is not None else z
+
+
+class NormalPrior(Prior):
+    """p(z) = N(mu, diag exp(logvar)) with fixed mu, logvar (D,) on the model's device: the standard
+    normal shifted and rescaled, with a closed-form KL against a diagonal Normal q."""
+
+    def __init__(self, mu: torch.Tensor, logvar: torch.Tensor):
+        self.normal, self.dim = Normal(mu, logvar), mu.shape[-1]
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        """(..., D) -> (...), in nats."""
+        return self.normal.log_prob(z)
+
+    def log_prob_per_dim(self, z: torch.Tensor) -> torch.Tensor:
+        """(..., D) -> (..., D), in nats."""
+        return self.normal.log_prob_per_dim(z)
+
+    def analytic_kl_per_dim(self, q) -> torch.Tensor | None:
+        """KL(q || p) per dimension, (B, D), for a diagonal Normal q; None for any other q."""
+        return q.kl_per_dim(self.normal) if isinstance(q, Normal) else None
+
+    def sample(self, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+        """(n, D) draws on `device`: mu + sigma * eps with eps drawn as StandardNormal draws it."""
+        eps = StandardNormal(self.dim).sample(n, generator, device=self.normal.mu.device)
+        z = self.normal.rsample(eps=eps)
         return z.to(device) if device is not None else z
 
 

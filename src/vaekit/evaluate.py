@@ -148,10 +148,10 @@ def evaluate(
             cols["recon"].append(t.recon)
             cols["kl"].append(t.kl)
             cols["mu"].append(model.encode(x).mean)
-            if model.is_vae:
+            if model.is_vae and t.kl_per_dim is not None:  # None for a prior that does not factorise
                 cols["kl_per_dim"].append(t.kl_per_dim)
-                if iw_samples > 0:
-                    cols["nll"].append(-log_likelihood(model, x, iw_samples, generator=g, compile=compile))
+            if model.is_vae and iw_samples > 0:
+                cols["nll"].append(-log_likelihood(model, x, iw_samples, generator=g, compile=compile))
     cat = {k: torch.cat(v).cpu() for k, v in cols.items() if v}
     out = {
         "split": None,

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from vaekit.config import ModelConfig
-from vaekit.distributions import Bernoulli, ContinuousBernoulli, Gaussian, Normal, PointMass, StandardNormal
+from vaekit.distributions import Bernoulli, ContinuousBernoulli, Gaussian, Normal, PointMass, Prior, StandardNormal
 from vaekit.networks import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
 from vaekit.objectives import training_loss
 
@@ -71,11 +71,19 @@ def make_likelihood(cfg: ModelConfig) -> nn.Module:
 class _LatentModel(nn.Module):
     """What AE and VAE share: the decoder side, p(x|z)."""
 
-    def __init__(self, config: ModelConfig, encoder: nn.Module, decoder: nn.Module, likelihood: nn.Module):
+    def __init__(
+        self,
+        config: ModelConfig,
+        encoder: nn.Module,
+        decoder: nn.Module,
+        likelihood: nn.Module,
+        prior: Prior | None = None,
+    ):
         super().__init__()
         self.config = config
         self.encoder, self.decoder, self.likelihood = encoder, decoder, likelihood
-        self.prior = StandardNormal(config.latent_dim)
+        # p(z): the objectives ask it for log_prob, samples and (when it has one) an analytic KL; N(0, I) by default
+        self.prior = prior if prior is not None else StandardNormal(config.latent_dim)
 
     @property
     def latent_dim(self) -> int:
@@ -110,7 +118,7 @@ class VAE(_LatentModel):
         return Normal(mu, logvar.clamp(*LOGVAR_RANGE))
 
     def latent_sampler(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """n draws from the prior N(0, I), (n, D)."""
+        """n draws from the prior p(z), (n, D)."""
         return self.prior.sample(n, generator, device=next(self.parameters()).device)
 
     @torch.no_grad()
@@ -125,8 +133,8 @@ class Autoencoder(_LatentModel):
 
     is_vae = False
 
-    def __init__(self, *args):
-        super().__init__(*args)
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
         d = self.config.latent_dim
         self.register_buffer("code_mean", torch.zeros(d))
         self.register_buffer("code_chol", torch.eye(d))

@@ -1,6 +1,7 @@
 """Training objectives as pure functions returning per-example values in nats; the caller reduces.
 
-elbo(model, x)          E_q[log p(x|z)] - KL(q(z|x) || p(z)), one reparameterized sample, analytic KL
+elbo(model, x)          E_q[log p(x|z)] - KL(q(z|x) || p(z)), one reparameterized sample; the KL is analytic
+                        when model.prior has a closed form against q, else Monte Carlo (kl_divergence)
 iwae_bound(model, x, k) log (1/k) sum_i p(x, z_i) / q(z_i|x),  z_i ~ q(z|x)   (Burda et al. 2015, eq. 8)
 ae_loss(model, x)       -log p(x | z = enc(x)), the autoencoder's reconstruction loss
 training_loss(...)      what train.py minimises: -ELBO with beta, warm-up and free bits, or -IWAE
@@ -13,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
+from vaekit.errors import VaekitError
+
 
 @dataclass
 class Terms:
@@ -20,15 +23,16 @@ class Terms:
 
     elbo: torch.Tensor
     recon: torch.Tensor  # E_q[log p(x|z)] (a log-likelihood: higher is better)
-    kl: torch.Tensor  # KL(q(z|x) || p(z)), analytic
-    kl_per_dim: torch.Tensor | None = None  # (B, D)
+    kl: torch.Tensor  # KL(q(z|x) || p(z)): analytic, or one-sample Monte Carlo (see kl_divergence)
+    kl_per_dim: torch.Tensor | None = None  # (B, D); None when the KL does not split over latent dimensions
 
 
 def elbo(model, x: torch.Tensor, eps: torch.Tensor | None = None, analytic_kl: bool = True) -> Terms:
     """The evidence lower bound per example (Kingma & Welling 2013, eq. 10), x (B, *shape).
 
-    With analytic_kl=False the KL is the one-sample Monte Carlo estimate log q(z|x) - log p(z) at the same z,
-    which makes elbo equal to iwae_bound(k=1) for the same eps.
+    The KL is analytic when model.prior has a closed form against q; with analytic_kl=False, or a prior
+    without one, it is the one-sample Monte Carlo estimate log q(z|x) - log p(z) at the same z, which makes
+    elbo equal to iwae_bound(k=1) for the same eps.
     """
     q = model.encode(x)
     if not model.is_vae:
@@ -37,12 +41,25 @@ def elbo(model, x: torch.Tensor, eps: torch.Tensor | None = None, analytic_kl: b
         return Terms(recon, recon, zero)
     z = q.rsample(eps=eps)
     recon = model.decode(z).log_prob(x)
-    if analytic_kl:
-        kl_d = q.kl_std_normal_per_dim()
-        kl = kl_d.sum(-1)
-    else:
-        kl_d, kl = None, q.log_prob(z) - model.prior.log_prob(z)
+    kl, kl_d = kl_divergence(model.prior, q, z, analytic=analytic_kl)
     return Terms(recon - kl, recon, kl, kl_d)
+
+
+def kl_divergence(prior, q, z: torch.Tensor | None = None, analytic: bool = True):
+    """KL(q(z|x) || p(z)) per example (B,) and per latent dimension (B, D) or None, in nats.
+
+    In closed form when `analytic` and the prior has one against q (N(0, I): Kingma & Welling 2013,
+    Appendix B). Otherwise the one-sample Monte Carlo estimate log q(z|x) - log p(z) at the reparameterized
+    z (B, D) (drawn from q when None), unbiased in value and gradient; per dimension it is
+    log q(z_d|x) - log p(z_d) when the prior factorises over the dimensions, else None.
+    """
+    kl_d = prior.analytic_kl_per_dim(q) if analytic else None
+    if kl_d is not None:
+        return kl_d.sum(-1), kl_d
+    z = q.rsample() if z is None else z
+    log_p_d = prior.log_prob_per_dim(z)  # (B, D) or None
+    kl_d = None if log_p_d is None else q.log_prob_per_dim(z) - log_p_d
+    return q.log_prob(z) - prior.log_prob(z), kl_d
 
 
 def log_weights(model, x: torch.Tensor, k: int, eps: torch.Tensor | None = None, q=None) -> torch.Tensor:
@@ -83,15 +100,26 @@ def free_bits_kl(kl_per_dim: torch.Tensor, nats: float) -> torch.Tensor:
 def training_loss(
     model, x: torch.Tensor, *, beta: float = 1.0, free_bits: float = 0.0, iw_k: int = 1
 ) -> tuple[torch.Tensor, Terms]:
-    """The per-example loss to minimise (B,) and the terms to report."""
+    """The per-example loss to minimise (B,) and the terms to report.
+
+    Free bits need the KL per latent dimension: analytic, or Monte Carlo when the prior factorises over the
+    dimensions (the per-dimension estimates sum to the KL's). A prior that does neither has no per-dimension
+    KL to hold at `free_bits` nats, so free_bits > 0 with it is refused (VaekitError) rather than approximated.
+    """
     if not model.is_vae:
         t = elbo(model, x)
         return -t.recon, t
     if iw_k > 1:
         q = model.encode(x)
         bound = iwae_bound(model, x, iw_k, q=q)
-        kl = q.kl_std_normal().detach()  # reported only; the bound has no separate KL term
-        return -bound, Terms(bound, bound + kl, kl)  # reported recon is the bound plus the analytic KL
+        kl = kl_divergence(model.prior, q)[0].detach()  # reported only; the bound has no separate KL term
+        return -bound, Terms(bound, bound + kl, kl)  # reported recon is the bound plus the KL
     t = elbo(model, x)
-    kl = free_bits_kl(t.kl_per_dim, free_bits)
-    return -(t.recon - beta * kl), t
+    if free_bits <= 0:
+        return -(t.recon - beta * t.kl), t
+    if t.kl_per_dim is None:
+        raise VaekitError(
+            f"free bits need a KL per latent dimension, and the prior {type(model.prior).__name__} neither has an "
+            "analytic one nor factorises over the dimensions: train with free bits 0"
+        )
+    return -(t.recon - beta * free_bits_kl(t.kl_per_dim, free_bits)), t
