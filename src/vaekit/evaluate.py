@@ -11,6 +11,7 @@ import time
 
 import torch
 
+from vaekit import seeds
 from vaekit.errors import is_compile_error
 from vaekit.objectives import elbo, log_weights
 
@@ -136,7 +137,7 @@ def evaluate(
     Seeded by `seed` (the same call gives the same numbers) without touching the caller's global RNG.
     """
     dev = torch.device(device)
-    g = torch.Generator(device=dev).manual_seed(seed + 1)
+    g = torch.Generator(device=dev).manual_seed(seeds.importance(seed))
     compile = iw_samples * len(ds) * math.prod(ds.shape) > COMPILE_MIN_WORK
     t0 = time.perf_counter()
     cols = {"elbo": [], "recon": [], "kl": [], "nll": [], "mu": [], "kl_per_dim": []}

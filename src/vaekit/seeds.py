@@ -52,5 +52,11 @@ def val_binarize(seed: int) -> int:
 
 
 def importance(seed: int) -> int:
-    """The importance samples of an evaluation seeded by `seed` (its ELBO sample uses `seed` itself)."""
+    """The importance samples of an evaluation or a report study seeded by `seed` (the ELBO's sample and
+    the binarization use `seed` itself)."""
+    return seed + 1
+
+
+def generated(seed: int) -> int:
+    """The report's generated digits (prior draws of every model, the same for each)."""
     return seed + 1

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vaekit import io
+from vaekit import io, seeds
 from vaekit.classifier import Classifier, generation_scores, is_classifier_folder, load_classifier
 from vaekit.data import DATASETS, Dataset, binarize
 from vaekit.data import load as load_data
@@ -208,7 +208,7 @@ def latent_study(entries, main, clf: Classifier | None, x_eval, y_eval, ds: Data
             mean, basis, share = pca(z, 2)
             xy, ex = (z - mean) @ basis.T, (extra - mean) @ basis.T  # (N, 2), (M, 2)
             panels[e.name] = LatentPanel(xy.numpy(), ex.numpy(), float(share.sum()))
-    gens = {e.name: e.model.sample(s.n_gen, torch.Generator().manual_seed(s.seed + 1)) for e in entries}
+    gens = {e.name: e.model.sample(s.n_gen, torch.Generator().manual_seed(seeds.generated(s.seed))) for e in entries}
     scores, n_ref = {}, 0
     if clf is not None:
         n_ref = min(s.n_gen, len(ds) // 2)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from vaekit import seeds
 from vaekit.classifier import Classifier
 from vaekit.data import binarize
 from vaekit.evaluate import log_likelihood
@@ -45,7 +46,7 @@ def shift_study(model, x: torch.Tensor, other: torch.Tensor, k: int, draws: int,
     images = torch.stack([x] + [shift_right(x, s) for s in shifts] + [other])  # (M, *shape)
     mse = ((images - x) ** 2).flatten(1).mean(1)
     g = torch.Generator().manual_seed(seed)
-    gk = torch.Generator().manual_seed(seed + 1)
+    gk = torch.Generator().manual_seed(seeds.importance(seed))
     binary = model.run_config.train.binarize != "none"
     logp = torch.zeros(len(images), dtype=torch.float64)
     n = draws if binary else 1
