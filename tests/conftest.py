@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,6 +43,19 @@ def assert_clean_error(p: subprocess.CompletedProcess, *needles: str) -> None:
     assert "Traceback" not in p.stderr
     for n in needles:
         assert n.lower() in lines[0].lower(), (n, lines[0])
+
+
+def one_line(e: BaseException | pytest.ExceptionInfo) -> str:
+    """The message of an error (or of what `pytest.raises` caught), checked to be one line, not empty, not huge."""
+    msg = str(e.value if isinstance(e, pytest.ExceptionInfo) else e)
+    assert msg and "\n" not in msg and len(msg) < 2000, msg
+    return msg
+
+
+# Property tests of the readers and the config layer: 150 examples each, no per-example deadline (they write files).
+PROPERTY_SETTINGS = settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 
 
 REAL_DATA_FIXTURE = "mnist_train"  # every real-MNIST fixture is built on it

@@ -1,14 +1,30 @@
-"""Where each training option came from (config.Options) and which option an error is about
-(VaekitError.option): how `vaekit train` names the --config file in an error without reading the message."""
+"""config: where each training option came from (config.Options) and which option an error is about
+(VaekitError.option), which is how `vaekit train` names the --config file in an error without reading the
+message; and, property-based, arbitrary mappings, config files and config.json documents give a config or one
+VaekitError line (never another exception), and every valid RunConfig survives the JSON round trip."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
+from conftest import PROPERTY_SETTINGS, one_line
+from hypothesis import given
+from hypothesis import strategies as st
 
-from vaekit.config import ModelConfig, Options, RunConfig, TrainConfig, split_options
+from vaekit.config import (
+    LIKELIHOODS,
+    ModelConfig,
+    Options,
+    RunConfig,
+    TrainConfig,
+    from_dict,
+    load_config_file,
+    split_options,
+)
 from vaekit.errors import VaekitError
+from vaekit.networks import ACTIVATIONS
 
 
 def test_gather_file_then_flags_over_it(tmp_path):
@@ -115,3 +131,173 @@ def test_vae_only_options_on_an_autoencoder(name, bad):
     with pytest.raises(VaekitError) as e:
         TrainConfig(**{name: bad}).validate(ModelConfig(model="ae"))
     assert e.value.option == name and "applies to a VAE only" in str(e.value)
+
+
+# ------------------------------------------------------------------------------ arbitrary mappings, files and documents
+
+
+NAMES = sorted({f.name for c in (ModelConfig, TrainConfig) for f in dataclasses.fields(c)})
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=12,
+)
+
+
+KEYS = (
+    st.sampled_from(NAMES)
+    | st.sampled_from([n.replace("_", "-") for n in NAMES])
+    | st.text(max_size=10)
+    | st.integers()
+)
+
+
+@PROPERTY_SETTINGS
+@given(d=st.dictionaries(KEYS, JSON_VALUES, max_size=6))
+def test_split_options_and_validate_arbitrary_mappings(d):
+    """Flat options (a config file, flags) -> RunConfig, validated; or one error line."""
+    try:
+        rc = split_options(d, "run.yaml")
+        rc.model.validate()
+        rc.train.validate(rc.model)
+    except VaekitError as e:
+        one_line(e)
+
+
+@PROPERTY_SETTINGS
+@given(cls=st.sampled_from([ModelConfig, TrainConfig]), d=JSON_VALUES | st.dictionaries(KEYS, JSON_VALUES, max_size=6))
+def test_from_dict_arbitrary_values(cls, d):
+    try:
+        cfg = from_dict(cls, d, "config.json: model")
+        cfg.validate()
+    except VaekitError as e:
+        one_line(e)
+    else:
+        assert isinstance(cfg, cls)
+
+
+@PROPERTY_SETTINGS
+@given(text=st.text(max_size=200) | st.binary(max_size=200).map(lambda b: b.decode("latin1")))
+def test_load_config_file_arbitrary_text(tmp_path, text):
+    path = tmp_path / "run.yaml"
+    path.write_bytes(text.encode("utf-8", "surrogatepass"))
+    try:
+        d = load_config_file(path)
+    except VaekitError as e:
+        one_line(e)
+        assert "run.yaml" in str(e)
+    else:
+        assert isinstance(d, dict)
+
+
+@PROPERTY_SETTINGS
+@given(
+    doc=JSON_VALUES
+    | st.fixed_dictionaries(
+        {"model": st.dictionaries(KEYS, JSON_VALUES, max_size=4)},
+        optional={"train": st.dictionaries(KEYS, JSON_VALUES, max_size=4)},
+    )
+)
+def test_config_json_arbitrary_documents(tmp_path, doc):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(doc))
+    try:
+        rc = RunConfig.from_json_file(path)
+    except VaekitError as e:
+        one_line(e)
+        assert "config.json" in str(e)
+    else:
+        assert isinstance(rc.model, ModelConfig) and isinstance(rc.train, TrainConfig)
+
+
+# ------------------------------------------------------------------------------------------------- RunConfig round trip
+
+
+POS = st.integers(1, 512)
+
+
+FLOATS = st.floats(0, 1e6, allow_nan=False)
+
+
+@st.composite
+def run_configs(draw) -> RunConfig:
+    """Valid configurations: every field drawn, the cross-field rules respected."""
+    arch = draw(st.sampled_from(["mlp", "conv"]))
+    likelihood = draw(st.sampled_from(LIKELIHOODS))
+    model_kw = dict(
+        model=draw(st.sampled_from(["vae", "ae"])),
+        arch=arch,
+        latent_dim=draw(POS),
+        input_shape=tuple(
+            draw(st.lists(POS, min_size=3, max_size=3) if arch == "conv" else st.lists(POS, min_size=1, max_size=3))
+        ),
+        hidden=tuple(draw(st.lists(POS, max_size=3))),
+        activation=draw(st.sampled_from(sorted(ACTIVATIONS))),
+        likelihood=likelihood,
+    )
+    if arch == "conv":
+        model_kw["channels"] = tuple(draw(st.lists(POS, min_size=1, max_size=3)))
+    if likelihood == "gaussian":
+        min_sigma = draw(st.floats(1e-6, 1e-2))
+        model_kw.update(
+            min_sigma=min_sigma,
+            sigma=draw(st.floats(min_sigma * 1.01, 10.0)),
+            learn_sigma=draw(st.sampled_from(["none", "global", "pixel"])),
+        )
+    model = ModelConfig(**model_kw)
+    vae = model.model == "vae"
+    iw_k = draw(st.integers(1, 50)) if vae else 1
+    schedule = draw(st.sampled_from(["constant", "cosine", "step"]))
+    train = TrainConfig(
+        data=draw(st.text(min_size=1, max_size=20)),
+        binarize=draw(st.sampled_from(["dynamic", "static", "none", "auto"])),
+        val_fraction=draw(st.floats(0, 0.99)),
+        epochs=draw(POS),
+        batch_size=draw(POS),
+        lr=draw(st.floats(1e-8, 10)),
+        schedule=schedule,
+        step_every=draw(POS) if schedule == "step" else 30,
+        weight_decay=draw(FLOATS),
+        clip=draw(FLOATS),
+        beta=draw(FLOATS) if vae and iw_k == 1 else 1.0,
+        kl_warmup=draw(FLOATS) if vae and iw_k == 1 else 0.0,
+        free_bits=draw(FLOATS) if vae and iw_k == 1 else 0.0,
+        iw_k=iw_k,
+        seed=draw(st.integers(0, 2**32 - 1)),
+        device=draw(st.sampled_from(["auto", "cuda"])),
+        threads=draw(st.integers(0, 64)),
+        checkpoint_every=draw(st.integers(0, 10**6)),
+        patience=draw(st.integers(0, 10)),
+        max_bad_steps=draw(POS),
+        amp=draw(st.booleans()),
+        quiet=draw(st.booleans()),
+    )
+    if train.patience and not train.val_fraction > 0:
+        train = dataclasses.replace(train, patience=0)
+    return RunConfig(model.validate(), train.validate(model))
+
+
+@PROPERTY_SETTINGS
+@given(rc=run_configs())
+def test_run_config_json_round_trip(tmp_path, rc):
+    path = tmp_path / "config.json"
+    path.write_text(rc.to_json())
+    back = RunConfig.from_json_file(path)
+    assert back == rc
+    assert back.to_json() == rc.to_json()
+    # and through the flat options of a config file
+    flat = {**dataclasses.asdict(rc.model), **dataclasses.asdict(rc.train)}
+    assert split_options(json.loads(json.dumps(flat)), "run.json") == rc
+
+
+@pytest.mark.parametrize(
+    "value", [[[[1] * 10] * 10] * 10, 10**5000, "x" * 10**6], ids=["nested", "long-int", "long-str"]
+)
+def test_error_messages_stay_short(value):
+    """A huge or deeply nested value is shown cut short in the one error line (an alias bomb, a long int)."""
+    with pytest.raises(VaekitError) as e:
+        from_dict(TrainConfig, {"seed": value}).validate()
+    one_line(e.value)
+    assert len(str(e.value)) < 400
