@@ -9,10 +9,12 @@ import dataclasses
 import json
 
 import pytest
+import torch
 from conftest import PROPERTY_SETTINGS, one_line
 from hypothesis import given
 from hypothesis import strategies as st
 
+import vaekit
 from vaekit.config import (
     LIKELIHOODS,
     ModelConfig,
@@ -301,3 +303,11 @@ def test_error_messages_stay_short(value):
         from_dict(TrainConfig, {"seed": value}).validate()
     one_line(e.value)
     assert len(str(e.value)) < 400
+
+
+def test_amp_is_refused_on_a_cpu_without_native_bf16(monkeypatch):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    with pytest.raises(vaekit.VaekitError, match="bf16"):
+        TrainConfig(amp=True, device="cpu").validate()
+    TrainConfig(amp=False, device="cpu").validate()
