@@ -4,7 +4,7 @@
 
 A case is a few small files and the `vaekit` command that must refuse them: exit 2, one line on
 stderr, `error: ...`, naming the file (or flag) and the problem, no traceback, and nothing in an
-existing run folder changed. `OUT/cases.json` lists the cases; tests/test_corpus.py runs them all
+existing run folder changed. `OUT/cases.json` lists the cases; tests/integration/test_cli_corpus.py runs them all
 and checks that this script still writes exactly the files that are checked in.
 
 A case in cases.json:
@@ -166,7 +166,7 @@ def data_cases(out: Path) -> None:
     def d(name: str, data: bytes) -> str:
         return write(out, "data/" + name, data)
 
-    # the control, and the good data of the config and flag cases (tests/test_corpus.py checks it loads)
+    # the control, and the good data of the config and flag cases (tests/integration/test_cli_corpus.py checks it loads)
     d(
         "good.npz",
         npz(
@@ -629,7 +629,7 @@ def model_cases(out: Path) -> None:
             if cmd == "sample"
             else ["eval", m, "--data", "{corpus}/data/good.npz", "--iw-samples", 0]
         )
-        if name != "good":  # the control: it must load (tests/test_corpus.py checks that it does)
+        if name != "good":  # the control: it must load (tests/integration/test_cli_corpus.py checks that it does)
             case("model_" + name.replace("-", "_"), about, argv, [f"{name}/{file}".rstrip("/"), *problem])
 
     folder("good", "a well-formed model folder", "", [])

@@ -1,4 +1,8 @@
-"""Shared fixtures: the CLI as a subprocess, synthetic digits, a slice of real MNIST, small trained runs.
+"""Shared fixtures and helpers of tests/unit (one file per module of src/vaekit: synthetic tensors, seconds) and
+tests/integration (the CLI, training, the report, the explorer, the demo, torchrun, for real): the CLI as a
+subprocess, one-line error checks, synthetic digits, a slice of real MNIST, small trained runs, the quick demo.
+Test files import helpers as `from conftest import ...`, so this is the only conftest.py: pytest imports every
+conftest.py outside a package under the one module name `conftest`, and a second one would shadow this one.
 
 Tiers: `pytest -m "not slow and not browser"` (make test-quick) needs no network and no dataset download.
 Every test that uses real MNIST through `mnist_train` (so also mnist_slice, vae_run, ae_run and any fixture
@@ -12,10 +16,12 @@ import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,6 +48,29 @@ def assert_clean_error(p: subprocess.CompletedProcess, *needles: str) -> None:
     assert "Traceback" not in p.stderr
     for n in needles:
         assert n.lower() in lines[0].lower(), (n, lines[0])
+
+
+def one_line(e: BaseException | pytest.ExceptionInfo) -> str:
+    """The message of an error (or of what `pytest.raises` caught), checked to be one line, not empty, not huge."""
+    msg = str(e.value if isinstance(e, pytest.ExceptionInfo) else e)
+    assert msg and "\n" not in msg and len(msg) < 2000, msg
+    return msg
+
+
+# Property tests of the readers and the config layer: 150 examples each, no per-example deadline (they write files).
+PROPERTY_SETTINGS = settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
+
+def failing_compile(fn, *args, **kwargs):
+    """torch.compile as it behaves without a working backend: the first call raises dynamo's error."""
+    import torch._dynamo.exc
+
+    def call(*a, **k):
+        raise torch._dynamo.exc.InternalTorchDynamoError("no C++ compiler found\nmore detail")
+
+    return call
 
 
 REAL_DATA_FIXTURE = "mnist_train"  # every real-MNIST fixture is built on it
@@ -88,6 +117,13 @@ def synthetic_digits(n: int, seed: int = 0):
     return Dataset((x * 255).round().to(torch.uint8)[:, None], y, "synthetic")
 
 
+@pytest.fixture(scope="module")
+def digits():
+    """500 synthetic digits (a vaekit Dataset): what the tests of the loop, checkpoints, schedules and the
+    evaluation fallback check needs images, not MNIST."""
+    return synthetic_digits(500)
+
+
 @pytest.fixture(autouse=True)
 def _keep_threads():
     """Tests that train with --threads in-process must not change the thread count of the tests after them."""
@@ -129,3 +165,13 @@ def vae_run(tmp_path_factory, mnist_slice) -> Path:
 def ae_run(tmp_path_factory, mnist_slice) -> Path:
     """The matching autoencoder."""
     return _train(tmp_path_factory, "ae", "--data", mnist_slice, "--model", "ae")
+
+
+@pytest.fixture(scope="session")
+def quick_demo(tmp_path_factory):
+    """`vaekit demo --quick` into a fresh folder: (the folder, the CompletedProcess, its seconds)."""
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    t = time.perf_counter()
+    p = run_cli("demo", "--quick", "--out", out, timeout=300)
+    assert p.returncode == 0, p.stderr
+    return out, p, time.perf_counter() - t

@@ -7,12 +7,11 @@ import base64
 import io
 import math
 import time
-from html.parser import HTMLParser
-from pathlib import Path
 
 import pytest
 from conftest import run_cli
 from PIL import Image
+from test_report import parse
 
 FIGURES = [
     "training_curves",
@@ -48,39 +47,6 @@ REQUIRED = (
         "reparam.kl_norm",
     ]
 )
-
-
-class ReportParser(HTMLParser):
-    """Sections (data-section), numbers (data-metric/data-value) and images (src) of a report."""
-
-    def __init__(self):
-        super().__init__()
-        self.sections, self.metrics, self.images, self.figures = [], {}, [], []
-
-    def handle_starttag(self, tag, attrs):
-        a = dict(attrs)
-        if tag == "section" and "data-section" in a:
-            self.sections.append(int(a["data-section"]))
-        if "data-metric" in a:
-            self.metrics[a["data-metric"]] = float(a["data-value"])
-        if tag == "img":
-            self.images.append(a.get("src", ""))
-            self.figures.append(a.get("data-figure"))
-
-
-def parse(path: Path) -> ReportParser:
-    p = ReportParser()
-    p.feed(path.read_text())
-    return p
-
-
-@pytest.fixture(scope="module")
-def quick_demo(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo") / "demo"
-    t = time.perf_counter()
-    p = run_cli("demo", "--quick", "--out", out, timeout=300)
-    assert p.returncode == 0, p.stderr
-    return out, p, time.perf_counter() - t
 
 
 @pytest.mark.slow
@@ -144,22 +110,6 @@ def test_unfinished_run_is_resumed_not_replaced(quick_demo, tmp_path):
     assert what.startswith("resumed")
     after = (folder / "metrics.jsonl").read_text().splitlines()
     assert len(after) == 2 and after[0] == before[0]
-
-
-@pytest.mark.slow
-def test_report_for_a_single_vae(quick_demo, tmp_path):
-    """`vaekit report RUN` for one VAE: what applies (training, reconstructions, its latent plot,
-    interpolation; no classifier numbers, no 2-D manifold)."""
-    from vaekit.report import QUICK, write_report
-
-    out, _, _ = quick_demo
-    path = write_report([out / "vae"], tmp_path / "one.html", settings=QUICK)
-    r = parse(path)
-    assert {1, 2, 3, 4} <= set(r.sections) and 5 not in r.sections
-    assert "latent_scatter" in r.figures and "manifold" not in r.figures
-    assert "vae.nll" in r.metrics and "vae.gen_frechet" not in r.metrics
-    assert all(math.isfinite(v) for v in r.metrics.values())
-    assert (tmp_path / "figures" / "latent_scatter.png").is_file()
 
 
 def test_demo_refuses_a_folder_holding_another_run(tmp_path):

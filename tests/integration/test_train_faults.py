@@ -4,7 +4,7 @@ A failed write (simulated: the writer is monkeypatched to fail halfway with ENOS
 root, so a read-only folder would not stop us) must leave the previous checkpoint and weights loadable,
 no temp files, and the user one line: `error: PATH: cannot write (no space left on device)`, exit 2. A
 resume afterwards ends bit-identical to a run that never failed. kill -9 at seeded random points of a
-short run, then --resume, also ends bit-identical (tests/test_train.py has the deterministic cases:
+short run, then --resume, also ends bit-identical (tests/integration/test_train.py has the deterministic cases:
 SIGTERM at chosen checkpoints, SIGKILL in the middle of a checkpoint write).
 """
 
@@ -41,7 +41,7 @@ def enospc() -> OSError:
 
 @pytest.fixture(scope="module")
 def digits_npz(tmp_path_factory, mnist_train) -> Path:
-    """1000 real MNIST digits (the same as tests/test_train.py's, so BASE runs are comparable)."""
+    """1000 real MNIST digits (the same as tests/integration/test_train.py's, so BASE runs are comparable)."""
     path = tmp_path_factory.mktemp("data") / "mnist1k.npz"
     np.savez(path, x=mnist_train.x[:1000, 0].numpy(), y=mnist_train.y[:1000].numpy())
     return path

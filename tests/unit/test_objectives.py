@@ -1,6 +1,6 @@
-"""Objectives and estimators against known answers: IWAE(k=1) = ELBO, the IS estimator on a linear-Gaussian
-VAE whose log p(x) is exact, gradients through the reparameterized sample, free bits, warm-up, AE loss,
-active units."""
+"""objectives against known answers: IWAE(k=1) = ELBO, the IWAE bound on a linear-Gaussian VAE whose log p(x)
+is exact, gradients through the reparameterized sample, non-standard priors (analytic or Monte Carlo KL),
+free bits, warm-up, AE loss. Its toy VAEs serve test_evaluate and test_models too."""
 
 from __future__ import annotations
 
@@ -12,10 +12,8 @@ import torch.nn.functional as F
 from torch import distributions as td
 
 from vaekit.config import ModelConfig
-from vaekit.data import Dataset
 from vaekit.distributions import Normal, NormalPrior, Prior
 from vaekit.errors import VaekitError
-from vaekit.evaluate import active_units, evaluate, log_likelihood, posterior_means
 from vaekit.models import build_model
 from vaekit.objectives import (
     ae_loss,
@@ -85,34 +83,6 @@ def _lg_data(p_x, n=8, seed=3):
     return p_x.sample((n,))
 
 
-def test_is_estimator_is_exact_with_the_true_posterior():
-    """With q = p(z|x) every importance weight equals p(x): any k gives log p(x) to rounding."""
-    model, p_x = _linear_gaussian(exact_posterior=True)
-    x = _lg_data(p_x)
-    exact = p_x.log_prob(x)
-    for k in (1, 7, 100):
-        torch.testing.assert_close(log_likelihood(model, x, k=k, generator=_gen(k)), exact, rtol=0, atol=1e-9)
-    t = elbo(model, x, analytic_kl=False)
-    torch.testing.assert_close(t.elbo, exact, rtol=0, atol=1e-9)
-
-
-def test_is_estimator_converges_to_exact_log_px_with_a_poor_encoder():
-    model, p_x = _linear_gaussian(exact_posterior=False)
-    x = _lg_data(p_x)
-    exact = p_x.log_prob(x)
-    torch.manual_seed(0)
-    mean_elbo = elbo(model, x.repeat(500, 1)).elbo.view(500, -1).mean(0)
-    assert (exact - mean_elbo).mean() > 0.5  # the encoder really is poor: the ELBO is far below log p(x)
-    est = log_likelihood(model, x, k=5000, generator=_gen(0))
-    torch.testing.assert_close(est, exact, rtol=0, atol=0.1)  # ~5 standard deviations of the estimator
-    assert (est - exact).mean().abs() < 0.03
-    # and it is a lower bound on average: over repeats, E[estimate] <= log p(x)
-    x_rep = x.repeat(50, 1)
-    est_k10 = log_likelihood(model, x_rep, k=10, generator=_gen(1)).view(50, -1)
-    assert (est_k10.mean(0) <= exact + 3 * est_k10.std(0) / math.sqrt(50)).all()
-    assert (exact - est_k10.mean(0)).mean() > 0.01
-
-
 def test_iwae_bound_non_decreasing_in_k_and_below_log_px():
     model, p_x = _linear_gaussian(exact_posterior=False)
     x = _lg_data(p_x, n=4)
@@ -159,36 +129,6 @@ def test_analytic_elbo_equals_iwae_k1_in_expectation():
     se = torch.sqrt(analytic.var(0) / reps + mc.var(0) / reps)
     assert ((analytic.mean(0) - mc.mean(0)).abs() < 4 * se).all(), (analytic.mean(0), mc.mean(0), se)
     assert (mc.var(0) > analytic.var(0)).all()  # same mean, but the analytic KL has less variance
-
-
-def test_chunking_over_k_gives_the_same_estimate():
-    model, p_x = _linear_gaussian(exact_posterior=False)
-    x = _lg_data(p_x, n=5)
-    ref = log_likelihood(model, x, k=60, chunk=60, generator=_gen(7))
-    for chunk in (1, 7, 59):
-        torch.testing.assert_close(
-            log_likelihood(model, x, k=60, chunk=chunk, generator=_gen(7)), ref, rtol=0, atol=1e-10
-        )
-    other = log_likelihood(model, x, k=60, chunk=60, generator=_gen(8))
-    assert (other - ref).abs().max() > 1e-6  # the comparison is not vacuous
-
-
-def test_default_chunking_on_images_matches_one_chunk():
-    """784 pixels x B=4: the default chunk is ~1300 samples, so k=3000 runs in three chunks."""
-    model = _mlp_vae(shape=(1, 28, 28), latent=5, hidden=(32,)).float()
-    x = torch.bernoulli(torch.full((4, 1, 28, 28), 0.3), generator=_gen(9))
-    a = log_likelihood(model, x, k=3000, generator=_gen(10))
-    b = log_likelihood(model, x, k=3000, chunk=3000, generator=_gen(10))
-    torch.testing.assert_close(a, b, rtol=0, atol=1e-4)
-    assert a.dtype == torch.float32 and torch.isfinite(a).all()
-    with pytest.raises(ValueError):
-        log_likelihood(model, x, k=0)
-
-
-def test_log_likelihood_refuses_an_autoencoder():
-    ae = _mlp_vae(model="ae")
-    with pytest.raises(ValueError, match="autoencoder"):
-        log_likelihood(ae, _binary((2, 1, 6, 5)), k=3)
 
 
 # ----------------------------------------------------------------------------------------------- gradients
@@ -442,16 +382,6 @@ def test_kl_divergence_draws_its_own_sample_only_without_a_closed_form():
     assert (kl_mc - kl).abs().max() > 1e-3  # one draw: an estimate, not the closed form
 
 
-def test_a_vae_samples_from_its_prior():
-    prior = NormalPrior(P_MU.float(), P_LOGVAR.float())
-    model = _mlp_vae(seed=43).float()
-    model.prior = prior
-    z = model.latent_sampler(100_000, _gen(44))
-    torch.testing.assert_close(z.mean(0), P_MU.float(), atol=0.03, rtol=0)
-    torch.testing.assert_close(z.std(0), torch.exp(0.5 * P_LOGVAR.float()), rtol=0.02, atol=0)
-    assert model.sample(3, _gen(45)).shape == (3, 1, 6, 5)
-
-
 # ------------------------------------------------------------------------- warm-up, free bits, AE loss
 
 
@@ -514,90 +444,3 @@ def test_ae_loss_is_the_reconstruction_negative_log_likelihood():
     n = 30
     expected = 0.5 * ((xg - m) ** 2).sum((1, 2, 3)) / 0.2**2 + n * (math.log(0.2) + 0.5 * math.log(2 * math.pi))
     torch.testing.assert_close(ae_loss(gae, xg), expected, rtol=1e-6, atol=1e-6)
-
-
-# ------------------------------------------------------------------------------- evaluation helpers
-
-
-def test_active_units_on_a_constructed_case():
-    g = _gen(20)
-    n = 4000
-    mu = torch.stack(
-        [
-            torch.randn(n, generator=g) * 1.0,  # var 1: active
-            torch.randn(n, generator=g) * 0.2,  # var 0.04: active
-            torch.randn(n, generator=g) * 0.05,  # var 0.0025: inactive
-            torch.full((n,), 3.0),  # constant (collapsed to a non-zero mean): inactive
-            torch.randn(n, generator=g) * 0.5 + 7,  # var 0.25: active
-            torch.randn(n, generator=g) * 0.09,
-        ],
-        1,
-    )  # var 0.0081: inactive (just under 0.01)
-    assert active_units(mu) == 3
-    assert active_units(mu, threshold=0.005) == 4
-    assert active_units(mu, threshold=2.0) == 0
-
-
-def test_posterior_means_and_evaluate_on_a_small_dataset():
-    model = _mlp_vae(seed=21).float()
-    x = (torch.rand(30, 1, 6, 5, generator=_gen(22)) * 255).to(torch.uint8)
-    ds = Dataset(x, torch.arange(30) % 3, "toy")
-    mu = posterior_means(model, ds, batch_size=7)
-    assert mu.shape == (30, 4)
-    with torch.inference_mode():
-        assert torch.allclose(mu, model.encode(ds.batch(slice(0, 30))).mean, atol=1e-6)  # batching changes nothing
-        assert torch.allclose(posterior_means(model, ds.batch(slice(0, 30)), batch_size=4), mu, atol=1e-6)  # a tensor
-    res = evaluate(model, ds, binarize="dynamic", iw_samples=50, batch_size=8, per_example=True)
-    for key in ("split", "n", "elbo", "recon", "kl", "nll", "iw_samples", "active_units", "seconds"):
-        assert key in res
-    assert res["n"] == 30 and res["iw_samples"] == 50
-    assert res["elbo"] == pytest.approx(res["recon"] - res["kl"], rel=1e-5)
-    assert res["nll"] <= -res["elbo"] + 1e-3  # log p(x) >= ELBO (IS with 50 samples vs one-sample ELBO)
-    pe = res["per_example"]
-    assert pe["elbo"].shape == (30,) and pe["nll"].shape == (30,)
-    again = evaluate(model, ds, binarize="dynamic", iw_samples=50, batch_size=8)
-    assert again["nll"] == res["nll"] and again["elbo"] == res["elbo"]  # seeded: reproducible
-
-    torch.manual_seed(123)
-    before = torch.get_rng_state()
-    evaluate(model, ds, iw_samples=5, batch_size=8)
-    assert torch.equal(torch.get_rng_state(), before)  # the caller's RNG stream is left alone
-    assert active_units(mu[:1]) == 0
-
-    ae = _mlp_vae(model="ae", seed=23).float()
-    res = evaluate(ae, ds, binarize="none", iw_samples=50)
-    assert res["nll"] is None and res["iw_samples"] == 0 and res["kl"] == 0
-    assert res["recon_loss"] == pytest.approx(-res["recon"])
-
-
-@pytest.mark.slow  # torch.compile: seconds with a warm inductor cache, much longer on a fresh machine
-def test_compiled_log_likelihood_matches_the_eager_one():
-    """Large evaluations compute the log-weights with torch.compile: the same float32 numbers (to rounding)
-    from the same noise, and the switch is on for MNIST-sized work, off for small calls."""
-    import vaekit.evaluate as E
-
-    model = _mlp_vae(shape=(1, 28, 28), latent=5, hidden=(32,)).float()
-    x = torch.bernoulli(torch.full((6, 1, 28, 28), 0.3), generator=_gen(11))
-    eager = log_likelihood(model, x, k=500, generator=_gen(12), compile=False)
-    compiled = log_likelihood(model, x, k=500, generator=_gen(12), compile=True)
-    assert not E._compiled.get("broken"), "torch.compile failed here: the fast path is not exercised"
-    torch.testing.assert_close(compiled, eager, rtol=0, atol=1e-3)
-    other = log_likelihood(model, x, k=500, generator=_gen(13), compile=True)
-    assert (other - eager).abs().max() > 1e-3  # a different draw gives a different estimate
-    assert 5000 * 100 * 784 < E.COMPILE_MIN_WORK < 5000 * 10000 * 784  # per 100-digit batch: no; a test set: yes
-
-
-def test_evaluate_a_vae_whose_prior_does_not_factorise():
-    """A mixture prior has no per-dimension KL: evaluate still gives the ELBO (its Monte Carlo KL) and log p(x),
-    with kl_per_dim None, and its ELBO is the mean of objectives.elbo under the same seed."""
-    mix = _mixture()
-    model = _vae_with(_Mixture(torch.tensor([0.0, 0.7, -0.5]), mix.comp.mu.float(), mix.comp.logvar.float())).float()
-    x = (torch.rand(12, 1, 6, 5, generator=_gen(40)) * 255).to(torch.uint8)
-    ds = Dataset(x, None, "toy")
-    res = evaluate(model, ds, binarize="none", iw_samples=20, batch_size=12, seed=3)
-    assert res["kl_per_dim"] is None and res["nll"] is not None and math.isfinite(res["nll"])
-    with torch.random.fork_rng():
-        torch.manual_seed(3)
-        want = elbo(model, ds.batch(slice(0, 12)))
-    assert res["elbo"] == pytest.approx(want.elbo.mean().item(), rel=1e-6)
-    assert res["kl"] == pytest.approx(want.kl.mean().item(), rel=1e-6)

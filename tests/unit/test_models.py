@@ -1,4 +1,6 @@
-"""Encoders/decoders sized from the input shape; models composed from them; likelihood objects."""
+"""models: VAEs and autoencoders composed from the networks for every input shape, the distribution objects they
+return, the clamped encoder log-variance, the Gaussian likelihood's sigma, sampling from the prior (or an AE's
+fitted code Gaussian), and build_model's validation."""
 
 from __future__ import annotations
 
@@ -6,25 +8,13 @@ import math
 
 import pytest
 import torch
-from torch import nn
+from test_networks import CONV_SHAPES
+from test_objectives import P_LOGVAR, P_MU, _gen, _mlp_vae
 
 from vaekit.config import ModelConfig
-from vaekit.distributions import Bernoulli, ContinuousBernoulli, Gaussian, Normal, PointMass
+from vaekit.distributions import Bernoulli, ContinuousBernoulli, Gaussian, Normal, NormalPrior, PointMass
 from vaekit.errors import VaekitError
 from vaekit.models import LOGVAR_RANGE, build_model
-from vaekit.networks import ACTIVATIONS, ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder, conv_sizes, mlp
-
-CONV_SHAPES = [(1, 28, 28), (3, 32, 32), (1, 7, 9), (3, 64, 48), (1, 5, 5), (4, 9, 30), (2, 8, 8)]
-
-
-@pytest.mark.parametrize("shape", CONV_SHAPES)
-def test_conv_encoder_decoder_shapes(shape):
-    torch.manual_seed(0)
-    enc = ConvEncoder(shape, (8, 16, 32), (24,), 10, "relu")
-    dec = ConvDecoder(shape, (8, 16, 32), (24,), 5, "relu")
-    x = torch.rand(3, *shape)
-    assert enc(x).shape == (3, 10)
-    assert dec(torch.randn(4, 5)).shape == (4, *shape)
 
 
 @pytest.mark.parametrize("shape", CONV_SHAPES)
@@ -47,14 +37,6 @@ def test_conv_models_round_trip_every_shape(shape, model):
     assert all(p.grad is not None for p in m.encoder.parameters())
 
 
-def test_conv_downsamples_only_while_the_image_is_large_enough():
-    enc = ConvEncoder((1, 5, 5), (8, 16), (), 4, "relu")
-    assert not any(isinstance(l, nn.Conv2d) for l in enc.conv)  # 5x5: no stride-2 layer
-    enc = ConvEncoder((1, 28, 28), (8, 16, 32), (), 4, "relu")
-    assert sum(isinstance(l, nn.Conv2d) for l in enc.conv) == 2  # 28 -> 14 -> 7, stops at < 8
-    assert conv_sizes(7, 9, 2) == [(7, 9), (4, 5), (2, 3)]
-
-
 @pytest.mark.parametrize("shape", [(784,), (10,), (1,)])
 def test_mlp_on_vector_data(shape):
     torch.manual_seed(0)
@@ -65,18 +47,6 @@ def test_mlp_on_vector_data(shape):
     assert m.decode(torch.randn(7, 3, 2)).mean.shape == (7, 3, *shape)  # k samples of a batch
     loss, _ = m(torch.bernoulli(x))
     assert loss.shape == (4,) and torch.isfinite(loss).all()
-
-
-def test_mlp_layers_depth_width_activation():
-    net = mlp([5, 7, 3, 2], "tanh")
-    kinds = [type(l) for l in net]
-    assert kinds == [nn.Linear, nn.Tanh, nn.Linear, nn.Tanh, nn.Linear]
-    assert [l.out_features for l in net if isinstance(l, nn.Linear)] == [7, 3, 2]
-    enc, dec = MLPEncoder((1, 4, 4), (9, 5), 6, "elu"), MLPDecoder((1, 4, 4), (9, 5), 3, "elu")
-    assert [l.out_features for l in enc.net if isinstance(l, nn.Linear)] == [9, 5, 6]
-    assert [l.out_features for l in dec.net if isinstance(l, nn.Linear)] == [5, 9, 16]  # mirrored
-    for name in ACTIVATIONS:
-        assert mlp([2, 3, 1], name)(torch.randn(4, 2)).shape == (4, 1)
 
 
 def test_the_lecture_model_has_the_expected_size():
@@ -150,6 +120,16 @@ def test_autoencoder_samples_from_its_fitted_code_gaussian():
     z = ae.latent_sampler(20_000, torch.Generator().manual_seed(1))
     torch.testing.assert_close(z.mean(0), codes.mean(0), atol=0.05, rtol=0)
     torch.testing.assert_close(torch.cov(z.T), torch.cov(codes.T), atol=0.1, rtol=0.05)
+
+
+def test_a_vae_samples_from_its_prior():
+    prior = NormalPrior(P_MU.float(), P_LOGVAR.float())
+    model = _mlp_vae(seed=43).float()
+    model.prior = prior
+    z = model.latent_sampler(100_000, _gen(44))
+    torch.testing.assert_close(z.mean(0), P_MU.float(), atol=0.03, rtol=0)
+    torch.testing.assert_close(z.std(0), torch.exp(0.5 * P_LOGVAR.float()), rtol=0.02, atol=0)
+    assert model.sample(3, _gen(45)).shape == (3, 1, 6, 5)
 
 
 def test_build_model_validates_its_config():

@@ -1,0 +1,178 @@
+"""evaluate against known answers: the importance-sampled log p(x) on a linear-Gaussian VAE whose log p(x) is exact,
+chunking over k, the compiled path, active units, posterior means in batches, and evaluate() on a small dataset
+(a mixture prior too). The toy VAEs are test_objectives'."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import failing_compile
+from test_objectives import _binary, _gen, _lg_data, _linear_gaussian, _Mixture, _mixture, _mlp_vae, _vae_with
+
+import vaekit
+from vaekit.config import ModelConfig
+from vaekit.data import Dataset
+from vaekit.evaluate import active_units, evaluate, log_likelihood, posterior_means
+from vaekit.objectives import elbo
+
+# -------------------------------------------------------------------------------------- log p(x) by importance sampling
+
+
+def test_is_estimator_is_exact_with_the_true_posterior():
+    """With q = p(z|x) every importance weight equals p(x): any k gives log p(x) to rounding."""
+    model, p_x = _linear_gaussian(exact_posterior=True)
+    x = _lg_data(p_x)
+    exact = p_x.log_prob(x)
+    for k in (1, 7, 100):
+        torch.testing.assert_close(log_likelihood(model, x, k=k, generator=_gen(k)), exact, rtol=0, atol=1e-9)
+    t = elbo(model, x, analytic_kl=False)
+    torch.testing.assert_close(t.elbo, exact, rtol=0, atol=1e-9)
+
+
+def test_is_estimator_converges_to_exact_log_px_with_a_poor_encoder():
+    model, p_x = _linear_gaussian(exact_posterior=False)
+    x = _lg_data(p_x)
+    exact = p_x.log_prob(x)
+    torch.manual_seed(0)
+    mean_elbo = elbo(model, x.repeat(500, 1)).elbo.view(500, -1).mean(0)
+    assert (exact - mean_elbo).mean() > 0.5  # the encoder really is poor: the ELBO is far below log p(x)
+    est = log_likelihood(model, x, k=5000, generator=_gen(0))
+    torch.testing.assert_close(est, exact, rtol=0, atol=0.1)  # ~5 standard deviations of the estimator
+    assert (est - exact).mean().abs() < 0.03
+    # and it is a lower bound on average: over repeats, E[estimate] <= log p(x)
+    x_rep = x.repeat(50, 1)
+    est_k10 = log_likelihood(model, x_rep, k=10, generator=_gen(1)).view(50, -1)
+    assert (est_k10.mean(0) <= exact + 3 * est_k10.std(0) / math.sqrt(50)).all()
+    assert (exact - est_k10.mean(0)).mean() > 0.01
+
+
+def test_chunking_over_k_gives_the_same_estimate():
+    model, p_x = _linear_gaussian(exact_posterior=False)
+    x = _lg_data(p_x, n=5)
+    ref = log_likelihood(model, x, k=60, chunk=60, generator=_gen(7))
+    for chunk in (1, 7, 59):
+        torch.testing.assert_close(
+            log_likelihood(model, x, k=60, chunk=chunk, generator=_gen(7)), ref, rtol=0, atol=1e-10
+        )
+    other = log_likelihood(model, x, k=60, chunk=60, generator=_gen(8))
+    assert (other - ref).abs().max() > 1e-6  # the comparison is not vacuous
+
+
+def test_default_chunking_on_images_matches_one_chunk():
+    """784 pixels x B=4: the default chunk is ~1300 samples, so k=3000 runs in three chunks."""
+    model = _mlp_vae(shape=(1, 28, 28), latent=5, hidden=(32,)).float()
+    x = torch.bernoulli(torch.full((4, 1, 28, 28), 0.3), generator=_gen(9))
+    a = log_likelihood(model, x, k=3000, generator=_gen(10))
+    b = log_likelihood(model, x, k=3000, chunk=3000, generator=_gen(10))
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-4)
+    assert a.dtype == torch.float32 and torch.isfinite(a).all()
+    with pytest.raises(ValueError):
+        log_likelihood(model, x, k=0)
+
+
+def test_log_likelihood_refuses_an_autoencoder():
+    ae = _mlp_vae(model="ae")
+    with pytest.raises(ValueError, match="autoencoder"):
+        log_likelihood(ae, _binary((2, 1, 6, 5)), k=3)
+
+
+# --------------------------------------------------------------------------------------------------- evaluation helpers
+
+
+def test_active_units_on_a_constructed_case():
+    g = _gen(20)
+    n = 4000
+    mu = torch.stack(
+        [
+            torch.randn(n, generator=g) * 1.0,  # var 1: active
+            torch.randn(n, generator=g) * 0.2,  # var 0.04: active
+            torch.randn(n, generator=g) * 0.05,  # var 0.0025: inactive
+            torch.full((n,), 3.0),  # constant (collapsed to a non-zero mean): inactive
+            torch.randn(n, generator=g) * 0.5 + 7,  # var 0.25: active
+            torch.randn(n, generator=g) * 0.09,
+        ],
+        1,
+    )  # var 0.0081: inactive (just under 0.01)
+    assert active_units(mu) == 3
+    assert active_units(mu, threshold=0.005) == 4
+    assert active_units(mu, threshold=2.0) == 0
+
+
+def test_posterior_means_and_evaluate_on_a_small_dataset():
+    model = _mlp_vae(seed=21).float()
+    x = (torch.rand(30, 1, 6, 5, generator=_gen(22)) * 255).to(torch.uint8)
+    ds = Dataset(x, torch.arange(30) % 3, "toy")
+    mu = posterior_means(model, ds, batch_size=7)
+    assert mu.shape == (30, 4)
+    with torch.inference_mode():
+        assert torch.allclose(mu, model.encode(ds.batch(slice(0, 30))).mean, atol=1e-6)  # batching changes nothing
+        assert torch.allclose(posterior_means(model, ds.batch(slice(0, 30)), batch_size=4), mu, atol=1e-6)  # a tensor
+    res = evaluate(model, ds, binarize="dynamic", iw_samples=50, batch_size=8, per_example=True)
+    for key in ("split", "n", "elbo", "recon", "kl", "nll", "iw_samples", "active_units", "seconds"):
+        assert key in res
+    assert res["n"] == 30 and res["iw_samples"] == 50
+    assert res["elbo"] == pytest.approx(res["recon"] - res["kl"], rel=1e-5)
+    assert res["nll"] <= -res["elbo"] + 1e-3  # log p(x) >= ELBO (IS with 50 samples vs one-sample ELBO)
+    pe = res["per_example"]
+    assert pe["elbo"].shape == (30,) and pe["nll"].shape == (30,)
+    again = evaluate(model, ds, binarize="dynamic", iw_samples=50, batch_size=8)
+    assert again["nll"] == res["nll"] and again["elbo"] == res["elbo"]  # seeded: reproducible
+
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    evaluate(model, ds, iw_samples=5, batch_size=8)
+    assert torch.equal(torch.get_rng_state(), before)  # the caller's RNG stream is left alone
+    assert active_units(mu[:1]) == 0
+
+    ae = _mlp_vae(model="ae", seed=23).float()
+    res = evaluate(ae, ds, binarize="none", iw_samples=50)
+    assert res["nll"] is None and res["iw_samples"] == 0 and res["kl"] == 0
+    assert res["recon_loss"] == pytest.approx(-res["recon"])
+
+
+@pytest.mark.slow  # torch.compile: seconds with a warm inductor cache, much longer on a fresh machine
+def test_compiled_log_likelihood_matches_the_eager_one():
+    """Large evaluations compute the log-weights with torch.compile: the same float32 numbers (to rounding)
+    from the same noise, and the switch is on for MNIST-sized work, off for small calls."""
+    import vaekit.evaluate as E
+
+    model = _mlp_vae(shape=(1, 28, 28), latent=5, hidden=(32,)).float()
+    x = torch.bernoulli(torch.full((6, 1, 28, 28), 0.3), generator=_gen(11))
+    eager = log_likelihood(model, x, k=500, generator=_gen(12), compile=False)
+    compiled = log_likelihood(model, x, k=500, generator=_gen(12), compile=True)
+    assert not E._compiled.get("broken"), "torch.compile failed here: the fast path is not exercised"
+    torch.testing.assert_close(compiled, eager, rtol=0, atol=1e-3)
+    other = log_likelihood(model, x, k=500, generator=_gen(13), compile=True)
+    assert (other - eager).abs().max() > 1e-3  # a different draw gives a different estimate
+    assert 5000 * 100 * 784 < E.COMPILE_MIN_WORK < 5000 * 10000 * 784  # per 100-digit batch: no; a test set: yes
+
+
+def test_evaluate_a_vae_whose_prior_does_not_factorise():
+    """A mixture prior has no per-dimension KL: evaluate still gives the ELBO (its Monte Carlo KL) and log p(x),
+    with kl_per_dim None, and its ELBO is the mean of objectives.elbo under the same seed."""
+    mix = _mixture()
+    model = _vae_with(_Mixture(torch.tensor([0.0, 0.7, -0.5]), mix.comp.mu.float(), mix.comp.logvar.float())).float()
+    x = (torch.rand(12, 1, 6, 5, generator=_gen(40)) * 255).to(torch.uint8)
+    ds = Dataset(x, None, "toy")
+    res = evaluate(model, ds, binarize="none", iw_samples=20, batch_size=12, seed=3)
+    assert res["kl_per_dim"] is None and res["nll"] is not None and math.isfinite(res["nll"])
+    with torch.random.fork_rng():
+        torch.manual_seed(3)
+        want = elbo(model, ds.batch(slice(0, 12)))
+    assert res["elbo"] == pytest.approx(want.elbo.mean().item(), rel=1e-6)
+    assert res["kl"] == pytest.approx(want.kl.mean().item(), rel=1e-6)
+
+
+def test_evaluation_falls_back_to_eager_when_compile_fails(digits, monkeypatch):
+    import vaekit.evaluate as E
+
+    monkeypatch.setattr(torch, "compile", failing_compile)
+    monkeypatch.setattr(E, "_compiled", {})
+    model = vaekit.build_model(ModelConfig(hidden=(16,), latent_dim=2))
+    x = digits.batch(slice(0, 5))
+    g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    got = E.log_likelihood(model, x, k=20, generator=g(), compile=True)
+    assert E._compiled.get("broken")
+    torch.testing.assert_close(got, E.log_likelihood(model, x, k=20, generator=g(), compile=False), rtol=0, atol=0)
