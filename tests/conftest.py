@@ -25,6 +25,15 @@ from hypothesis import HealthCheck, settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# Headless Chromium (Debian's, driven by playwright) for the browser tests: no GPU, no background traffic.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
 
 def run_cli(
     *args, check: bool = False, timeout: float = 600, env: dict | None = None, **kw

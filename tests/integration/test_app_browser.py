@@ -12,19 +12,11 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import CHROMIUM_ARGS, ROOT
 from playwright import sync_api
 from test_app import Server
 
 pytestmark = pytest.mark.browser
-
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 def chromium_path() -> str | None:
@@ -40,7 +32,7 @@ def browser():
     path = chromium_path()
     assert path, "no chromium (make test installs it; or set VAEKIT_CHROMIUM): a browser test fails, not skips"
     with sync_api.sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=path, args=ARGS)
+        b = pw.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
         yield b
         b.close()
 

@@ -7,17 +7,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from conftest import CHROMIUM_ARGS, run_cli
 
 CHROMIUM = Path("/usr/bin/chromium")
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
 pytestmark = pytest.mark.browser
 
 
@@ -59,7 +51,7 @@ def test_every_image_loads_in_chromium(report):
 
     assert CHROMIUM.exists(), "no /usr/bin/chromium (make test installs it: scripts/ensure-system-packages.sh)"
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
         try:
             page = browser.new_page()
             errors = []

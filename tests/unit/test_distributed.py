@@ -1,0 +1,53 @@
+"""distributed: outside torchrun every helper is a no-op, and the ranks' shards of a global batch are
+together exactly the batch one process would see, binarization included."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vaekit import distributed as D
+from vaekit.data import Dataset, binarize
+from vaekit.errors import VaekitError
+
+
+def _ds(n=20):
+    return Dataset((torch.arange(n * 4, dtype=torch.float32).reshape(n, 1, 2, 2) % 7) / 7, None, "toy")
+
+
+@pytest.mark.parametrize("world", [2, 3, 4])
+def test_shards_of_every_rank_make_up_the_single_process_batch(world):
+    ds, idx = _ds(), torch.tensor([5, 0, 17, 3, 9, 12, 1, 8, 19, 4])
+    one = D.shard_batch(ds, idx, 0, 1, None, "cpu")
+    assert torch.equal(torch.cat([D.shard_batch(ds, idx, r, world, None, "cpu") for r in range(world)]), one)
+    # dynamic binarization: every rank draws for the whole global batch from the shared generator state
+    want = binarize(ds.batch(idx), torch.Generator().manual_seed(3))
+    parts = [D.shard_batch(ds, idx, r, world, torch.Generator().manual_seed(3), "cpu") for r in range(world)]
+    assert torch.equal(torch.cat(parts), want)
+    assert torch.equal(D.shard_batch(ds, idx, 0, 1, torch.Generator().manual_seed(3), "cpu"), want)
+
+
+def test_one_process_is_a_no_op(monkeypatch):
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert D.dist_info() == (0, 1)
+    monkeypatch.setenv("RANK", "2")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert D.dist_info() == (2, 4)
+    t = torch.tensor([1.0, 2.0])
+    assert D.all_sum(t, 1) is t and torch.equal(t, torch.tensor([1.0, 2.0]))
+    assert D.agree([0.0, 1.0], 1, "cpu") == [0.0, 1.0]
+    model = torch.nn.Linear(2, 2)
+    assert D.wrap(model, torch.device("cpu"), 1) is model
+    states = {"torch": torch.get_rng_state()}
+    assert D.gather_states(states, 1, "cpu") is states
+    with D.process_group("auto", 1) as device:
+        assert device == "auto"
+
+
+def test_cuda_without_a_gpu_is_a_one_line_error_naming_the_option(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(VaekitError, match="--device cuda: no CUDA device") as e:
+        D.resolve_device("cuda")
+    assert e.value.option == "device"
+    assert D.resolve_device("auto") == torch.device("cpu")
