@@ -10,6 +10,7 @@ help:
 	@echo "make demo   - fetch MNIST, train, evaluate, write the report (runs/demo)"
 	@echo "make test   - the whole test suite"
 	@echo "make test-quick - lint and the quick offline tier (no network, no data download, < 60 s)"
+	@echo "make lint   - ruff check and ruff format --check"
 	@echo "make bench  - speed benchmarks (results appended to benchmarks/RESULTS.md)"
 	@echo "make bench-quality - test NLL of configs/mnist-best.yaml within 60 minutes of training"
 
