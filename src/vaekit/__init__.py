@@ -6,9 +6,10 @@ model = vaekit.load("runs/demo/vae")
 model.encode(x); model.decode(z); model.sample(64)
 vaekit.evaluate.log_likelihood(model, x, k=5000)
 vaekit.operations.evaluate_run("runs/demo/vae")   # what `vaekit eval` prints, as a dict
+vaekit.anomaly.Detector(model).fit(x_inliers, fpr=0.05).predict(x)   # outliers
 """
 
-from vaekit import data, evaluate, objectives, operations
+from vaekit import anomaly, data, evaluate, objectives, operations
 from vaekit.config import ModelConfig, RunConfig, TrainConfig
 from vaekit.errors import VaekitError
 from vaekit.io import load, save
@@ -17,6 +18,7 @@ from vaekit.train import Run, fit
 
 __version__ = "0.2.0"
 __all__ = [
+    "anomaly",
     "data",
     "evaluate",
     "objectives",
