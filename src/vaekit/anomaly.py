@@ -48,10 +48,9 @@ def complexity(x: torch.Tensor) -> torch.Tensor:
     if u8.ndim == 4:  # (B, C, H, W) -> (B, H, W, C): a pixel's channels stay together
         u8 = u8.transpose(0, 2, 3, 1)
     lengths = []
-    for im in u8:
-        im2 = im.reshape(im.shape[0], -1) if im.ndim >= 2 else im[None]
-        rows = _deflate(np.ascontiguousarray(im2).tobytes())
-        cols = _deflate(np.ascontiguousarray(im2.T).tobytes()) if im.ndim >= 2 else rows
+    for im in u8:  # (H, W), (H, W, C) or (D,)
+        rows = _deflate(np.ascontiguousarray(im).tobytes())
+        cols = _deflate(np.ascontiguousarray(im.swapaxes(0, 1)).tobytes()) if im.ndim >= 2 else rows
         lengths.append(min(rows, cols) * NATS_PER_BYTE + math.log(2))
     return torch.tensor(lengths, dtype=torch.float64)
 
@@ -73,6 +72,8 @@ def score_table(model, ds, *, iw_samples: int = 0, binarize: str | None = None, 
 
     if iw_samples > 0 and not model.is_vae:
         raise VaekitError("--iw-samples: an autoencoder defines no density, so it has no -log p(x); use 0")
+    if len(ds) == 0:
+        raise VaekitError(f"{ds.name}: no examples to score")
     binarize = binarize or default_binarize(model)
     device = next(model.parameters()).device
     res = evaluate(
@@ -148,8 +149,13 @@ def calibrate(scores: torch.Tensor, fpr: float) -> float:
     """The smallest observed score with at most a fraction `fpr` of `scores` above it."""
     fpr = check_fpr(fpr)
     s = torch.sort(scores.double()).values
-    k = math.ceil((1 - fpr) * len(s)) - 1  # index of the threshold: len(s) - 1 - k <= fpr * len(s) above it
-    return float(s[min(max(k, 0), len(s) - 1)])
+    n = len(s)
+    m = int(fpr * n)  # the most examples allowed above: the largest m with m / n <= fpr, as floats compare
+    while m < n and (m + 1) / n <= fpr:
+        m += 1
+    while m > 0 and m / n > fpr:
+        m -= 1
+    return float(s[n - 1 - m])
 
 
 def model_sha256(model) -> str:
