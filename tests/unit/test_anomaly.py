@@ -248,7 +248,7 @@ def _check_threshold(scores: torch.Tensor, fpr: float) -> float:
 @pytest.mark.xfail(
     strict=True,
     reason="BUG in anomaly.calibrate: ceil((1 - fpr) * n) rounds up in floating point (1 - 0.57) * 100 = "
-    "43.000000000000007, so one example fewer than allowed lies above; take the largest m with m / n <= fpr. "
+    "43.00000000000001, so one example fewer than allowed lies above; take the largest m with m / n <= fpr. "
     "Remove this mark with the fix.",
 )
 @settings(max_examples=300, deadline=None)
@@ -267,7 +267,7 @@ def test_calibrate_is_the_smallest_score_with_at_most_fpr_above(values, fpr):
 @pytest.mark.xfail(
     strict=True,
     reason="BUG in anomaly.calibrate: ceil((1 - fpr) * n) rounds up in floating point (1 - 0.57) * 100 = "
-    "43.000000000000007, so one example fewer than allowed lies above; take the largest m with m / n <= fpr. "
+    "43.00000000000001, so one example fewer than allowed lies above; take the largest m with m / n <= fpr. "
     "Remove this mark with the fix.",
 )
 def test_calibrate_on_round_fprs_and_distinct_scores():
