@@ -14,6 +14,7 @@ import math
 import os
 import queue
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -93,6 +94,47 @@ def stroke() -> list[float]:
     return [1.0 if 12 <= c <= 15 and 4 <= r <= 23 else 0.0 for r in range(28) for c in range(28)]
 
 
+def local_scores(run, pixels: list[float], seed: int = 0) -> dict[str, float]:
+    """vaekit.anomaly.score_table of one 28x28 image in this process: what the explorer should answer."""
+    import torch
+
+    import vaekit
+    from vaekit.anomaly import score_table
+    from vaekit.data import Dataset
+
+    x = torch.tensor(pixels, dtype=torch.float32).view(1, 1, 28, 28)
+    return {k: v.item() for k, v in score_table(vaekit.load(run), Dataset(x, None, "drawing"), seed=seed).items()}
+
+
+def noise(seed: int = 0) -> list[float]:
+    import random
+
+    r = random.Random(seed)
+    return [r.random() for _ in range(784)]
+
+
+@pytest.fixture(scope="module")
+def threshold_runs(tmp_path_factory, vae_run, ae_run, mnist_train):
+    """Copies of the test runs: `vae` with a threshold fitted at FPR 5% on 500 MNIST digits it was not
+    trained on, `vae-damaged` with a truncated threshold.json, `ae` with the VAE's (another model's).
+    Returns the three folders and the threshold."""
+    import torch
+
+    import vaekit
+    from vaekit.anomaly import Detector
+
+    root = tmp_path_factory.mktemp("threshold")
+    vae, damaged, ae = root / "vae", root / "vae-damaged", root / "ae"
+    for src, dst in ((vae_run, vae), (vae_run, damaged), (ae_run, ae)):
+        shutil.copytree(src, dst)
+    held_out = mnist_train.subset(torch.arange(3000, 3500))  # the runs saw the first 3000
+    det = Detector(vaekit.load(vae)).fit(held_out, fpr=0.05, source="MNIST train 3000:3500")
+    path = det.save(vae)
+    (damaged / "threshold.json").write_text(path.read_text()[:50])
+    shutil.copy(path, ae / "threshold.json")
+    return vae, damaged, ae, det.threshold
+
+
 # ------------------------------------------------------------------------------------------ happy paths
 
 
@@ -106,6 +148,7 @@ def test_models(client):
         assert m["latent_dim"] == 20 and m["input_shape"] == [1, 28, 28] and m["points"] == 2000
         assert m["has_labels"] and m["split"] == "file" and m["data"] == "mnist3k.npz"  # a name, not a path
     assert models[0]["elbo_mean"] < 0 and models[1]["elbo_mean"] is None
+    assert [m["threshold"] for m in models] == [None, None]  # the runs have no threshold.json
     assert r.json()["limits"]["max_body_bytes"] == 1 << 20
 
 
@@ -171,6 +214,58 @@ def test_encode_drawing(client):
     assert client.post("/api/encode", json={"model": 0, "pixels": stroke()}).json() == e  # fixed noise
     ae = client.post("/api/encode", json={"model": "ae", "pixels": stroke()}).json()
     assert ae["elbo"] is None and ae["kl"] is None and set(ae["sigma"]) == {0.0} and ae["recon"] < 0
+
+
+def test_encode_gives_the_anomaly_score_of_anomaly_score_table(client, vae_run, ae_run):
+    """The drawing scored as `vaekit score` scores an image: binarized as the run's data (seed 0), -ELBO minus
+    its complexity; without a threshold.json, no threshold and no verdict."""
+    for ref, run in ((0, vae_run), ("ae", ae_run)):
+        for pixels in (stroke(), noise()):
+            a = client.post("/api/encode", json={"model": ref, "pixels": pixels}).json()["anomaly"]
+            want = local_scores(run, pixels)
+            assert (a["binarize"], a["seed"], a["threshold"], a["outlier"]) == ("dynamic", 0, None, None)
+            assert a["complexity"] == want["complexity"]  # zlib on the same binarized bytes: exact
+            for k in ("score", "neg_elbo"):
+                assert math.isclose(a[k], want[k], rel_tol=1e-6), (k, a[k], want[k])
+            assert a["score"] == a["neg_elbo"] - a["complexity"]
+    again = client.post("/api/encode", json={"model": 0, "pixels": stroke()}).json()["anomaly"]
+    assert again == client.post("/api/encode", json={"model": 0, "pixels": stroke()}).json()["anomaly"]
+    by_index = client.post("/api/encode", json={"model": 0, "index": 0}).json()["anomaly"]
+    assert by_index["complexity"] > 0 and by_index["score"] != again["score"]
+
+
+def test_a_runs_threshold_gives_a_verdict(threshold_runs):
+    """With threshold.json in the run folder: the threshold in /api/models and in every encode answer, and
+    outlier = score > threshold. A damaged or foreign threshold.json: a warning, and the run is served without."""
+    vae, damaged, ae, t = threshold_runs
+    s = Server(vae, damaged, ae)
+    try:
+        with httpx.Client(base_url=s.url, timeout=30) as c:
+            models = c.get("/api/models").json()["models"]
+            assert [m["name"] for m in models] == ["vae", "vae-damaged", "ae"]
+            assert models[0]["threshold"] == {"value": t.value, "fpr": 0.05, "n": 500}
+            assert models[1]["threshold"] is None and models[2]["threshold"] is None
+            verdicts = set()
+            for body in [{"index": i} for i in range(10)] + [{"pixels": stroke()}, {"pixels": noise(1)}]:
+                a = c.post("/api/encode", json={"model": 0, **body}).json()["anomaly"]
+                assert a["threshold"] == models[0]["threshold"] and a["outlier"] == (a["score"] > t.value)
+                verdicts.add(a["outlier"])
+            assert verdicts == {True, False}  # test digits pass, noise does not: both verdicts are reachable
+            a = c.post("/api/encode", json={"model": 0, "pixels": noise(1)}).json()["anomaly"]
+            want = local_scores(vae, noise(1), seed=t.seed)
+            assert a["complexity"] == want["complexity"] and math.isclose(a["score"], want["score"], rel_tol=1e-6)
+            for m in (1, 2):
+                a = c.post("/api/encode", json={"model": m, "pixels": stroke()}).json()["anomaly"]
+                assert a["threshold"] is None and a["outlier"] is None
+    finally:
+        s.stop()
+    errors = "".join(s.errors)
+    assert "Traceback" not in errors
+    warnings = [line for line in s.errors if line.startswith("warning: ")]
+    assert len(warnings) == 2, errors
+    assert "vae-damaged/threshold.json: not a valid threshold file" in warnings[0]
+    assert "ae/threshold.json: calibrated for another model" in warnings[1]
+    assert all("without a threshold" in w for w in warnings)
 
 
 def test_sample(client):

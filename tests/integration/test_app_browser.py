@@ -8,13 +8,14 @@ VAEKIT_SCREENSHOT_RUNS="runs/demo/vae runs/demo/ae" (default: the test runs), th
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
 import pytest
 from conftest import CHROMIUM_ARGS, ROOT
 from playwright import sync_api
-from test_app import Server
+from test_app import Server, threshold_runs  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.browser
 
@@ -136,7 +137,43 @@ def test_a_stroke_yields_a_reconstruction_and_a_circle_on_the_map(page):
     assert vae.locator("svg circle.posterior-mean").is_visible()
     assert "ELBO" in vae.locator(".elbo").inner_text() and "nats" in vae.locator(".elbo").inner_text()
     assert "no ELBO" in page.locator(".view:nth-child(2) .elbo").inner_text()  # the AE says why not
+    for v in (1, 2):  # no threshold.json in these runs: the score, and how to calibrate one
+        text = page.locator(f".view:nth-child({v}) .anomaly").inner_text()
+        assert re.fullmatch(
+            r"score -?\d+\.\d nats; no threshold: run `vaekit score RUN --data \.\.\. --fpr 0\.05` to calibrate one",
+            text,
+        ), text
+        assert "-ELBO" in page.locator(f".view:nth-child({v}) .anomaly-parts").inner_text()
     assert page.locator(".view:nth-child(2) svg circle.posterior-mean").is_visible()
+
+
+def test_a_drawing_is_judged_against_the_runs_threshold(browser, threshold_runs):  # noqa: F811 (the fixture)
+    """A run with threshold.json: the verdict and its number after drawing, in the colour of the verdict."""
+    vae, damaged, _, t = threshold_runs
+    s = Server(vae, damaged)
+    try:
+        page = open_page(browser, s.url)
+        assert f"anomaly threshold {t.value:.1f} at FPR 5%" in page.locator(".view:nth-child(1) .meta").inner_text()
+        draw_stroke(page, [(0.62, 0.22), (0.42, 0.2), (0.38, 0.45), (0.6, 0.5), (0.62, 0.75), (0.38, 0.8)])
+        page.wait_for_function("() => document.querySelector('.view .anomaly').textContent.includes('score')")
+        page.wait_for_load_state("networkidle")  # the last encode of the stroke has answered
+        el = page.locator(".view:nth-child(1) .anomaly")
+        m = re.fullmatch(
+            r"score (-?\d+\.\d) nats \(threshold (-?\d+\.\d) at FPR 5%\): "
+            r"(looks like training data|unlike the training data)",
+            el.inner_text(),
+        )
+        assert m, el.inner_text()
+        assert m.group(2) == f"{t.value:.1f}"
+        outlier = m.group(3) == "unlike the training data"
+        assert el.get_attribute("class").split() == ["anomaly", "outlier" if outlier else "inlier"]
+        if abs(float(m.group(1)) - t.value) > 0.1:  # the rounded numbers agree with the verdict
+            assert outlier == (float(m.group(1)) > t.value)
+        assert "no threshold" in page.locator(".view:nth-child(2) .anomaly").inner_text()  # the damaged one
+        assert page.errors == []
+        page.context.close()
+    finally:
+        s.stop()
 
 
 def test_a_finger_stroke_works_too(browser, server):

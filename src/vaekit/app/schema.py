@@ -137,6 +137,39 @@ class Limits(BaseModel):
     z_bound: float = Z_BOUND
 
 
+class ThresholdInfo(BaseModel):
+    """The run's calibrated threshold (its threshold.json, written by `vaekit score --fpr`)."""
+
+    value: float = Field(allow_inf_nan=False, description="Scores above this are outliers, in nats.")
+    fpr: float = Field(
+        gt=0,
+        lt=1,
+        description="The false-positive rate it was calibrated at: at most this fraction of the held-out "
+        "in-distribution examples it was calibrated on scored above it.",
+    )
+    n: int = Field(ge=1, description="How many examples it was calibrated on.")
+
+
+class AnomalyScore(BaseModel):
+    """How unlike the training data an image is (vaekit.anomaly, the numbers `vaekit score` writes)."""
+
+    score: float = Field(
+        allow_inf_nan=False,
+        description="neg_elbo - complexity in nats: higher = less like the training data.",
+    )
+    neg_elbo: float = Field(
+        allow_inf_nan=False,
+        description="-ELBO in nats of the image binarized as the run's data was (one posterior draw, seeded).",
+    )
+    complexity: float = Field(
+        ge=0, allow_inf_nan=False, description="The image's compressed length in nats (zlib, the shorter scan)."
+    )
+    binarize: str = Field(description="How the image was binarized before scoring: dynamic, static or none.")
+    seed: int = Field(ge=0, description="The seed of that binarization and of the posterior draw.")
+    threshold: ThresholdInfo | None = Field(description="The run's threshold; None when it has no threshold.json.")
+    outlier: bool | None = Field(description="score > threshold.value; None without a threshold.")
+
+
 class ModelInfo(BaseModel):
     index: int
     name: str
@@ -156,6 +189,7 @@ class ModelInfo(BaseModel):
     has_labels: bool
     elbo_mean: float | None = Field(description="Mean ELBO of the map's examples in nats (None for an AE).")
     recon_mean: float | None = Field(description="Mean E_q log p(x|z) of the map's examples in nats.")
+    threshold: ThresholdInfo | None = Field(description="The run's anomaly threshold; None when it has none.")
 
 
 class ModelsResponse(BaseModel):
@@ -201,6 +235,9 @@ class EncodeResponse(BaseModel):
     )
     recon: float = Field(description="E_q log p(x|z) in nats (for an AE: log p(x|z) at its code).")
     kl: float | None = Field(description="KL(q(z|x) || p(z)) in nats; None for an AE.")
+    anomaly: AnomalyScore = Field(
+        description="The image's anomaly score, and the verdict when the run has a threshold."
+    )
 
 
 class SampleResponse(BaseModel):

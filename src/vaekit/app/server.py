@@ -3,14 +3,15 @@
     GET  /api/models       the loaded models (refer to one by its index or name, never by a path)
     GET  /api/latents      the map: test-set posterior means on a plane (PCA or two dims), with labels
     POST /api/decode       z -> the decoded mean, as a PNG
-    POST /api/encode       a drawing or a test example -> mu, sigma, reconstruction, ELBO
+    POST /api/encode       a drawing or a test example -> mu, sigma, reconstruction, ELBO, anomaly score
     POST /api/interpolate  two ends (test example, drawing or z) -> a strip of decoded steps
     POST /api/sample       n prior draws -> a grid
 
 Images travel as PNG data URLs (greyscale for one channel); pixels sent in are floats in [0, 1]. Every
 input is validated (latent length, finite values, exact image size, capped counts) and answered with a
 4xx and a message. schema.py holds the request and response models, guard.py the middleware that caps
-request bodies, requires JSON and checks the Host header.
+request bodies, requires JSON and checks the Host header, entries.py the models loaded at start (each with
+its map and its anomaly detector).
 """
 
 from __future__ import annotations
@@ -18,8 +19,6 @@ from __future__ import annotations
 import base64
 import io
 import math
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -29,9 +28,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
+from vaekit.app.entries import Entry, load_entries
 from vaekit.app.guard import Guard
 from vaekit.app.schema import (
-    ELBO_SAMPLES,
     ERRORS,
     MAP_POINTS,
     MAX_BODY,
@@ -51,96 +50,12 @@ from vaekit.app.schema import (
     SampleResponse,
     Source,
 )
-from vaekit.errors import VaekitError
-from vaekit.evaluate import posterior_means
 from vaekit.figures import grid
-from vaekit.io import run_names
-from vaekit.latent import interpolate, pca
+from vaekit.latent import interpolate
 from vaekit.objectives import elbo
 
 STATIC = Path(__file__).parent / "static"
-
-
-# ------------------------------------------------------------------------------------------- models
-
-
-@dataclass
-class Entry:
-    """One loaded model and its map."""
-
-    name: str
-    model: object
-    data: str  # the name of the data the map shows (a file's name, never its path)
-    split: str  # "test" (a built-in dataset's test split) or "file" (the whole file)
-    x: torch.Tensor  # (N, *shape) test examples in [0, 1], N <= MAP_POINTS
-    labels: torch.Tensor | None  # (N,)
-    mu: torch.Tensor  # (N, D) their posterior means (an AE: its codes)
-    pca: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None  # latent.pca of mu: mean (D,), basis (2, D), share (2,)
-    elbo_mean: float | None  # mean ELBO of the map's examples (greyscale), nats; None for an AE
-    recon_mean: float | None  # mean E_q log p(x|z) of the same, nats
-    eps: torch.Tensor  # (ELBO_SAMPLES, 1, D) fixed noise for the ELBO of a drawing
-
-    @property
-    def latent_dim(self) -> int:
-        return self.model.latent_dim
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return self.model.shape
-
-
-def _warn(msg: str) -> None:
-    print(f"warning: {msg}", file=sys.stderr, flush=True)
-
-
-@torch.inference_mode()
-def _map_data(model, run: Path, cache: dict):
-    """(data name, split, x (N, *shape), labels) of the run's test data (for a file: the file, which has no
-    test split), or no examples when the data cannot be had."""
-    from vaekit.data import DATASETS, load
-
-    source = model.run_config.train.data
-    split = "test" if source in DATASETS else "file"
-    empty = (Path(source).name, split, torch.zeros(0, *model.shape), None)
-    try:
-        if source not in cache:
-            cache[source] = load(source, "test")
-        ds = cache[source]
-    except VaekitError as e:
-        _warn(f"{run}: no latent map ({e})")
-        return empty
-    if ds.shape != model.shape:
-        _warn(f"{run}: no latent map (its data {source} has shape {ds.shape}, the model expects {model.shape})")
-        return empty
-    n = min(len(ds), MAP_POINTS)
-    labels = None if ds.y is None else ds.y[:n].clone()
-    return Path(source).name, split, ds.batch(slice(0, n)), labels
-
-
-@torch.inference_mode()
-def make_entry(name: str, model, run: Path, cache: dict) -> Entry:
-    data, split, x, labels = _map_data(model, run, cache)
-    d = model.latent_dim
-    mu = posterior_means(model, x) if len(x) else torch.zeros(0, d)
-    plane = pca(mu, 2) if len(x) >= 2 and d >= 2 else None
-    g = torch.Generator().manual_seed(0)
-    eps = torch.randn(ELBO_SAMPLES, 1, d, generator=g)
-    elbo_mean = recon_mean = None
-    if len(x):
-        t = elbo(model, x, eps=torch.randn(len(x), d, generator=g))
-        recon_mean = t.recon.mean().item()
-        elbo_mean = t.elbo.mean().item() if model.is_vae else None
-    return Entry(name, model, data, split, x, labels, mu, plane, elbo_mean, recon_mean, eps)
-
-
-def load_entries(runs: list[str | Path]) -> list[Entry]:
-    """Load every run with vaekit.load (safetensors only) and encode its map. Raises VaekitError."""
-    import vaekit
-
-    runs = [Path(r) for r in runs]
-    models = [vaekit.load(r) for r in runs]
-    cache: dict = {}
-    return [make_entry(n, m, r, cache) for n, m, r in zip(run_names(runs), models, runs)]
+__all__ = ["Entry", "Explorer", "create_app", "load_entries"]
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -202,6 +117,7 @@ class Explorer:
                     has_labels=e.labels is not None,
                     elbo_mean=e.elbo_mean,
                     recon_mean=e.recon_mean,
+                    threshold=e.threshold_info(),
                 )
                 for i, e in enumerate(self.entries)
             ],
@@ -258,6 +174,7 @@ class Explorer:
             sigma=_floats(sigma),
             image=png(x),
             reconstruction=png(e.model.decode(mu[None]).mean),
+            anomaly=e.anomaly(x),
             **scores,
         )
 
@@ -413,7 +330,7 @@ def _add_api(app: FastAPI, ex: Explorer) -> None:
         "/api/encode",
         response_model=EncodeResponse,
         responses=ERRORS,
-        summary="An image (drawing or test example) -> posterior, reconstruction, ELBO",
+        summary="An image (drawing or test example) -> posterior, reconstruction, ELBO, anomaly score",
     )
     async def encode(req: EncodeRequest) -> EncodeResponse:
         return ex.encode(req)

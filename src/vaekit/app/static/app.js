@@ -57,6 +57,7 @@ function latestOnly(fn) {
 
 const dot = (a, b) => a.reduce((s, v, i) => s + v * b[i], 0);
 const fmt = (v, d = 2) => (v === null || v === undefined) ? "-" : Number(v).toFixed(d);
+const pct = p => `${+(100 * p).toFixed(2)}%`;   // 0.05 -> "5%", 0.025 -> "2.5%"
 
 function svgEl(tag, cls, parent) {
   const el = document.createElementNS(SVG, tag);
@@ -89,7 +90,8 @@ class View {
     this.el(".title").textContent = `${i.index}: ${i.name}`;
     this.el(".meta").textContent = `${i.kind.toUpperCase()} · ${i.arch} · latent ${i.latent_dim} · ` +
       `${i.likelihood} · map: ` + (i.split === "test" ? `${i.points} test examples of ${i.data}`
-                                        : `the first ${i.points} examples of ${i.data} (its training file)`);
+                                        : `the first ${i.points} examples of ${i.data} (its training file)`) +
+      (i.threshold ? ` · anomaly threshold ${fmt(i.threshold.value, 1)} at FPR ${pct(i.threshold.fpr)}` : "");
     const plane = this.el(".plane");
     if (this.D < 2) plane.querySelector("option[value=pca]").remove();
     plane.value = this.D > 2 ? "pca" : "dims";
@@ -317,8 +319,23 @@ class View {
         (typical !== null ? `  (test digits: ${fmt(typical, 1)})` : "")
       : `log p(x|z) at the code ${fmt(r.recon, 1)} nats (an AE has no ELBO: no posterior, no prior)` +
         (this.info.recon_mean !== null ? `  (test digits: ${fmt(this.info.recon_mean, 1)})` : "");
+    this.showAnomaly(r.anomaly);
     this.drawBars(r.mu, r.sigma);
     this.setZ(r.mu.slice());
+  }
+
+  // The anomaly score against the run's threshold (vaekit.anomaly): the verdict with its number.
+  showAnomaly(a) {
+    const el = this.el(".anomaly"), t = a.threshold;
+    el.classList.toggle("outlier", a.outlier === true);
+    el.classList.toggle("inlier", a.outlier === false);
+    el.textContent = `score ${fmt(a.score, 1)} nats` + (t
+      ? ` (threshold ${fmt(t.value, 1)} at FPR ${pct(t.fpr)}): ` +
+        (a.outlier ? "unlike the training data" : "looks like training data")
+      : "; no threshold: run `vaekit score RUN --data ... --fpr 0.05` to calibrate one");
+    const how = a.binarize === "none" ? "as drawn" : `binarized (${a.binarize}, seed ${a.seed}) as in training`;
+    this.el(".anomaly-parts").textContent = `= -ELBO ${fmt(a.neg_elbo, 1)} - complexity ${fmt(a.complexity, 1)} ` +
+      `(the drawing ${how}; higher = less like the training data)`;
   }
 
   drawBars(mu, sigma) {
