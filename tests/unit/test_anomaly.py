@@ -103,11 +103,6 @@ def test_complexity_quantizes_clamps_and_ignores_the_dtype():
     assert torch.equal(complexity(x * 3 - 1), complexity((x * 3 - 1).clamp(0, 1)))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG in anomaly.complexity: the column scan of a (C, H, W) image transposes (H, W*C), which splits "
-    "each pixel's channels; scan (W, H, C) instead (im.swapaxes(0, 1)). Remove this mark with the fix.",
-)
 def test_a_colour_image_keeps_each_pixels_channels_together():
     """(B, 3, H, W): the bytes are pixel by pixel (R, G, B adjacent) in both scans. Rows of random colours,
     constant along each row, with some noisy columns: which scan wins, and by how much, depends on it."""
@@ -117,11 +112,6 @@ def test_a_colour_image_keeps_each_pixels_channels_together():
     assert complexity(x).tolist() == oracle_complexity(x)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG in anomaly.complexity: the column scan of a (C, H, W) image transposes (H, W*C), which splits "
-    "each pixel's channels; scan (W, H, C) instead (im.swapaxes(0, 1)). Remove this mark with the fix.",
-)
 def test_complexity_of_a_colour_image_does_not_change_when_it_is_transposed():
     """min(rows, columns) of an image is the same number for its transpose (as for greyscale)."""
     g = torch.Generator().manual_seed(5)
@@ -212,11 +202,6 @@ def test_a_non_finite_score_is_an_error_naming_the_example():
         Detector(model, binarize="none", batch_size=4).score(ds)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG in anomaly.score_table: no examples -> KeyError 'elbo' from evaluate; refuse an empty dataset "
-    "with a one-line VaekitError first. Remove this mark with the fix.",
-)
 def test_no_examples_is_a_one_line_error():
     one_line(pytest.raises(VaekitError, score_table, tiny(), Dataset(torch.zeros(0, *SHAPE), None, "empty")))
     one_line(pytest.raises(VaekitError, Detector(tiny()).fit, torch.zeros(0, *SHAPE)))
@@ -245,12 +230,6 @@ def _check_threshold(scores: torch.Tensor, fpr: float) -> float:
     return t
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG in anomaly.calibrate: ceil((1 - fpr) * n) rounds up in floating point (1 - 0.57) * 100 = "
-    "43.00000000000001, so one example fewer than allowed lies above; take the largest m with m / n <= fpr. "
-    "Remove this mark with the fix.",
-)
 @settings(max_examples=300, deadline=None)
 @given(
     st.lists(
@@ -264,12 +243,6 @@ def test_calibrate_is_the_smallest_score_with_at_most_fpr_above(values, fpr):
     _check_threshold(torch.tensor(values, dtype=torch.float64), fpr)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG in anomaly.calibrate: ceil((1 - fpr) * n) rounds up in floating point (1 - 0.57) * 100 = "
-    "43.00000000000001, so one example fewer than allowed lies above; take the largest m with m / n <= fpr. "
-    "Remove this mark with the fix.",
-)
 def test_calibrate_on_round_fprs_and_distinct_scores():
     """Decimal FPRs a user types (0.57, 0.99) on n = 100..1000 distinct scores: exactly floor(fpr n) above."""
     g = torch.Generator().manual_seed(0)
