@@ -215,8 +215,8 @@ def _file_args(sub) -> None:
     )
     sc.add_argument(
         "--calibrate-on",
-        help="held-out inliers to calibrate on: a dataset name (its test split) or a file/folder "
-        "(default: the run's validation split; implies --fpr 0.05)",
+        help="held-out inliers to calibrate the threshold on, instead of the run's validation split: a dataset "
+        "name (its test split) or a file/folder; without --fpr, at FPR 0.05",
     )
     sc.add_argument("-o", "--output", type=_out_file, required=True, help="scores.csv")
 
