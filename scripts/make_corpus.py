@@ -809,6 +809,60 @@ def run_cases(out: Path) -> None:
     )
 
 
+def score_cases(out: Path) -> None:
+    """`vaekit score` (issue 15): data of another shape, a damaged or foreign RUN/threshold.json, --fpr outside
+    (0, 1), -log p(x) asked of an autoencoder, a threshold asked of a run without a validation split."""
+    sys.path.insert(0, str(ROOT / "src"))
+    from vaekit.anomaly import COMPLEXITY, SCORE
+
+    good, csv_out = "{corpus}/data/good.npz", "{tmp}/s.csv"
+    on_mnist = ["score", "{run}", "--data", "mnist", "--limit", 5, "-o", csv_out]
+    case(
+        "score_data_wrong_shape",
+        "score 8x8 images with a 28x28 model",
+        ["score", "{run}", "--data", good, "-o", csv_out],
+        ["good.npz", "shape"],
+    )
+    case(
+        "score_calibrate_on_wrong_shape",
+        "--calibrate-on 8x8 images for a 28x28 model",
+        [*on_mnist, "--calibrate-on", good],
+        ["--calibrate-on", "shape"],
+    )
+    for v in ("0", "1", "nan"):
+        case(f"flag_score_fpr_{v}", f"score --fpr {v}", [*on_mnist, "--fpr", v], ["--fpr", "(0, 1)"])
+    t = {"value": 12.5, "fpr": 0.05, "calibrated_on": "the validation split of mnist", "n": 3000}
+    t |= {"model_sha256": "0" * 64, "score": SCORE, "complexity": COMPLEXITY, "binarize": "dynamic", "seed": 0}
+    text = json.dumps(t, indent=2)
+    thresholds = [
+        ("truncated", "threshold.json cut in half", text[: len(text) // 2], "not a valid threshold file"),
+        ("fpr", "threshold.json with fpr 1.5", json.dumps({**t, "fpr": 1.5}), "not a valid threshold file"),
+        ("seed", 'threshold.json with seed "0" (was: a traceback)', json.dumps({**t, "seed": "0"}), "not a valid"),
+        ("foreign", "threshold.json of another model (its fingerprint differs)", text, "another model"),
+    ]
+    for name, about, body, problem in thresholds:
+        src = write(out, f"runs/threshold-{name}.json", body.encode())[len("{corpus}/") :]
+        patch = [{"path": "threshold.json", "op": "copy", "src": src}]
+        case(f"score_threshold_{name}", about, on_mnist, ["threshold.json", problem], patch=patch)
+    for name, overrides, train in (("score-ae", {"model": "ae"}, {}), ("score-no-val", {}, {"val_fraction": 0.0})):
+        cfg, w = tiny_model(**overrides)
+        cfg["train"].update(train)
+        write(out, f"models/{name}/config.json", json.dumps(cfg, indent=2).encode())
+        write(out, f"models/{name}/model.safetensors", safetensors(w))
+    case(
+        "score_ae_iw_samples",
+        "score --iw-samples 5 of an autoencoder (it has no density)",
+        ["score", "{corpus}/models/score-ae", "--data", good, "--iw-samples", 5, "-o", csv_out],
+        ["--iw-samples", "autoencoder"],
+    )
+    case(
+        "score_no_validation_split",
+        "score --fpr on a run trained with --val-fraction 0, without --calibrate-on",
+        ["score", "{corpus}/models/score-no-val", "--data", good, "--fpr", "0.05", "-o", csv_out],
+        ["score-no-val", "--val-fraction 0", "--calibrate-on"],
+    )
+
+
 def build(out: Path) -> list[dict]:
     """Write every file of the corpus and cases.json into `out` (emptied first); return the cases."""
     out = Path(out)
@@ -821,6 +875,7 @@ def build(out: Path) -> list[dict]:
     flag_cases(out)
     model_cases(out)
     run_cases(out)
+    score_cases(out)
     (out / "cases.json").write_text(json.dumps(CASES, indent=1) + "\n")
     return list(CASES)
 

@@ -183,7 +183,16 @@ def load_threshold(folder: str | Path, model) -> Threshold | None:
     try:
         d = json.loads(path.read_text())
         t = Threshold(**d)
-        ok = isinstance(t.value, (int, float)) and math.isfinite(t.value) and 0 < t.fpr < 1 and t.n > 0
+        ok = (
+            _number(t.value)
+            and math.isfinite(t.value)
+            and _number(t.fpr)
+            and 0 < t.fpr < 1
+            and _integer(t.n, 1, 2**63)
+            and isinstance(t.calibrated_on, str)
+            and t.binarize in ("none", "static", "dynamic")  # what Detector.load will evaluate with
+            and _integer(t.seed, 0, 2**63)
+        )
     except (OSError, UnicodeDecodeError, ValueError, TypeError, RecursionError):
         raise VaekitError(f"{path}: not a valid threshold file; {how}") from None
     if not ok:
@@ -193,6 +202,14 @@ def load_threshold(folder: str | Path, model) -> Threshold | None:
     if t.score != SCORE or t.complexity != COMPLEXITY:
         raise VaekitError(f"{path}: calibrated for another score ({t.score!r}); {how}")
     return t
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _integer(v, lo: int, hi: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and lo <= v < hi
 
 
 # -------------------------------------------------------------------------------------------- detector

@@ -60,6 +60,17 @@ def _image_path(s: str) -> Path:
     return p
 
 
+def _fpr(s: str) -> float:
+    """--fpr: a false-positive rate strictly between 0 and 1 (0 flags nothing, 1 everything)."""
+    try:
+        v = float(s)
+    except ValueError:
+        v = None
+    if v is None or not 0 < v < 1:  # NaN fails the comparison too
+        raise argparse.ArgumentTypeError(f"expected a false-positive rate in (0, 1), got {s[:40]!r}")
+    return v
+
+
 def _out_file(s: str) -> Path:
     p = Path(s)
     if p.is_dir():
@@ -188,14 +199,25 @@ def _file_args(sub) -> None:
     en.add_argument("--split", default="test", choices=["train", "test"])
     en.add_argument("-o", "--output", type=_out_file, required=True, help="codes.npy, shape (N, D)")
 
-    sc = sub.add_parser("score", help="per-example -ELBO and -log p(x) (anomaly scores), as CSV")
+    sc = sub.add_parser("score", help="per-example anomaly scores (and outlier flags), as CSV")
     sc.add_argument("run", type=Path)
     sc.add_argument("--data", required=True, help="a dataset name (its --split) or a file/folder")
     sc.add_argument("--split", default="test", choices=["train", "test"])
     sc.add_argument(
-        "--iw-samples", type=_int_in(0, MAX_IW_SAMPLES), default=1000, help="importance samples for -log p(x); 0 = skip"
+        "--iw-samples",
+        type=_int_in(0, MAX_IW_SAMPLES),
+        default=0,
+        help="importance samples for an nll column (-log p(x), a VAE only; slow); 0 = no nll column",
     )
-    sc.add_argument("--limit", type=_positive_int)
+    sc.add_argument("--limit", type=_positive_int, help="only the first N examples of --data")
+    sc.add_argument(
+        "--fpr", type=_fpr, help="calibrate a threshold at this false-positive rate, saved as RUN/threshold.json"
+    )
+    sc.add_argument(
+        "--calibrate-on",
+        help="held-out inliers to calibrate the threshold on, instead of the run's validation split: a dataset "
+        "name (its test split) or a file/folder; without --fpr, at FPR 0.05",
+    )
     sc.add_argument("-o", "--output", type=_out_file, required=True, help="scores.csv")
 
 
@@ -296,12 +318,31 @@ def cmd_encode(args) -> int:
 
 
 def cmd_score(args) -> int:
+    from vaekit.anomaly import THRESHOLD_FILE
     from vaekit.operations import save_scores
 
-    table = save_scores(
-        args.run, args.data, args.output, split=args.split, iw_samples=args.iw_samples, limit=args.limit
+    res = save_scores(
+        args.run,
+        args.data,
+        args.output,
+        split=args.split,
+        iw_samples=args.iw_samples,
+        limit=args.limit,
+        fpr=args.fpr,
+        calibrate_on=args.calibrate_on,
     )
-    print(f"{args.output}: {len(table['index'])} rows (scores in nats; higher = more anomalous)")
+    cols, t = res["columns"], res["threshold"]
+    n = len(cols["index"])
+    line = f"{args.output}: {n} rows (score = -ELBO - complexity, nats; higher = less like the training data)"
+    if t is None:
+        line += "; no threshold (--fpr 0.05 calibrates one)"
+    else:
+        saved = "saved to" if res["calibrated"] else "from"
+        line += (
+            f"; {sum(cols['is_outlier'])} flagged as outliers (threshold {t.value:.2f} nats, FPR {t.fpr:g} on "
+            f"{t.calibrated_on}, n={t.n}; {saved} {args.run / THRESHOLD_FILE})"
+        )
+    print(line)
     return 0
 
 

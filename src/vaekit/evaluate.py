@@ -1,4 +1,5 @@
-"""Honest evaluation: importance-sampled log p(x) in nats, active units, per-example scores.
+"""Honest evaluation: importance-sampled log p(x) in nats, active units, per-example ELBO terms (the anomaly
+scores built on them are in anomaly.py).
 
 log p(x) ~= logsumexp_i [log p(x|z_i) + log p(z_i) - log q(z_i|x)] - log k,  z_i ~ q(z|x)
 (Burda et al. 2015, eq. 8 with k samples; a stochastic lower bound that tightens as k grows)
@@ -171,23 +172,3 @@ def evaluate(
     if per_example:
         out["per_example"] = cat
     return out
-
-
-def score_table(model, ds, *, iw_samples: int = 1000, binarize: str | None = None) -> dict[str, list]:
-    """Per-example anomaly scores of `ds` in nats (higher = more anomalous), as columns of N values each:
-    "index" (0..N-1), "label" (None where `ds` has no labels), "neg_elbo" (-ELBO) and, for a VAE with
-    iw_samples > 0, "neg_log_px" (the importance-sampled -log p(x) with k = iw_samples).
-
-    Binarized as `evaluate` does (`binarize`, default the run's --binarize), with its default seed."""
-    if binarize is None:
-        binarize = model.run_config.train.binarize
-    pe = evaluate(model, ds, binarize=binarize, iw_samples=iw_samples if model.is_vae else 0, per_example=True)
-    n = len(ds)
-    table = {
-        "index": list(range(n)),
-        "label": [None] * n if ds.y is None else [int(v) for v in ds.y],
-        "neg_elbo": (-pe["per_example"]["elbo"]).tolist(),
-    }
-    if "nll" in pe["per_example"]:
-        table["neg_log_px"] = pe["per_example"]["nll"].tolist()
-    return table

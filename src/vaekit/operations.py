@@ -2,11 +2,12 @@
 
     run_data            the dataset a command works on (the run's own data, or --data), shape-checked
     evaluate_run        `vaekit eval`: evaluate.evaluate on a run's data, its split named
-    save_scores         `vaekit score`: evaluate.score_table written as CSV
+    save_scores         `vaekit score`: anomaly.score_table written as CSV, with a threshold's verdicts
+    calibration_data    held-out inliers to calibrate a threshold on (--calibrate-on, or the validation split)
     save_codes          `vaekit encode`: posterior means E[z|x] as .npy, (N, D)
     save_samples / save_reconstructions / save_interpolation: the picture commands, one image grid each
 
-These load a model folder and data and write files; the maths they call lives in evaluate.py,
+These load a model folder and data and write files; the maths they call lives in evaluate.py, anomaly.py,
 models.py and latent.py, which work on a model and tensors and touch no files.
 """
 
@@ -19,10 +20,10 @@ import torch
 from vaekit.errors import VaekitError
 
 
-def run_data(model, source: str | Path | None = None, split: str = "test"):
+def run_data(model, source: str | Path | None = None, split: str = "test", flag: str = "--data"):
     """The Dataset a command works on: `source` (a dataset name, at `split`, or a file/folder) if given,
     else the data `model`'s run was trained on, at `split`. Refused unless its examples have the model's
-    input shape."""
+    input shape (the error names `flag`)."""
     from vaekit.data import load
 
     cfg = model.run_config
@@ -30,7 +31,7 @@ def run_data(model, source: str | Path | None = None, split: str = "test"):
     ds = load(source, split)
     if ds.shape != tuple(cfg.model.input_shape):
         raise VaekitError(
-            f"--data {source}: examples have shape {ds.shape}, the model expects {tuple(cfg.model.input_shape)}"
+            f"{flag} {source}: examples have shape {ds.shape}, the model expects {tuple(cfg.model.input_shape)}"
         )
     return ds
 
@@ -81,32 +82,97 @@ def save_scores(
     output: str | Path,
     *,
     split: str = "test",
-    iw_samples: int = 1000,
+    iw_samples: int = 0,
     limit: int | None = None,
-) -> dict[str, list]:
-    """evaluate.score_table of the model in `run` on run_data(data, split) (its first `limit` examples if
-    given), written to `output` as CSV: index,label,neg_elbo[,neg_log_px], scores in nats to 4 decimals,
-    an empty label where the data has none. Returns the table."""
-    import csv
+    fpr: float | None = None,
+    calibrate_on: str | Path | None = None,
+) -> dict:
+    """anomaly.score_table of the model in `run` on run_data(data, split) (its first `limit` examples if
+    given), written to `output` as CSV: index, label (empty where the data has none), score, neg_elbo, nll
+    (with iw_samples > 0), complexity -- in nats, 4 decimals -- and is_outlier (1/0) when there is a threshold.
 
+    The threshold: with `fpr` and/or `calibrate_on` (fpr 0.05 if only that is given), an anomaly.Detector
+    calibrated on calibration_data(run, calibrate_on) and stored as RUN/threshold.json; else RUN/threshold.json
+    if it exists (refused if damaged or another model's); else none. Everything is computed before anything
+    is written, and the CSV is written atomically: a refusal leaves no file.
+
+    Returns {"columns": {name: N values, as written}, "threshold": anomaly.Threshold or None,
+    "calibrated": whether it was calibrated now (else read from RUN/threshold.json)}."""
     import vaekit
-    from vaekit.evaluate import score_table
+    from vaekit.anomaly import Detector, check_fpr
 
     if iw_samples < 0:
         raise VaekitError("--iw-samples must be >= 0 (0 skips -log p(x))")
+    calibrate = fpr is not None or calibrate_on is not None
+    fpr = check_fpr(0.05 if fpr is None else fpr)
     model = vaekit.load(run)
     ds = run_data(model, data, split)
     if limit:
         ds = ds.subset(slice(0, limit))
-    table = score_table(model, ds, iw_samples=iw_samples)
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    with open(output, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(list(table))
-        for row in zip(*table.values()):
-            w.writerow(["" if v is None else f"{v:.4f}" if isinstance(v, float) else v for v in row])
-    return table
+    det = Detector(model)
+    if calibrate:
+        held_out, source = calibration_data(model, run, calibrate_on)
+    else:
+        det.load(run)  # the stored threshold (and the binarization it was calibrated with), if any
+    scores = det.table(ds, iw_samples)  # refuses an AE with iw_samples > 0, and non-finite scores
+    if calibrate:
+        det.fit(held_out, fpr, source)
+    columns = {
+        "index": list(range(len(ds))),
+        "label": [None] * len(ds) if ds.y is None else ds.y.tolist(),
+        **{k: v.tolist() for k, v in scores.items()},
+    }
+    if det.threshold is not None:
+        columns["is_outlier"] = det.flag(scores["score"]).int().tolist()
+    if calibrate:
+        det.save(run)  # first: a valid threshold on its own, even if the CSV then cannot be written
+    _write_csv(Path(output), columns)
+    return {"columns": columns, "threshold": det.threshold, "calibrated": calibrate}
+
+
+def calibration_data(model, run: str | Path, source: str | Path | None = None):
+    """Held-out in-distribution data to calibrate a threshold on, and a description of it (for threshold.json
+    and the summary line): `source` if given -- a dataset name: its test split, which training never saw (its
+    train split holds the very examples the model was fit to, whose scores are lower, so a threshold set on
+    them flags more than `fpr` of new inliers); a file or folder: all of it -- else the validation split the
+    run held out from its training data, drawn exactly as train.train draws it."""
+    from vaekit import seeds
+    from vaekit.data import DATASETS, split_validation
+
+    if source is not None:
+        try:
+            ds = run_data(model, source, "test", flag="--calibrate-on")
+        except VaekitError as e:
+            msg = str(e)
+            raise VaekitError(msg if msg.startswith("--calibrate-on") else f"--calibrate-on: {msg}") from None
+        return ds, (f"the test split of {source}" if str(source) in DATASETS else str(source))
+    cfg = model.run_config.train
+    val = None
+    if cfg.val_fraction > 0:
+        _, val = split_validation(run_data(model, None, "train"), cfg.val_fraction, seeds.weights(cfg.seed))
+    if val is None:  # --val-fraction 0, or a fraction of so few examples that it rounds to none
+        raise VaekitError(
+            f"{run}: its training held out no validation split (--val-fraction {cfg.val_fraction:g}) to "
+            f"calibrate the threshold on; give held-out in-distribution data with --calibrate-on SRC"
+        )
+    return val, f"the validation split of {val.name}"
+
+
+def _write_csv(path: Path, columns: dict[str, list]) -> None:
+    """The columns as CSV, written atomically (a temp file renamed over `path`): floats to 4 decimals,
+    None as an empty field."""
+    import csv
+    import io as _io
+
+    from vaekit.io import atomic_write_text
+
+    buf = _io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(list(columns))
+    for row in zip(*columns.values()):
+        w.writerow(["" if v is None else f"{v:.4f}" if isinstance(v, float) else v for v in row])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, buf.getvalue())
 
 
 def save_codes(run: str | Path, data: str | Path, output: str | Path, *, split: str = "test") -> torch.Tensor:

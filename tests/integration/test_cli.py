@@ -101,27 +101,121 @@ def test_eval_json_on_tiny_run(tiny):
     assert res["elbo"] == pytest.approx(res["recon"] - res["kl"], abs=1e-3)
 
 
+SCORE_COLUMNS = ["index", "label", "score", "neg_elbo", "complexity"]
+SUMMARY = "rows (score = -ELBO - complexity, nats; higher = less like the training data)"
+
+
 def test_score_writes_labels_when_the_data_has_them(tiny):
     root, run = tiny
     out = root / "scores.csv"
     p = cli("score", run, "--data", root / "imgs.npz", "--iw-samples", 20, "--limit", 25, "-o", out)
     assert p.returncode == 0, p.stderr
+    assert p.stdout == f"{out}: 25 {SUMMARY}; no threshold (--fpr 0.05 calibrates one)\n"
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == 25
-    assert list(rows[0]) == ["index", "label", "neg_elbo", "neg_log_px"]
+    assert list(rows[0]) == ["index", "label", "score", "neg_elbo", "nll", "complexity"]
     assert [int(r["label"]) for r in rows] == [i % 3 for i in range(25)]
     assert [int(r["index"]) for r in rows] == list(range(25))
-    neg_elbo = np.array([float(r["neg_elbo"]) for r in rows])
-    neg_lpx = np.array([float(r["neg_log_px"]) for r in rows])
-    assert np.isfinite(neg_elbo).all() and np.isfinite(neg_lpx).all()
-    assert neg_lpx.mean() <= neg_elbo.mean()  # -log p(x) <= -ELBO on average
+    cols = {k: np.array([float(r[k]) for r in rows]) for k in ("score", "neg_elbo", "nll", "complexity")}
+    assert all(np.isfinite(v).all() for v in cols.values())
+    assert cols["nll"].mean() <= cols["neg_elbo"].mean()  # -log p(x) <= -ELBO on average
+    assert np.allclose(cols["score"], cols["neg_elbo"] - cols["complexity"], atol=2e-4)  # 4 decimals each
 
     out2 = root / "scores_nolabel.csv"
-    p = cli("score", run, "--data", root / "imgs_nolabel.npy", "--iw-samples", 0, "-o", out2)
+    p = cli("score", run, "--data", root / "imgs_nolabel.npy", "-o", out2)  # --iw-samples 0 by default
     assert p.returncode == 0, p.stderr
     rows = list(csv.DictReader(out2.open()))
-    assert len(rows) == 60 and list(rows[0]) == ["index", "label", "neg_elbo"]
+    assert len(rows) == 60 and list(rows[0]) == SCORE_COLUMNS
     assert all(r["label"] == "" for r in rows)
+
+
+def test_score_calibrates_stores_and_reuses_a_threshold(tiny, tmp_path):
+    root, run = tiny
+    run = shutil.copytree(run, tmp_path / "run")  # threshold.json goes into the run folder
+    out = tmp_path / "s.csv"
+    p = cli("score", run, "--data", root / "imgs.npz", "--fpr", 0.3, "-o", out)
+    assert p.returncode == 0, p.stderr
+    t = json.loads((run / "threshold.json").read_text())
+    assert (t["fpr"], t["n"], t["calibrated_on"]) == (0.3, 3, "the validation split of imgs.npz")  # 5% of 60
+    rows = list(csv.DictReader(out.open()))
+    assert list(rows[0]) == [*SCORE_COLUMNS, "is_outlier"]
+    flags = [int(r["is_outlier"]) for r in rows]
+    for r, flag in zip(rows, flags):  # the CSV's score has 4 decimals: it may round onto the threshold
+        score = float(r["score"])
+        assert flag == (score > t["value"]) or abs(score - t["value"]) <= 5e-5, (r, t["value"])
+    assert 0 < sum(flags) < 60
+    assert p.stdout == (
+        f"{out}: 60 {SUMMARY}; {sum(flags)} flagged as outliers (threshold {t['value']:.2f} nats, FPR 0.3 on "
+        f"the validation split of imgs.npz, n=3; saved to {run / 'threshold.json'})\n"
+    )
+    out2 = tmp_path / "s2.csv"
+    p = cli("score", run, "--data", root / "imgs.npz", "-o", out2)  # the stored threshold
+    assert p.returncode == 0, p.stderr
+    assert out2.read_bytes() == out.read_bytes()
+    assert p.stdout.endswith(f"n=3; from {run / 'threshold.json'})\n")
+    p = cli("score", run, "--data", root / "imgs.npz", "--calibrate-on", root / "imgs_nolabel.npy", "-o", out2)
+    assert p.returncode == 0, p.stderr
+    assert f"FPR 0.05 on {root / 'imgs_nolabel.npy'}, n=60; saved to" in p.stdout
+
+
+def test_score_refuses_bad_input_with_one_line_and_writes_nothing(tiny, tmp_path):
+    root, run = tiny
+    ae, noval = tmp_path / "ae", tmp_path / "noval"
+    for out, extra in ((ae, ["--model", "ae"]), (noval, ["--val-fraction", 0])):
+        p = cli("train", "--data", root / "imgs.npz", "--epochs", 1, "--hidden", 16, "--quiet", "--out", out, *extra)
+        assert p.returncode == 0, p.stderr
+    run = shutil.copytree(run, tmp_path / "run")
+    assert cli("score", run, "--data", root / "imgs.npz", "--fpr", 0.1, "-o", tmp_path / "ok.csv").returncode == 0
+    good = (run / "threshold.json").read_text()
+    (ae / "threshold.json").write_text(good)  # another model's
+    damaged = tmp_path / "damaged"
+    shutil.copytree(run, damaged)
+    (damaged / "threshold.json").write_text(good[: len(good) // 2])
+    fpr = "vaekit score: argument --fpr: expected a false-positive rate in (0, 1), got"
+    cases = [
+        (
+            [run, "--data", root / "vectors.npy"],
+            f"--data {root / 'vectors.npy'}: examples have shape (10,), the model expects (1, 8, 8)",
+        ),
+        (
+            [run, "--data", root / "imgs.npz", "--calibrate-on", root / "vectors.npy"],
+            f"--calibrate-on {root / 'vectors.npy'}: examples have shape (10,), the model expects (1, 8, 8)",
+        ),
+        (
+            [damaged, "--data", root / "imgs.npz"],
+            f"{damaged / 'threshold.json'}: not a valid threshold file; calibrate again with --fpr",
+        ),
+        (
+            [ae, "--data", root / "imgs.npz"],
+            f"{ae / 'threshold.json'}: calibrated for another model (its weights differ); calibrate again with --fpr",
+        ),
+        (
+            [ae, "--data", root / "imgs.npz", "--iw-samples", 5, "--fpr", 0.1],
+            "--iw-samples: an autoencoder defines no density, so it has no -log p(x); use 0",
+        ),
+        (
+            [noval, "--data", root / "imgs.npz", "--fpr", 0.1],
+            f"{noval}: its training held out no validation split (--val-fraction 0) to calibrate the threshold on; "
+            "give held-out in-distribution data with --calibrate-on SRC",
+        ),
+        *(
+            ([run, "--data", root / "imgs.npz", "--fpr", v], f"{fpr} {v!r}")
+            for v in ("0", "1", "1.5", "-0.1", "nan", "inf", "five")
+        ),
+    ]
+    for args, message in cases:
+        before = {f: _tree_digest(f) for f in (run, damaged, ae, noval)}
+        out = tmp_path / "out" / "s.csv"
+        p = cli("score", *args, "-o", out)
+        assert (p.returncode, p.stderr, p.stdout) == (2, f"error: {message}\n", ""), args
+        assert not (tmp_path / "out").exists(), args
+        assert {f: _tree_digest(f) for f in before} == before, args
+    # and through the real entry point
+    assert_clean_error(
+        run_cli("score", ae, "--data", root / "imgs.npz", "--iw-samples", 5, "--fpr", 0.1, "-o", tmp_path / "s.csv"),
+        "autoencoder",
+    )
+    assert not (tmp_path / "s.csv").exists()
 
 
 def test_encode_and_interpolate_on_tiny_run(tiny):
@@ -443,8 +537,20 @@ def test_score_encode_interpolate_on_real_mnist(vae_run, ae_run, tmp_path):
     labels = vaekit.data.load("mnist", "test").y[:50].tolist()
     assert [int(r["label"]) for r in rows] == labels
     neg_elbo = np.array([float(r["neg_elbo"]) for r in rows])
-    neg_lpx = np.array([float(r["neg_log_px"]) for r in rows])
-    assert np.isfinite(neg_lpx).all() and neg_lpx.mean() < neg_elbo.mean()  # per example the 1-sample ELBO is noisy
+    nll = np.array([float(r["nll"]) for r in rows])
+    assert np.isfinite(nll).all() and nll.mean() < neg_elbo.mean()  # per example the 1-sample ELBO is noisy
+
+    # a threshold at FPR 0.1 on the run's validation split (150 of its 3000 digits): near 10% of new digits
+    # flagged, most Fashion-MNIST images (measured: 0.155 and 0.612 for this weak 2-epoch model)
+    run = shutil.copytree(vae_run, tmp_path / "run")
+    p = run_cli("score", run, "--data", "mnist", "--limit", 1000, "--fpr", 0.1, "-o", scores, check=True)
+    assert "(threshold " in p.stdout and "FPR 0.1 on the validation split of mnist3k.npz, n=150; saved to" in p.stdout
+    inliers = np.mean([int(r["is_outlier"]) for r in csv.DictReader(scores.open())])
+    p = run_cli("score", run, "--data", "fashion-mnist", "--limit", 1000, "-o", scores, check=True)
+    outliers = np.mean([int(r["is_outlier"]) for r in csv.DictReader(scores.open())])
+    assert 0.04 < inliers < 0.25 and outliers > max(0.5, 3 * inliers), (inliers, outliers)
+    p = run_cli("score", run, "--data", "fashion-mnist", "--limit", 10, "--calibrate-on", "mnist", "-o", scores)
+    assert "FPR 0.05 on the test split of mnist, n=10000" in p.stdout, p.stderr
 
     codes = tmp_path / "codes.npy"
     run_cli("encode", vae_run, "--data", "fashion-mnist", "-o", codes, check=True)
@@ -460,4 +566,4 @@ def test_score_encode_interpolate_on_real_mnist(vae_run, ae_run, tmp_path):
     assert set(res) >= EVAL_KEYS and res["nll"] is None and res["kl"] == 0
     ae_scores = tmp_path / "ae.csv"
     run_cli("score", ae_run, "--data", "mnist", "--limit", 10, "-o", ae_scores, check=True)
-    assert list(next(csv.DictReader(ae_scores.open()))) == ["index", "label", "neg_elbo"]
+    assert list(next(csv.DictReader(ae_scores.open()))) == SCORE_COLUMNS

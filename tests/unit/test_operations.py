@@ -1,23 +1,33 @@
-"""The run-folder operations behind the CLI (vaekit.operations) and evaluate.score_table, on a tiny
-untrained model and synthetic 8x8 data: quick, no download. The numbers are checked against the lower-level
-functions they must reproduce (objectives.elbo, evaluate.log_likelihood, posterior_means), the files
-against what was computed."""
+"""The run-folder operations behind the CLI (vaekit.operations), on a tiny untrained model and synthetic 8x8
+data: quick, no download. The numbers are checked against the lower-level functions they must reproduce
+(anomaly.score_table, objectives.elbo, evaluate.log_likelihood, posterior_means), the files against what
+was computed."""
 
 from __future__ import annotations
 
 import csv
+import errno
+import json
+import math
+import shutil
+from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import one_line
 from PIL import Image
 
 import vaekit
+from vaekit.anomaly import calibrate, complexity, load_threshold, score_table
 from vaekit.config import ModelConfig, RunConfig, TrainConfig
+from vaekit.data import split_validation
 from vaekit.errors import VaekitError
-from vaekit.evaluate import evaluate, log_likelihood, posterior_means, score_table
+from vaekit.evaluate import evaluate, log_likelihood, posterior_means
 from vaekit.objectives import elbo
 from vaekit.operations import (
+    calibration_data,
     evaluate_run,
     run_data,
     save_codes,
@@ -43,7 +53,7 @@ def runs(tmp_path_factory):
     for kind in ("vae", "ae"):
         rc = RunConfig(
             ModelConfig(model=kind, input_shape=(1, 8, 8), latent_dim=2, hidden=(16,)),
-            TrainConfig(data=str(root / "imgs.npz"), binarize="none"),
+            TrainConfig(data=str(root / "imgs.npz"), binarize="none", val_fraction=0.2),  # 6 held out
         )
         torch.manual_seed(1)
         vaekit.save(vaekit.build_model(rc.model), root / kind, rc)
@@ -65,47 +75,218 @@ def test_run_data_is_the_runs_data_or_the_given_one_with_the_models_shape(runs):
     assert str(e.value) == f"--data {root / 'vectors.npy'}: examples have shape (10,), the model expects (1, 8, 8)"
 
 
-def test_score_table_vae_against_elbo_and_log_likelihood(runs):
+def _rows(path) -> list[list[str]]:
+    return list(csv.reader(Path(path).open()))
+
+
+@pytest.fixture
+def vae_copy(runs, tmp_path):
+    """A private copy of the VAE folder: the tests that calibrate write threshold.json into it."""
+    run = tmp_path / "vae"
+    shutil.copytree(runs[1]["vae"], run)
+    return run
+
+
+def test_save_scores_writes_anomaly_score_table_as_csv(runs, tmp_path):
+    root, f = runs
+    out = tmp_path / "sub" / "scores.csv"
+    res = save_scores(f["vae"], root / "imgs.npz", out, iw_samples=5, limit=9)
+    want = score_table(vaekit.load(f["vae"]), vaekit.data.load(root / "imgs.npz").subset(slice(0, 9)), iw_samples=5)
+    rows = _rows(out)
+    assert rows[0] == ["index", "label", "score", "neg_elbo", "nll", "complexity"] and len(rows) == 10
+    for i, row in enumerate(rows[1:]):
+        assert row == [str(i), str(i % 4), *(f"{want[k][i]:.4f}" for k in ("score", "neg_elbo", "nll", "complexity"))]
+    assert res["threshold"] is None and not res["calibrated"] and "is_outlier" not in res["columns"]
+    assert res["columns"]["score"] == want["score"].tolist()
+    save_scores(f["vae"], root / "nolabel.npy", out)  # iw_samples 0 by default: no nll column
+    rows = _rows(out)
+    assert rows[0] == ["index", "label", "score", "neg_elbo", "complexity"] and len(rows) == 13 and rows[1][1] == ""
+    with pytest.raises(VaekitError, match="iw-samples"):
+        save_scores(f["vae"], root / "imgs.npz", out, iw_samples=-1)
+
+
+def test_the_score_columns_against_their_definitions(runs, tmp_path):
+    """neg_elbo is objectives.elbo's, nll evaluate.log_likelihood's (with evaluate's seeds), complexity
+    anomaly.complexity of the images as scored (binarize none here), score = neg_elbo - complexity."""
     root, f = runs
     model = vaekit.load(f["vae"])
-    table = score_table(model, vaekit.data.load(root / "imgs.npz"), iw_samples=7)
-    assert list(table) == ["index", "label", "neg_elbo", "neg_log_px"]
-    assert table["index"] == list(range(N)) and table["label"] == [i % 4 for i in range(N)]
+    cols = save_scores(f["vae"], root / "imgs.npz", tmp_path / "s.csv", iw_samples=7)["columns"]
     x = _x(root)  # one batch of evaluate's 100, not binarized (binarize none): the same draws as evaluate's
     with torch.random.fork_rng():
         torch.manual_seed(0)  # evaluate's seed for the ELBO's sample
         want_elbo = -elbo(model, x).elbo
     want_nll = -log_likelihood(model, x, 7, generator=torch.Generator().manual_seed(1))  # evaluate's seed + 1
-    assert table["neg_elbo"] == pytest.approx(want_elbo.tolist(), abs=1e-5)
-    assert table["neg_log_px"] == pytest.approx(want_nll.tolist(), abs=1e-5)
-    assert all(isinstance(v, float) for v in table["neg_elbo"] + table["neg_log_px"])
+    assert cols["neg_elbo"] == pytest.approx(want_elbo.tolist(), abs=1e-5)
+    assert cols["nll"] == pytest.approx(want_nll.tolist(), abs=1e-5)
+    assert cols["complexity"] == complexity(x).tolist()
+    assert cols["score"] == pytest.approx([a - b for a, b in zip(cols["neg_elbo"], cols["complexity"])], abs=1e-9)
+    assert cols["index"] == list(range(N)) and cols["label"] == [i % 4 for i in range(N)]
+    assert all(isinstance(v, float) for k in ("score", "neg_elbo", "nll", "complexity") for v in cols[k])
 
 
-def test_score_table_ae_is_the_reconstruction_loss_and_has_no_density(runs):
+def test_save_scores_of_an_autoencoder_is_its_reconstruction_loss_and_no_density(runs, tmp_path):
     root, f = runs
     model = vaekit.load(f["ae"])
-    table = score_table(model, vaekit.data.load(root / "nolabel.npy"), iw_samples=50)
-    assert list(table) == ["index", "label", "neg_elbo"] and table["label"] == [None] * 12
+    out = tmp_path / "ae.csv"
+    cols = save_scores(f["ae"], root / "nolabel.npy", out)["columns"]
+    assert list(cols) == ["index", "label", "score", "neg_elbo", "complexity"] and cols["label"] == [None] * 12
     x = _x(root, 12)
     with torch.no_grad():  # oracle: the Bernoulli negative log-likelihood of x under the decoded code
         p = model.decode(model.encode(x).mean).mean
         want = torch.nn.functional.binary_cross_entropy(p, x, reduction="none").flatten(1).sum(1)
-    assert table["neg_elbo"] == pytest.approx(want.tolist(), rel=1e-4)
+    assert cols["neg_elbo"] == pytest.approx(want.tolist(), rel=1e-4)
+    out.unlink()
+    with pytest.raises(VaekitError) as e:
+        save_scores(f["ae"], root / "nolabel.npy", out, iw_samples=3)
+    assert one_line(e) == "--iw-samples: an autoencoder defines no density, so it has no -log p(x); use 0"
+    assert not out.exists()
 
 
-def test_save_scores_writes_the_table_as_csv(runs, tmp_path):
+def test_the_threshold_is_calibrated_on_the_validation_split_training_held_out(runs, vae_copy, tmp_path):
+    root, _ = runs
+    cfg = json.loads((vae_copy / "config.json").read_text())
+    cfg["train"]["seed"] = 7  # the split follows the run's seed (seeds.weights), as in train.train
+    (vae_copy / "config.json").write_text(json.dumps(cfg))
+    res = save_scores(vae_copy, root / "imgs.npz", tmp_path / "s.csv", fpr=0.2)
+    model = vaekit.load(vae_copy)
+    every = vaekit.data.load(root / "imgs.npz")
+    _, val = split_validation(every, 0.2, 7)
+    assert len(val) == 6 and not torch.equal(val.x, split_validation(every, 0.2, 0)[1].x)
+    val_scores = score_table(model, val)["score"]
+    t = res["threshold"]
+    assert res["calibrated"] and (t.value, t.fpr, t.n) == (calibrate(val_scores, 0.2), 0.2, 6)
+    assert t.calibrated_on == "the validation split of imgs.npz"
+    assert int((val_scores > t.value).sum()) <= 0.2 * 6  # at most fpr of the calibration inliers above it
+    cols = res["columns"]
+    assert cols["is_outlier"] == [int(s > t.value) for s in cols["score"]] and set(cols["is_outlier"]) == {0, 1}
+    rows = list(csv.DictReader((tmp_path / "s.csv").open()))
+    assert list(rows[0]) == ["index", "label", "score", "neg_elbo", "complexity", "is_outlier"]
+    assert [r["is_outlier"] for r in rows] == [str(v) for v in cols["is_outlier"]]
+    assert load_threshold(vae_copy, model) == t
+
+
+def test_a_stored_threshold_is_used_until_calibrated_again(runs, vae_copy, tmp_path):
+    root, _ = runs
+    first = save_scores(vae_copy, root / "imgs.npz", tmp_path / "a.csv", fpr=0.2)
+    stored = (vae_copy / "threshold.json").read_text()
+    assert json.loads(stored) == asdict(first["threshold"])
+    again = save_scores(vae_copy, root / "imgs.npz", tmp_path / "b.csv")
+    assert not again["calibrated"] and again["threshold"] == first["threshold"]
+    assert again["columns"] == first["columns"] and _rows(tmp_path / "a.csv") == _rows(tmp_path / "b.csv")
+    assert (vae_copy / "threshold.json").read_text() == stored  # read, not rewritten
+    # --calibrate-on a file: all of it, at fpr 0.05 unless given; it replaces the stored threshold
+    other = save_scores(vae_copy, root / "imgs.npz", tmp_path / "c.csv", calibrate_on=root / "nolabel.npy")
+    t = other["threshold"]
+    assert (t.fpr, t.n, t.calibrated_on) == (0.05, 12, str(root / "nolabel.npy"))
+    model = vaekit.load(vae_copy)
+    assert t.value == calibrate(score_table(model, vaekit.data.load(root / "nolabel.npy"))["score"], 0.05)
+    assert load_threshold(vae_copy, model) == t
+
+
+def test_bad_thresholds_and_calibration_data_are_refused_before_anything_is_written(runs, vae_copy, tmp_path):
     root, f = runs
-    out = tmp_path / "sub" / "scores.csv"
-    table = save_scores(f["vae"], root / "imgs.npz", out, iw_samples=5, limit=9)
-    rows = list(csv.reader(out.open()))
-    assert rows[0] == ["index", "label", "neg_elbo", "neg_log_px"] and len(rows) == 10
-    for i, row in enumerate(rows[1:]):
-        assert row == [str(i), str(i % 4), f"{table['neg_elbo'][i]:.4f}", f"{table['neg_log_px'][i]:.4f}"]
-    save_scores(f["vae"], root / "nolabel.npy", out, iw_samples=0)
-    rows = list(csv.reader(out.open()))
-    assert rows[0] == ["index", "label", "neg_elbo"] and len(rows) == 13 and rows[1][1] == ""
-    with pytest.raises(VaekitError, match="iw-samples"):
-        save_scores(f["vae"], root / "imgs.npz", out, iw_samples=-1)
+    out = tmp_path / "s.csv"
+    good = asdict(save_scores(vae_copy, root / "imgs.npz", out, fpr=0.2)["threshold"])
+    out.unlink()
+    path = vae_copy / "threshold.json"
+    damaged = [
+        '{"value": 1.0, "fpr": 0.05',
+        "[]",
+        *(
+            json.dumps({**good, **d})
+            for d in ({"fpr": 1.5}, {"value": math.nan}, {"n": 0}, {"seed": "x"}, {"binarize": "often"}, {"x": 1})
+        ),
+    ]
+    for text in damaged:
+        path.write_text(text)
+        with pytest.raises(VaekitError) as e:
+            save_scores(vae_copy, root / "imgs.npz", out)
+        assert one_line(e) == f"{path}: not a valid threshold file; calibrate again with --fpr", text
+        assert path.read_text() == text and not out.exists()
+    ae = tmp_path / "ae"
+    shutil.copytree(f["ae"], ae)
+    (ae / "threshold.json").write_text(json.dumps(good))
+    with pytest.raises(VaekitError) as e:
+        save_scores(ae, root / "imgs.npz", out)
+    assert (
+        one_line(e)
+        == f"{ae / 'threshold.json'}: calibrated for another model (its weights differ); calibrate again with --fpr"
+    )
+    path.unlink()
+    refusals = [
+        (
+            dict(data=root / "vectors.npy"),
+            f"--data {root / 'vectors.npy'}: examples have shape (10,), the model expects (1, 8, 8)",
+        ),
+        (
+            dict(calibrate_on=root / "vectors.npy"),
+            f"--calibrate-on {root / 'vectors.npy'}: examples have shape (10,), the model expects (1, 8, 8)",
+        ),
+        (dict(calibrate_on="no-such"), "--calibrate-on: unknown dataset 'no-such': not a built-in"),
+        (dict(fpr=0), "--fpr must be a false-positive rate in (0, 1), got 0"),
+        (dict(fpr=1.0), "--fpr must be a false-positive rate in (0, 1), got 1.0"),
+        (dict(fpr=math.nan), "--fpr must be a false-positive rate in (0, 1), got nan"),
+    ]
+    for kwargs, message in refusals:
+        kwargs = {"data": root / "imgs.npz", **kwargs}
+        with pytest.raises(VaekitError) as e:
+            save_scores(vae_copy, kwargs.pop("data"), out, **kwargs)
+        assert one_line(e).startswith(message), (kwargs, one_line(e))
+        assert not out.exists() and not path.exists()
+
+
+def test_without_a_validation_split_calibration_asks_for_calibrate_on(runs, tmp_path):
+    root, _ = runs
+    rc = RunConfig(
+        ModelConfig(model="vae", input_shape=(1, 8, 8), latent_dim=2, hidden=(16,)),
+        TrainConfig(data=str(root / "imgs.npz"), binarize="none", val_fraction=0.0),
+    )
+    run = tmp_path / "noval"
+    vaekit.save(vaekit.build_model(rc.model), run, rc)
+    out = tmp_path / "s.csv"
+    with pytest.raises(VaekitError) as e:
+        save_scores(run, root / "imgs.npz", out, fpr=0.1)
+    assert one_line(e) == (
+        f"{run}: its training held out no validation split (--val-fraction 0) to calibrate the threshold on; "
+        "give held-out in-distribution data with --calibrate-on SRC"
+    )
+    assert not out.exists() and not (run / "threshold.json").exists()
+    assert calibration_data(vaekit.load(run), run, root / "nolabel.npy")[1] == str(root / "nolabel.npy")
+    assert save_scores(run, root / "imgs.npz", out, calibrate_on=root / "nolabel.npy")["threshold"].n == 12
+
+
+def test_a_non_finite_score_is_an_error_naming_the_example_and_writes_nothing(runs, tmp_path):
+    root, f = runs
+    model = vaekit.load(f["vae"])
+    with torch.no_grad():  # huge first-layer weights: any image with a lit pixel overflows the KL to inf
+        next(p for n, p in model.named_parameters() if n.startswith("encoder") and n.endswith("weight")).mul_(1e30)
+    vaekit.save(model, tmp_path / "huge", model.run_config)
+    x = (np.random.default_rng(1).random((6, 8, 8)) < 0.3).astype(np.uint8) * 255
+    x[:3] = 0  # blank images: only the biases reach the code, finite
+    np.save(tmp_path / "x.npy", x)
+    with pytest.raises(VaekitError) as e:
+        save_scores(tmp_path / "huge", tmp_path / "x.npy", tmp_path / "s.csv")
+    assert one_line(e).startswith("x.npy: example 3 has a non-finite ")
+    assert not (tmp_path / "s.csv").exists()
+
+
+def test_a_failed_write_leaves_the_old_csv_and_no_temp_file(runs, tmp_path, monkeypatch):
+    root, f = runs
+    out = tmp_path / "scores.csv"
+    out.write_text("old\n")
+    real = Path.write_text
+
+    def half_then_full_disk(self, data, *args, **kwargs):
+        if not self.name.startswith(".scores.csv."):
+            return real(self, data, *args, **kwargs)
+        real(self, data[: len(data) // 2], *args, **kwargs)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", half_then_full_disk)
+    with pytest.raises(VaekitError) as e:
+        save_scores(f["vae"], root / "imgs.npz", out)
+    assert one_line(e) == f"{out}: cannot write (no space left on device)"
+    assert out.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["scores.csv"]
 
 
 def test_evaluate_run_is_evaluate_with_the_split_and_model_named(runs):
