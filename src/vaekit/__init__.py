@@ -16,7 +16,7 @@ from vaekit.io import load, save
 from vaekit.models import VAE, Autoencoder, build_model
 from vaekit.train import Run, fit
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 __all__ = [
     "anomaly",
     "data",
