@@ -26,13 +26,15 @@ def run_data(model, source: str | Path | None = None, split: str = "test", flag:
     input shape (the error names `flag`)."""
     from vaekit.data import load
 
-    cfg = model.run_config
-    source = source or cfg.train.data
-    ds = load(source, split)
-    if ds.shape != tuple(cfg.model.input_shape):
-        raise VaekitError(
-            f"{flag} {source}: examples have shape {ds.shape}, the model expects {tuple(cfg.model.input_shape)}"
-        )
+    source = source or model.run_config.train.data
+    return check_shape(model, load(source, split), source, flag)
+
+
+def check_shape(model, ds, source, flag: str = "--data"):
+    """`ds` if its examples have the model's input shape; else a one-line error naming `flag` and `source`."""
+    want = tuple(model.config.input_shape)
+    if ds.shape != want:
+        raise VaekitError(f"{flag} {source}: examples have shape {ds.shape}, the model expects {want}")
     return ds
 
 
@@ -137,14 +139,14 @@ def calibration_data(model, run: str | Path, source: str | Path | None = None):
     them flags more than `fpr` of new inliers); a file or folder: all of it -- else the validation split the
     run held out from its training data, drawn exactly as train.train draws it."""
     from vaekit import seeds
-    from vaekit.data import DATASETS, split_validation
+    from vaekit.data import DATASETS, load, split_validation
 
     if source is not None:
         try:
-            ds = run_data(model, source, "test", flag="--calibrate-on")
-        except VaekitError as e:
-            msg = str(e)
-            raise VaekitError(msg if msg.startswith("--calibrate-on") else f"--calibrate-on: {msg}") from None
+            ds = load(source, "test")
+        except VaekitError as e:  # a source that cannot be read
+            raise VaekitError(f"--calibrate-on: {e}") from None
+        ds = check_shape(model, ds, source, "--calibrate-on")
         return ds, (f"the test split of {source}" if str(source) in DATASETS else str(source))
     cfg = model.run_config.train
     val = None
