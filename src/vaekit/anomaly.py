@@ -226,12 +226,10 @@ class Detector:
         self.threshold: Threshold | None = None
 
     def table(self, x, iw_samples: int = 0) -> dict[str, torch.Tensor]:
+        from vaekit.data import expect_shape
+
         ds = as_dataset(x)
-        if tuple(ds.shape) != tuple(self.model.config.input_shape):
-            raise VaekitError(
-                f"{ds.name}: examples have shape {tuple(ds.shape)}, the model expects "
-                f"{tuple(self.model.config.input_shape)}"
-            )
+        expect_shape(ds, self.model.config.input_shape, ds.name)
         return score_table(
             self.model, ds, iw_samples=iw_samples, binarize=self.binarize, batch_size=self.batch_size, seed=self.seed
         )

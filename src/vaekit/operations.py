@@ -32,10 +32,9 @@ def run_data(model, source: str | Path | None = None, split: str = "test", flag:
 
 def check_shape(model, ds, source, flag: str = "--data"):
     """`ds` if its examples have the model's input shape; else a one-line error naming `flag` and `source`."""
-    want = tuple(model.config.input_shape)
-    if ds.shape != want:
-        raise VaekitError(f"{flag} {source}: examples have shape {ds.shape}, the model expects {want}")
-    return ds
+    from vaekit.data import expect_shape
+
+    return expect_shape(ds, model.config.input_shape, f"{flag} {source}")
 
 
 def evaluate_run(

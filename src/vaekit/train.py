@@ -33,8 +33,8 @@ import torch
 from vaekit import checkpoint as ckpt
 from vaekit import io, seeds, steps
 from vaekit.config import RunConfig, TrainConfig, check_cpu_bf16
+from vaekit.data import expect_shape, split_validation
 from vaekit.data import load as load_data
-from vaekit.data import split_validation
 from vaekit.distributed import (
     agree,
     all_sum,
@@ -220,11 +220,8 @@ class Loop:
     def _datasets(self, model, data, val):
         train_ds, val = as_dataset(data), as_dataset(val, "val")
         for name, ds in (("data", train_ds), ("val", val)):
-            if ds is not None and tuple(ds.shape) != tuple(model.config.input_shape):
-                raise VaekitError(
-                    f"{name}: examples have shape {tuple(ds.shape)}, the model expects "
-                    f"{tuple(model.config.input_shape)}"
-                )
+            if ds is not None:
+                expect_shape(ds, model.config.input_shape, name)
         if self.cfg.binarize == "static":
             train_ds = train_ds.binarized(seeds.static_train(self.cfg.seed))
             val = val.binarized(seeds.static_val(self.cfg.seed)) if val is not None else None

@@ -110,6 +110,14 @@ def load(source: str | Path, split: str = "train") -> Dataset:
     return Dataset(torch.from_numpy(images), y, path.name)
 
 
+def expect_shape(ds: Dataset, shape, what: str) -> Dataset:
+    """`ds` if its examples have `shape` (the model's input shape); else a one-line error naming `what`."""
+    want = tuple(shape)
+    if ds.shape != want:
+        raise VaekitError(f"{what}: examples have shape {ds.shape}, the model expects {want}")
+    return ds
+
+
 def split_validation(ds: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset | None]:
     """Hold out `fraction` of `ds` (a fixed random subset) for validation."""
     if not 0.0 <= fraction < 1.0:
