@@ -7,10 +7,12 @@ model.encode(x); model.decode(z); model.sample(64)
 vaekit.evaluate.log_likelihood(model, x, k=5000)
 vaekit.operations.evaluate_run("runs/demo/vae")   # what `vaekit eval` prints, as a dict
 vaekit.anomaly.Detector(model).fit(x_inliers, fpr=0.05).predict(x)   # outliers
+vaekit.show(model.sample(64))   # an image grid that draws itself in Jupyter (so does `model`, as a table)
 """
 
 from vaekit import anomaly, data, evaluate, objectives, operations
 from vaekit.config import ModelConfig, RunConfig, TrainConfig
+from vaekit.display import Picture, show
 from vaekit.errors import VaekitError
 from vaekit.io import load, save
 from vaekit.models import VAE, Autoencoder, build_model
@@ -34,4 +36,6 @@ __all__ = [
     "TrainConfig",
     "RunConfig",
     "VaekitError",
+    "show",
+    "Picture",
 ]

@@ -7,17 +7,23 @@
     latent_scatter          2-D codes coloured by label, optionally with generated codes on top
     manifold                the 2-D VAE decoded on a grid beside its latent scatter
 
-Every plot function takes plain tensors/arrays and a path, writes one PNG and returns the path.
+Every plot function takes plain tensors/arrays and a path, writes one PNG and returns the path; without a
+path it returns the PNG as a vaekit.display.Picture, which draws itself in Jupyter.
 """
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from PIL import Image
+
+if TYPE_CHECKING:
+    from vaekit.display import Picture
 
 DPI = 100
 
@@ -62,7 +68,15 @@ def _plt():
     return plt
 
 
-def _save(fig, path: str | Path) -> Path:
+def _save(fig, path: str | Path | None) -> Path | Picture:
+    """Write the figure to `path` and return the path; with path None, return it as a Picture."""
+    if path is None:
+        from vaekit.display import Picture
+
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight", facecolor="white")
+        _plt().close(fig)
+        return Picture(buf.getvalue())
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=DPI, bbox_inches="tight", facecolor="white")
@@ -90,7 +104,9 @@ def _show(ax, x: torch.Tensor) -> None:
         s.set_visible(False)
 
 
-def training_curves(histories: dict[str, list[dict]], path: str | Path, autoencoders: set[str] = frozenset()) -> Path:
+def training_curves(
+    histories: dict[str, list[dict]], path: str | Path | None = None, autoencoders: set[str] = frozenset()
+) -> Path | Picture:
     """Three panels per epoch: ELBO, reconstruction term E_q[log p(x|z)], KL; one colour per run.
 
     histories: run name -> its metrics.jsonl rows. Runs named in `autoencoders` appear in the
@@ -135,12 +151,12 @@ def training_curves(histories: dict[str, list[dict]], path: str | Path, autoenco
 
 def image_rows(
     rows: list[tuple[str, torch.Tensor]],
-    path: str | Path,
+    path: str | Path | None = None,
     captions: list[list[str]] | None = None,
     col_titles: list[str] | None = None,
     title: str | None = None,
     size: float = 0.85,
-) -> Path:
+) -> Path | Picture:
     """Rows of images, each (N, *shape) in [0, 1], a label at the left of each row, an optional caption
     under every image (captions[row][col]) and optional column titles."""
     plt = _plt()
@@ -170,7 +186,9 @@ def image_rows(
     return _save(fig, path)
 
 
-def sample_panels(panels: list[tuple[str, torch.Tensor]], path: str | Path, nrow: int = 10) -> Path:
+def sample_panels(
+    panels: list[tuple[str, torch.Tensor]], path: str | Path | None = None, nrow: int = 10
+) -> Path | Picture:
     """Image grids side by side (each (N, *shape) in [0, 1], `nrow` images per row), a title above each."""
     plt = _plt()
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.9), squeeze=False)
@@ -189,7 +207,7 @@ def _scatter(ax, xy: np.ndarray, labels: np.ndarray | None, s: float = 4):
     return ax.scatter(xy[:, 0], xy[:, 1], c=labels, cmap="tab10", vmin=-0.5, vmax=9.5, s=s, alpha=0.7, linewidths=0)
 
 
-def latent_scatter(panels: list[dict], path: str | Path) -> Path:
+def latent_scatter(panels: list[dict], path: str | Path | None = None) -> Path | Picture:
     """One scatter per panel. Each panel: {"title", "xy" (N, 2), "labels" (N,) or None,
     "xlabel", "ylabel", optional "extra" (M, 2) drawn as grey crosses with "extra_label"}."""
     plt = _plt()
@@ -230,8 +248,8 @@ def manifold(
     axis_values: np.ndarray,
     codes: np.ndarray,
     labels: np.ndarray | None,
-    path: str | Path,
-) -> Path:
+    path: str | Path | None = None,
+) -> Path | Picture:
     """Left: images (n*n, *shape) decoded on an n x n grid of 2-D codes (row-major, z2 decreasing down the
     rows, as vaekit.latent.normal_grid makes them), axis_values (n,) the grid's z values. Right: the
     latent codes (N, 2) of test data coloured by label, with the grid's extent drawn as a rectangle."""

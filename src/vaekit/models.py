@@ -108,6 +108,12 @@ class _LatentModel(nn.Module):
         """The decoded mean at the posterior mean, (B, *shape)."""
         return self.decode(self.encode(x).mean).mean
 
+    def _repr_html_(self) -> str:
+        """What Jupyter shows for a model: architecture, latent size, prior, likelihood (vaekit.display)."""
+        from vaekit.display import model_html
+
+        return model_html(self)
+
 
 class VAE(_LatentModel):
     is_vae = True
