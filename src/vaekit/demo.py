@@ -1,6 +1,6 @@
 """`vaekit demo`: train what the report needs on MNIST, then write the report.
 
-    run_demo(Path("runs/demo"))   ->  runs/demo/{ae,vae,vae2d,classifier}/, runs/demo/report.html
+    run_demo(Path("runs/demo"))   ->  runs/demo/{ae,vae,ae2d,vae2d,classifier}/, runs/demo/report.html
 
 Each model is trained by `vaekit.train.train` (the code path of `vaekit train`). Runs already in
 `out` are reused when finished (all epochs in metrics.jsonl and model.safetensors present), resumed
@@ -28,8 +28,9 @@ from vaekit.report import QUICK, ReportSettings, build_report, save_report
 from vaekit.train import train
 
 # Epochs sized so the full demo ends well inside 10 minutes on a 2-core CPU (timings: README, benchmarks/).
-FULL_EPOCHS = {"ae": 20, "vae": 30, "vae2d": 20, "classifier": 5}
-QUICK_EPOCHS = {"ae": 1, "vae": 1, "vae2d": 1, "classifier": 1}
+FULL_EPOCHS = {"ae": 20, "vae": 30, "ae2d": 20, "vae2d": 20, "classifier": 5}
+QUICK_EPOCHS = {"ae": 1, "vae": 1, "ae2d": 1, "vae2d": 1, "classifier": 1}
+SNAPSHOT_N = 2000  # test digits whose codes the 2-D runs save after every epoch (the report's animation)
 
 
 def plan(quick: bool) -> dict[str, RunConfig | ClassifierConfig]:
@@ -39,6 +40,7 @@ def plan(quick: bool) -> dict[str, RunConfig | ClassifierConfig]:
     return {
         "ae": RunConfig(ModelConfig(model="ae", latent_dim=20), replace(train, epochs=e["ae"])),
         "vae": RunConfig(ModelConfig(model="vae", latent_dim=20), replace(train, epochs=e["vae"])),
+        "ae2d": RunConfig(ModelConfig(model="ae", latent_dim=2), replace(train, epochs=e["ae2d"])),
         "vae2d": RunConfig(ModelConfig(model="vae", latent_dim=2), replace(train, epochs=e["vae2d"])),
         "classifier": ClassifierConfig(data="mnist", epochs=e["classifier"], seed=0),
     }
@@ -85,8 +87,20 @@ def _saved_config(folder: Path, classifier: bool):
         raise VaekitError(f"{folder}: exists but is not a demo run ({e}); move it away or use another --out") from None
 
 
+def _snapshots(cfg: RunConfig | ClassifierConfig, folder: Path):
+    """For a 2-D model, the callback saving its codes of the first SNAPSHOT_N test digits after every epoch."""
+    if isinstance(cfg, ClassifierConfig) or cfg.model.latent_dim != 2:
+        return None
+    from vaekit.data import load as load_data
+    from vaekit.snapshots import LatentSnapshots
+
+    ds = load_data(cfg.train.data, "test")
+    return LatentSnapshots(folder, ds.batch(slice(0, SNAPSHOT_N)))
+
+
 def ensure_run(folder: Path, cfg: RunConfig | ClassifierConfig, threads: int = 0) -> str:
-    """Make `folder` a finished run of `cfg`: reuse, resume or train. Returns what was done."""
+    """Make `folder` a finished run of `cfg`: reuse, resume or train. Returns what was done.
+    A 2-D model saves its test codes after every epoch (snapshots.py) for the report's animation."""
     classifier = isinstance(cfg, ClassifierConfig)
     epochs = cfg.epochs if classifier else cfg.train.epochs
     fresh = not folder.exists() or not any(folder.iterdir())
@@ -128,12 +142,12 @@ def ensure_run(folder: Path, cfg: RunConfig | ClassifierConfig, threads: int = 0
     if classifier:
         train_classifier(cfg, folder, resume=resume, overwrite=overwrite, quiet=False)
     else:
-        train(cfg, folder, resume=resume, overwrite=overwrite)
+        train(cfg, folder, resume=resume, overwrite=overwrite, on_epoch=_snapshots(cfg, folder))
     return f"{'resumed' if resume else 'trained'} in {time.perf_counter() - t:.0f} s"
 
 
 def run_demo(out: Path, quick: bool = False) -> Path:
-    """Train (or reuse) the AE, the VAE, the 2-D VAE and the classifier in `out`, write out/report.html,
+    """Train (or reuse) the AE, the VAE, the 2-D AE and VAE and the classifier in `out`, write out/report.html,
     print the headline numbers, and return the report's path."""
     out = Path(out)
     t0 = time.perf_counter()

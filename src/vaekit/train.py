@@ -146,6 +146,7 @@ def fit(
     resume: bool = False,
     overwrite: bool = False,
     run_config: RunConfig | None = None,
+    on_epoch=None,
 ) -> Run:
     """Train `model` on `data` as `cfg` says; write the run folder `out` (if given) on rank 0.
 
@@ -153,11 +154,16 @@ def fit(
         data, val: a Dataset, a dataset name or path, or an array (N, *shape) of pixels in [0, 1] (or uint8).
             `val` (optional) is the held-out set for early stopping and best-model keeping.
         out: the run folder; None trains in memory and writes nothing (no checkpoints, no resume).
+        on_epoch: called as on_epoch(model, epoch) on rank 0 before the first epoch (epoch 0) and after each
+            one (epoch = epochs done), e.g. snapshots.LatentSnapshots; it must not draw random numbers.
     Returns a Run: the model (the best validation epoch's weights when `val` is given), per-epoch metrics
     (ELBO terms per example, in nats) and why it stopped. Raises Interrupted after SIGINT/SIGTERM
     (checkpoint written) and Diverged after cfg.max_bad_steps consecutive non-finite steps.
     """
     loop = Loop(model, data, cfg, out, val, resume, overwrite, run_config)
+    loop.on_epoch = on_epoch if loop.rank == 0 else None
+    if loop.on_epoch is not None and loop.state.epoch == 0 and loop.state.step == 0:
+        loop.on_epoch(loop.model, 0)
     with SignalFlag() as flag, loop.log:
         try:
             stopped = "finished"
@@ -207,6 +213,7 @@ class Loop:
         self.params = [p for p in model.parameters() if p.requires_grad]
         self._shape_steps()
         self.state, self.perm, self.metrics, self.best = LoopState(world=self.world), None, [], None
+        self.on_epoch = None  # fit's per-epoch callback (rank 0 only)
         self.last_ckpt = self._restore() if resume else None
         if self.writer:
             io.atomic_write_text(self.out / io.CONFIG, (run_config or RunConfig(model.config, cfg)).to_json() + "\n")
@@ -317,6 +324,8 @@ class Loop:
         st.epoch, st.step_in_epoch, st.metrics_lines, st.sums = st.epoch + 1, 0, len(self.metrics), [0.0] * 5
         self.perm = None
         self.save_checkpoint(torch.zeros(5, dtype=torch.float64, device=self.device))
+        if self.on_epoch is not None:
+            self.on_epoch(self.model, st.epoch)
         if cfg.patience and st.bad_epochs >= cfg.patience:
             self.log.say(f"early stop: no validation improvement for {cfg.patience} epochs")
             return True
@@ -412,8 +421,10 @@ class Loop:
 # ------------------------------------------------------------------------------------- the CLI's entry
 
 
-def train(run_config: RunConfig, out: str | Path, *, resume: bool = False, overwrite: bool = False, given=None) -> Run:
-    """What `vaekit train` does: load data, build the model, fit, save. Returns the Run.
+def train(
+    run_config: RunConfig, out: str | Path, *, resume: bool = False, overwrite: bool = False, given=None, on_epoch=None
+) -> Run:
+    """What `vaekit train` does: load data, build the model, fit, save. Returns the Run. `on_epoch`: as in fit.
 
     `given` names the options the user set (flags or config file); on --resume only those are checked
     against the saved run (None: any value that differs from the default counts as given)."""
@@ -437,4 +448,14 @@ def train(run_config: RunConfig, out: str | Path, *, resume: bool = False, overw
         train_ds, val_ds = split_validation(ds, cfg.val_fraction, seeds.weights(cfg.seed))
         torch.manual_seed(seeds.weights(cfg.seed))  # the initial weights follow --seed (the same on every rank)
         model = build_model(model_cfg)
-        return fit(model, train_ds, cfg, out, val=val_ds, resume=resume, overwrite=overwrite, run_config=run_config)
+        return fit(
+            model,
+            train_ds,
+            cfg,
+            out,
+            val=val_ds,
+            resume=resume,
+            overwrite=overwrite,
+            run_config=run_config,
+            on_epoch=on_epoch,
+        )
