@@ -49,6 +49,7 @@ from vaekit.errors import VaekitError
 from vaekit.models import build_model
 from vaekit.objectives import kl_weight
 from vaekit.runlog import RunLog, truncate_metrics
+from vaekit.signals import SignalFlag
 from vaekit.steps import as_dataset, compiled, fit_ae_codes, forward_backward, make_optimizer, resolve_binarize
 
 __all__ = ["Diverged", "Interrupted", "LoopState", "Run", "dist_info", "fit", "resolve_device", "train"]
@@ -103,34 +104,6 @@ class LoopState:
             return cls(**{f.name: meta[f.name] for f in dataclasses.fields(cls)})
         except KeyError as e:
             raise VaekitError(f"{file}: checkpoint does not match this model (no {e.args[0]!r})") from None
-
-
-class SignalFlag:
-    """SIGINT/SIGTERM set a flag that the loop checks between steps (never mid-update); a second signal
-    raises KeyboardInterrupt at once, which `fit` turns into Interrupted."""
-
-    def __init__(self):
-        self.signum = None
-        self.second = None
-        self._old = {}
-
-    def __enter__(self):
-        for s in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._old[s] = signal.signal(s, self._handle)
-            except ValueError:  # not the main thread: leave signals alone
-                pass
-        return self
-
-    def _handle(self, signum, frame):
-        if self.signum is not None:
-            self.second = signum
-            raise KeyboardInterrupt
-        self.signum = signum
-
-    def __exit__(self, *exc):
-        for s, h in self._old.items():
-            signal.signal(s, h)
 
 
 # -------------------------------------------------------------------------------------------- the loop
