@@ -1,0 +1,201 @@
+"""The lecture's claims about the latent space, measured (claims.py assembles them into the claims table):
+
+    hole_map                 C1  a 2-D model's decoder on a grid over its codes: where the classifier cannot
+                                 place the decoded image (the "holes" of Problem 1)
+    neighbourhood_agreement  C2  codes moved by r code-spreads: does the decoded digit keep its label?
+    sampling_scores          C3  digits generated from N(0, I) (and, for an AE, from its fitted Gaussian)
+    interpolation_compare    C4  studies.interp_study / compare_interp for any AE-VAE pair
+    aggregate_codes          C8  one code per example (a draw of q(z|x); an AE's code) ...
+    code_prior_kl                ... and KL(N(m, S) fitted to them || N(0, I)) in closed form
+
+Plain numbers, arrays and dataclasses; no HTML, no files. Every function takes a model (a vaekit VAE or
+Autoencoder), the reference classifier where it needs one (anything with predict_proba), and tensors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vaekit.classifier import generation_scores
+from vaekit.evaluate import posterior_means
+from vaekit.studies import Entry, ReportSettings, compare_interp, interp_study
+
+BATCH = 5000  # codes decoded at a time
+
+
+@torch.inference_mode()
+def decode_means(model, z: torch.Tensor) -> torch.Tensor:
+    """The decoded means of codes z (N, D), BATCH at a time: (N, *shape)."""
+    return torch.cat([model.decode(z[i : i + BATCH]).mean for i in range(0, len(z), BATCH)])
+
+
+# ------------------------------------------------------------------------------------------- C1
+
+
+@dataclass
+class HoleMap:
+    """A 2-D model's decoder on an n x n grid (row-major, z2 decreasing down the rows, as latent.normal_grid)."""
+
+    xs: np.ndarray  # (n,) the grid's z1 values, increasing
+    ys: np.ndarray  # (n,) its z2 values, decreasing (row 0 is the top of the picture)
+    z: torch.Tensor  # (n * n, 2) the grid's codes, row-major
+    images: torch.Tensor  # (n * n, *shape) decoded means
+    confidence: np.ndarray  # (n, n) the classifier's top class probability per grid point
+    label: np.ndarray  # (n, n) its predicted class per grid point
+    threshold: float  # a grid point is a hole when its confidence is below this
+    hole_fraction: float  # the share of grid points that are holes, in [0, 1]
+
+
+def hole_map(
+    model, clf, codes: torch.Tensor, grid: int = 20, lo_q: float = 0.01, hi_q: float = 0.99, threshold: float = 0.5
+) -> HoleMap:
+    """C1: decode a regular grid x grid lattice over the box [lo_q, hi_q]-quantile of each axis of `codes`
+    (N, 2) (the region the test codes occupy, trimmed of the 1% outliers on each side), and score every
+    decoded image with the classifier. A hole is a grid point whose image the classifier cannot place:
+    top class probability below `threshold` (0.5: no class is more likely than all the others together)."""
+    if codes.dim() != 2 or codes.shape[1] != 2:
+        raise ValueError(f"hole_map: needs 2-D codes (N, 2), got {tuple(codes.shape)}")
+    c = codes.detach().double().cpu()
+    q = torch.tensor([lo_q, hi_q], dtype=torch.float64)
+    (x0, x1), (y0, y1) = torch.quantile(c[:, 0], q).tolist(), torch.quantile(c[:, 1], q).tolist()
+    xs, ys = torch.linspace(x0, x1, grid), torch.linspace(y1, y0, grid)
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    z = torch.stack([gx.reshape(-1), gy.reshape(-1)], 1).to(next(model.parameters()).device)  # (grid^2, 2)
+    images = decode_means(model, z)
+    p = clf.predict_proba(images).cpu()
+    conf, lab = p.max(-1)
+    conf = conf.view(grid, grid).numpy()
+    return HoleMap(
+        xs.numpy(),
+        ys.numpy(),
+        z.cpu(),
+        images.cpu(),
+        conf,
+        lab.view(grid, grid).numpy(),
+        threshold,
+        float((conf < threshold).mean()),
+    )
+
+
+# ------------------------------------------------------------------------------------------- C2
+
+
+@dataclass
+class Neighbourhood:
+    radii: list[float]  # r, in units of the codes' per-dimension spread s
+    agreement: list[float]  # per radius: share of decoded neighbours classified as the example's label y
+    consistency: list[float]  # per radius: share classified as the decoded code itself (r = 0) is
+    confidence: list[float]  # per radius: mean top class probability of the decoded neighbours
+    n: int  # examples
+    draws: int  # neighbours per example and radius
+
+    def mean_agreement(self) -> float:
+        """The agreement averaged over the radii above 0: one number for "nearby codes keep the digit"."""
+        vals = [a for r, a in zip(self.radii, self.agreement) if r > 0]
+        return float(np.mean(vals)) if vals else float("nan")
+
+
+@torch.inference_mode()
+def neighbourhood_agreement(model, clf, x: torch.Tensor, y: torch.Tensor, radii, draws: int = 4, seed: int = 0):
+    """C2: for each example of x (N, *shape) with label y (N,), its code z (the posterior mean), and `draws`
+    neighbours z + r * s * eps per radius r (eps ~ N(0, I), s (D,) the per-dimension standard deviation of
+    the N codes, so r is in the codes' own units whatever their scale): the share of decoded neighbours the
+    classifier labels y, the share it labels as the decoded code itself, and its mean confidence.
+    Works for any latent size, AE or VAE. Returns a Neighbourhood."""
+    z = posterior_means(model, x)  # (N, D)
+    s = z.std(0) if len(z) > 1 else torch.zeros_like(z[0])
+    g = torch.Generator().manual_seed(seed)
+    y = y.to(z.device)
+    own = clf.predict_proba(decode_means(model, z)).argmax(-1).to(z.device)  # (N,)
+    agree, consistent, conf = [], [], []
+    for r in radii:
+        eps = torch.randn(draws, *z.shape, generator=g).to(z.device)  # (draws, N, D)
+        zz = (z + float(r) * s * eps).reshape(-1, z.shape[1])
+        p = clf.predict_proba(decode_means(model, zz)).to(z.device).view(draws, len(z), -1)
+        lab = p.argmax(-1)  # (draws, N)
+        agree.append(float((lab == y).float().mean()))
+        consistent.append(float((lab == own).float().mean()))
+        conf.append(float(p.max(-1).values.mean()))
+    return Neighbourhood([float(r) for r in radii], agree, consistent, conf, len(z), draws)
+
+
+# ------------------------------------------------------------------------------------------- C3
+
+
+@torch.inference_mode()
+def sampling_scores(model, clf, x_real: torch.Tensor, n: int, seed: int = 0) -> dict[str, dict]:
+    """C3: n digits generated by decoding codes drawn from N(0, I) ("prior": the VAE's prior; for an AE,
+    what "sample the latent space" means without one) and, for an AE, from its fitted Gaussian
+    model.latent_sampler ("fitted"); each scored by classifier.generation_scores (Frechet distance on the
+    classifier's features, confidence, coverage) against the first min(n, N/2) real images of x_real."""
+    n_ref = min(n, len(x_real) // 2)
+    x_ref = x_real[:n_ref]
+    g = torch.Generator().manual_seed(seed)
+    device = next(model.parameters()).device
+    draws = {"prior": torch.randn(n, model.latent_dim, generator=g).to(device)}
+    if not model.is_vae:
+        draws["fitted"] = model.latent_sampler(n, g)
+    return {k: generation_scores(clf, decode_means(model, z), x_ref) for k, z in draws.items()}
+
+
+def real_scores(clf, x_real: torch.Tensor, n: int) -> dict:
+    """The floor of sampling_scores at the same n: real images x_real[n_ref:2 n_ref] scored against the
+    first n_ref (a Frechet distance this small is what two samples of the real data differ by)."""
+    n_ref = min(n, len(x_real) // 2)
+    return generation_scores(clf, x_real[n_ref : 2 * n_ref], x_real[:n_ref])
+
+
+# ------------------------------------------------------------------------------------------- C4
+
+
+def interpolation_compare(ae, vae, clf, x: torch.Tensor, y: torch.Tensor | None, pairs: int = 3, steps: int = 10):
+    """C4: studies.interp_study on an AE and a VAE (any latent size; the pairs of test examples that
+    studies.pair_indices picks from x, y) and studies.compare_interp of the two: its dict (modes, wins, n)
+    with the study's summary per (run, mode) under "summary"."""
+    main = [Entry("ae", Path("ae"), ae, []), Entry("vae", Path("vae"), vae, [])]
+    study = interp_study(main, clf, x, y, replace(ReportSettings(), pairs=pairs, steps=steps))
+    return {**compare_interp(study.summary, "ae", "vae"), "summary": study.summary}
+
+
+# ------------------------------------------------------------------------------------------- C8
+
+
+@torch.inference_mode()
+def aggregate_codes(model, x: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """One code per example of x (N, *shape): a draw z ~ q(z|x) for a VAE (together, draws of the aggregate
+    posterior q(z) = E_x q(z|x), what the prior should match), the code itself for an AE. (N, D)."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(0, len(x), BATCH):
+        q = model.encode(x[i : i + BATCH].to(next(model.parameters()).device))
+        eps = torch.randn(q.mean.shape, generator=g).to(q.mean.device)
+        out.append(q.mean + q.stddev * eps if model.is_vae else q.mean)
+    return torch.cat(out)
+
+
+def gaussian_kl_to_standard(mean: torch.Tensor, cov: torch.Tensor) -> dict[str, float]:
+    """KL( N(mean, cov) || N(0, I) ) in closed form, nats, with its two parts:
+
+    kl = 1/2 (tr S + m.m - D - log det S) = mean_part (1/2 m.m) + cov_part (1/2 (tr S - D - log det S))
+    """
+    m, s = mean.detach().double().cpu(), cov.detach().double().cpu()
+    d = m.shape[0]
+    logdet = 2 * torch.log(torch.diagonal(torch.linalg.cholesky(s))).sum()
+    mean_part = 0.5 * float(m @ m)
+    cov_part = 0.5 * float(torch.trace(s) - d - logdet)
+    return {"kl": mean_part + cov_part, "mean_part": mean_part, "cov_part": cov_part}
+
+
+def code_prior_kl(codes: torch.Tensor) -> dict[str, float]:
+    """C8: fit N(m, S) to codes (N, D) (sample mean and covariance, S + 1e-6 I so log det is finite) and
+    return gaussian_kl_to_standard of it, and "floor": the KL expected from fitting N samples of N(0, I)
+    itself, (D + D(D+1)/2) / (2N) (2N KL is asymptotically chi-square with that many degrees of freedom):
+    differences below it are sampling noise."""
+    z = codes.detach().double().cpu()
+    n, d = z.shape
+    cov = torch.cov(z.T).reshape(d, d) + 1e-6 * torch.eye(d, dtype=torch.float64)
+    return {**gaussian_kl_to_standard(z.mean(0), cov), "floor": (d + d * (d + 1) / 2) / (2 * n)}
