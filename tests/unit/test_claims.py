@@ -16,6 +16,7 @@ from torch import nn
 
 from vaekit.claims import ClaimResults, ClaimSettings, elbo_forms, measure_claims
 from vaekit.claims_latent import (
+    Neighbourhood,
     aggregate_codes,
     code_prior_kl,
     gaussian_kl_to_standard,
@@ -355,3 +356,19 @@ def test_holds_rules():
     kl = {k: {"kl": v, "floor": 0.05} for k, v in {"ae": 40.0, "vae": 0.5, "ae2d": 0.52, "vae2d": 0.5}.items()}
     assert claims_table(results(prior_kl=kl))[7].holds == "partly"
     assert ratio_margin(50) == pytest.approx(math.exp(4 / 7))
+
+
+def test_figures(tmp_path):
+    from PIL import Image
+
+    from vaekit.figures_claims import hole_maps, neighbourhood_curves
+
+    m, clf = tiny("ae", 2), FakeClassifier()
+    codes = torch.randn(300, 2)
+    labels = (torch.arange(300) % 10).numpy()
+    panels = [{"title": t, "hole": hole_map(m, clf, codes, grid=6), "codes": codes, "labels": labels} for t in "ab"]
+    w, h = Image.open(hole_maps(panels, tmp_path / "holes.png")).size
+    assert w > h * 0.8 and w > 600  # two columns, two rows
+    nb = Neighbourhood([0.0, 1.0], [0.9, 0.5], [1.0, 0.6], [0.8, 0.6], 10, 2)
+    curves = {"D=2": {"AE": nb, "VAE": nb}, "D=20": {"AE": nb, "VAE": nb}}
+    assert Image.open(neighbourhood_curves(curves, tmp_path / "nb.png")).size[0] > 600
