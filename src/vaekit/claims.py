@@ -199,8 +199,9 @@ class ClaimResults:
 def measure_claims(models: dict, clf, x: torch.Tensor, y: torch.Tensor | None, s: ClaimSettings = ClaimSettings()):
     """Every claim's numbers on the runs in `models` (keys among MODELS: "ae", "vae" at D=20, "ae2d",
     "vae2d" at D=2; a missing or None one is skipped), with the classifier `clf` (None: the claims that need
-    it are skipped) on greyscale test images x (N, *shape) with labels y (N,) or None. Returns ClaimResults,
-    with the seconds each claim took."""
+    it are skipped) on greyscale test images x (N, *shape) with labels y (N,) or None: C3 compares n_gen
+    generated digits with the first min(n_gen, N/2) of them (and those with the next as its floor), the other
+    claims use the first n_codes, n_neigh or grad_batch. Returns ClaimResults, with the seconds each claim took."""
     m = {k: v for k, v in models.items() if k in MODELS and v is not None}
     res = ClaimResults({k: {"latent_dim": v.latent_dim, "is_vae": v.is_vae} for k, v in m.items()}, s, clf is not None)
     clock = _clock(res.seconds)
@@ -223,10 +224,10 @@ def measure_claims(models: dict, clf, x: torch.Tensor, y: torch.Tensor | None, s
     with clock("C5"):
         if "vae" in m:
             res.shift = shift_numbers(m["vae"], clf, xc, yc, s.iw_k, s.shift_draws, s.seed)
-    gb = torch.Generator().manual_seed(s.seed)
+    x_bin = binarize(x[: s.grad_batch], torch.Generator().manual_seed(s.seed))  # one draw, for every VAE
     for k, v in m.items():
         if v.is_vae:
-            xb = binarize(x[: s.grad_batch], gb) if _binary(v) else x[: s.grad_batch]
+            xb = x_bin if _binary(v) else x[: s.grad_batch]
             with clock("C6"):
                 res.elbo[k] = elbo_forms(v, xb, s.elbo_draws, s.grad_draws, s.seed)
             with clock("C7"):
