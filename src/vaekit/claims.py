@@ -26,8 +26,10 @@ import torch
 from vaekit.claims_latent import (
     HoleMap,
     Neighbourhood,
+    Typicality,
     aggregate_codes,
     code_prior_kl,
+    fit_typicality,
     hole_map,
     interpolation_compare,
     neighbourhood_agreement,
@@ -48,7 +50,8 @@ class ClaimSettings:
 
     n_codes: int = 2000  # test digits whose codes set the hole map's box (C1) and the aggregate codes (C8)
     grid: int = 25  # C1: grid x grid decoded codes
-    threshold: float = 0.5  # C1: a grid point is a hole below this confidence
+    threshold: float = 0.5  # C1: a grid point is a hole below this confidence ...
+    typical_q: float = 0.99  # C1: ... or beyond this quantile of real digits' feature distances (fit_typicality)
     n_neigh: int = 500  # C2: test digits whose neighbourhoods are decoded
     radii: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0)  # C2, in code spreads
     neigh_draws: int = 4  # C2: neighbours per digit and radius
@@ -185,6 +188,7 @@ class ClaimResults:
     settings: ClaimSettings
     has_classifier: bool
     holes: dict[str, HoleMap] = field(default_factory=dict)  # C1, 2-D runs
+    typicality: Typicality | None = None  # C1: what a real digit's features look like (needs labels)
     neighbourhoods: dict[str, Neighbourhood] = field(default_factory=dict)  # C2
     sampling: dict[str, dict] = field(default_factory=dict)  # C3, run -> sampler -> generation_scores
     real: dict | None = None  # C3's floor, real_scores
@@ -208,8 +212,10 @@ def measure_claims(models: dict, clf, x: torch.Tensor, y: torch.Tensor | None, s
     xc, yc = x[: s.n_codes], None if y is None else y[: s.n_codes]
     if clf is not None:
         with clock("C1"):
+            res.typicality = None if y is None else fit_typicality(clf, x, y, s.typical_q)
             for k in (k for k in ("ae2d", "vae2d") if k in m and m[k].latent_dim == 2):
-                res.holes[k] = hole_map(m[k], clf, posterior_means(m[k], xc), s.grid, threshold=s.threshold)
+                z = posterior_means(m[k], xc)
+                res.holes[k] = hole_map(m[k], clf, z, s.grid, threshold=s.threshold, typical=res.typicality)
         with clock("C2"):
             for k, v in m.items() if y is not None else ():
                 xn, yn = x[: s.n_neigh], y[: s.n_neigh]

@@ -1,7 +1,8 @@
 """The lecture's claims about the latent space, measured (claims.py assembles them into the claims table):
 
     hole_map                 C1  a 2-D model's decoder on a grid over its codes: where the classifier cannot
-                                 place the decoded image (the "holes" of Problem 1)
+                                 place the decoded image (the "holes" of Problem 1); fit_typicality: whether
+                                 an image's classifier features look like a real digit's
     neighbourhood_agreement  C2  codes moved by r code-spreads: does the decoded digit keep its label?
     sampling_scores          C3  digits generated from N(0, I) (and, for an AE, from its fitted Gaussian)
     interpolation_compare    C4  studies.interp_study / compare_interp for any AE-VAE pair
@@ -14,6 +15,7 @@ Autoencoder), the reference classifier where it needs one (anything with predict
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -37,6 +39,42 @@ def decode_means(model, z: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass
+class Typicality:
+    """Whether the classifier's features of an image look like a real digit's: the squared Mahalanobis
+    distance of clf.embed(x) to the nearest class mean, under class means and one shared covariance fitted
+    to real digits (Lee et al. 2018), against `threshold`, a quantile of real digits' own distances."""
+
+    clf: object
+    means: torch.Tensor  # (classes, F)
+    precision: torch.Tensor  # (F, F) the inverse of the shared covariance
+    threshold: float  # distances above it are atypical
+
+    def score(self, x: torch.Tensor) -> torch.Tensor:
+        """Squared Mahalanobis distance to the nearest class mean, (B,) float64."""
+        f = self.clf.embed(x).double().cpu()
+        d = f[:, None, :] - self.means[None]  # (B, classes, F)
+        return torch.einsum("bcf,fg,bcg->bc", d, self.precision, d).min(1).values
+
+    def atypical(self, x: torch.Tensor) -> torch.Tensor:
+        """(B,) bool: features farther from every class than `threshold`."""
+        return self.score(x) > self.threshold
+
+
+def fit_typicality(clf, x: torch.Tensor, y: torch.Tensor, quantile: float = 0.99) -> Typicality:
+    """Class means and the shared covariance (+ 1e-3 I) of clf's features of real digits x (N, *shape)
+    with labels y, fitted on the second half of x; the threshold is the `quantile` of the first half's
+    distances (so that share of unseen real digits counts as typical)."""
+    h = len(x) // 2
+    f, yf = clf.embed(x[h:]).double().cpu(), y[h:].cpu()
+    means = torch.stack([f[yf == c].mean(0) if (yf == c).any() else f.mean(0) for c in range(int(y.max()) + 1)])
+    centred = f - means[yf]
+    cov = centred.T @ centred / len(f) + 1e-3 * torch.eye(f.shape[1], dtype=torch.float64)
+    t = Typicality(clf, means, torch.linalg.inv(cov), math.inf)
+    t.threshold = float(torch.quantile(t.score(x[:h]), quantile))
+    return t
+
+
+@dataclass
 class HoleMap:
     """A 2-D model's decoder on an n x n grid (row-major, z2 decreasing down the rows, as latent.normal_grid)."""
 
@@ -46,17 +84,28 @@ class HoleMap:
     images: torch.Tensor  # (n * n, *shape) decoded means
     confidence: np.ndarray  # (n, n) the classifier's top class probability per grid point
     label: np.ndarray  # (n, n) its predicted class per grid point
-    threshold: float  # a grid point is a hole when its confidence is below this
+    threshold: float  # a grid point is a hole when its confidence is below this ...
+    atypical: np.ndarray  # (n, n) bool ... or its features are atypical of real digits (all False without)
     hole_fraction: float  # the share of grid points that are holes, in [0, 1]
+    low_confidence: float  # the share below `threshold` alone
 
 
 def hole_map(
-    model, clf, codes: torch.Tensor, grid: int = 20, lo_q: float = 0.01, hi_q: float = 0.99, threshold: float = 0.5
+    model,
+    clf,
+    codes: torch.Tensor,
+    grid: int = 20,
+    lo_q: float = 0.01,
+    hi_q: float = 0.99,
+    threshold: float = 0.5,
+    typical: Typicality | None = None,
 ) -> HoleMap:
     """C1: decode a regular grid x grid lattice over the box [lo_q, hi_q]-quantile of each axis of `codes`
     (N, 2) (the region the test codes occupy, trimmed of the 1% outliers on each side), and score every
     decoded image with the classifier. A hole is a grid point whose image the classifier cannot place:
-    top class probability below `threshold` (0.5: no class is more likely than all the others together)."""
+    top class probability below `threshold` (0.5: no class is more likely than all the others together)
+    or, with `typical`, features atypical of real digits. Confidence alone misses images unlike any digit:
+    an MLP classifier is confident on most noise images (mean top probability about 0.7 on the demo's)."""
     if codes.dim() != 2 or codes.shape[1] != 2:
         raise ValueError(f"hole_map: needs 2-D codes (N, 2), got {tuple(codes.shape)}")
     c = codes.detach().double().cpu()
@@ -69,16 +118,11 @@ def hole_map(
     p = clf.predict_proba(images).cpu()
     conf, lab = p.max(-1)
     conf = conf.view(grid, grid).numpy()
-    return HoleMap(
-        xs.numpy(),
-        ys.numpy(),
-        z.cpu(),
-        images.cpu(),
-        conf,
-        lab.view(grid, grid).numpy(),
-        threshold,
-        float((conf < threshold).mean()),
-    )
+    odd = np.zeros_like(conf, dtype=bool) if typical is None else typical.atypical(images).view(grid, grid).numpy()
+    low = conf < threshold
+    lab = lab.view(grid, grid).numpy()
+    holes, low = float((low | odd).mean()), float(low.mean())
+    return HoleMap(xs.numpy(), ys.numpy(), z.cpu(), images.cpu(), conf, lab, threshold, odd, holes, low)
 
 
 # ------------------------------------------------------------------------------------------- C2

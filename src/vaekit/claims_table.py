@@ -75,7 +75,8 @@ def c1_row(res: ClaimResults) -> Claim:
     a, v = (h["ae2d"].hole_fraction if "ae2d" in h else None), (h["vae2d"].hole_fraction if "vae2d" in h else None)
     holds = None if a is None or v is None else a - v > HOLE_MARGIN
     parts = [
-        f"D=2: {_f(a)} of the AE's grid vs {_f(v)} of the VAE's"
+        f"D=2: {_f(a)} of the AE's grid vs {_f(v)} of the VAE's ({_f(h['ae2d'].low_confidence)} and "
+        f"{_f(h['vae2d'].low_confidence)} by confidence alone)"
         if holds is not None
         else f"D=2: {_missing(res, ('ae2d', 'vae2d'))}"
     ]
@@ -86,7 +87,13 @@ def c1_row(res: ClaimResults) -> Claim:
         f"ae2d vs vae2d (D=2), {res.settings.grid}x{res.settings.grid} grid over the 1st-99th percentile box "
         f"of {res.settings.n_codes} test codes",
         f"hole fraction: share of grid points whose decoded image the classifier gives confidence < "
-        f"{res.settings.threshold}",
+        f"{res.settings.threshold}"
+        + (
+            f" or features farther from every class than {res.settings.typical_q:.0%} of real test digits' "
+            "(Mahalanobis)"
+            if res.typicality is not None
+            else ""
+        ),
         {"D=2": a},
         {"D=2": v},
         holds,

@@ -27,7 +27,7 @@ def _extent(h: HoleMap) -> tuple[float, float, float, float]:
 def hole_maps(panels: list[dict], path: str | Path) -> Path:
     """One column per model (AE beside VAE). Each panel: {"title", "hole": a HoleMap, "codes": (N, 2) test
     codes, "labels": (N,) or None}. Top: the decoded grid. Bottom: the classifier's confidence per grid
-    point (red: a hole, below hole.threshold, outlined), the test codes as dots."""
+    point (red: low), the holes (low confidence or atypical features: HoleMap) outlined, the test codes as dots."""
     plt = _plt()
     fig, axes = plt.subplots(2, len(panels), figsize=(5.4 * len(panels), 10.4), squeeze=False)
     for col, p in enumerate(panels):
@@ -36,7 +36,9 @@ def hole_maps(panels: list[dict], path: str | Path) -> Path:
         top.imshow(np.asarray(grid(h.images, nrow=n, pad=0)), cmap="gray", vmin=0, vmax=255, extent=ext, aspect="auto")
         top.set_title(f"{p['title']}: decoded {n}x{n} grid", fontsize=10)
         im = bottom.imshow(h.confidence, cmap="RdYlGn", vmin=0, vmax=1, extent=ext, aspect="auto", alpha=0.85)
-        bottom.contour(h.xs, h.ys, h.confidence, levels=[h.threshold], colors="k", linewidths=1.0)
+        holes = ((h.confidence < h.threshold) | h.atypical).astype(float)
+        if 0 < holes.mean() < 1:
+            bottom.contour(h.xs, h.ys, holes, levels=[0.5], colors="k", linewidths=1.0)
         codes = np.asarray(p["codes"])
         labels = p.get("labels")
         bottom.scatter(
@@ -53,7 +55,7 @@ def hole_maps(panels: list[dict], path: str | Path) -> Path:
         bottom.set_xlim(ext[0], ext[1])
         bottom.set_ylim(ext[2], ext[3])
         bottom.set_title(
-            f"classifier confidence; holes (< {h.threshold:g}, outlined): {100 * h.hole_fraction:.0f}% of the grid",
+            f"classifier confidence; holes (outlined): {100 * h.hole_fraction:.0f}% of the grid",
             fontsize=10,
         )
         for ax in (top, bottom):

@@ -19,6 +19,7 @@ from vaekit.claims_latent import (
     Neighbourhood,
     aggregate_codes,
     code_prior_kl,
+    fit_typicality,
     gaussian_kl_to_standard,
     hole_map,
     interpolation_compare,
@@ -98,6 +99,39 @@ def test_hole_map_grid():
     assert h.hole_fraction == pytest.approx(float((p < 0.3).mean()))
     with pytest.raises(ValueError, match="2-D codes"):
         hole_map(m, clf, torch.randn(10, 3))
+
+
+class Embedder(TemplateClassifier):
+    def embed(self, x):
+        return x.flatten(1)[:, :3]
+
+
+def test_typicality():
+    """Two classes of 3-D 'features', N((0,0,0), I) and N((5,0,0), diag(1, 4, 1)) (shared covariance
+    pooled): the distance is the squared Mahalanobis to the nearest mean, the threshold its 0.99 quantile."""
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(4000) % 2
+    f = torch.randn(4000, 3, generator=g) * torch.tensor([1.0, 2.0, 1.0]) + y[:, None] * torch.tensor([5.0, 0, 0])
+    x = torch.cat([f, torch.zeros(4000, math.prod(SHAPE) - 3)], 1).view(4000, *SHAPE)
+    t = fit_typicality(Embedder(), x, y)
+    assert float(t.atypical(x[:2000]).float().mean()) == pytest.approx(0.01, abs=0.001)  # the calibration half
+    fresh = torch.randn(20000, 3, generator=g) * torch.tensor([1.0, 2.0, 1.0])  # class 0, never seen
+    fresh = torch.cat([fresh, torch.zeros(20000, math.prod(SHAPE) - 3)], 1).view(20000, *SHAPE)
+    assert 0.002 < float(t.atypical(fresh).float().mean()) < 0.02  # about 1%, up to the threshold's noise
+    probe = torch.zeros(1, *SHAPE)
+    probe.view(-1)[:3] = torch.tensor([2.0, 2.0, 0.0])
+    half, yh = f[2000:].double(), y[2000:]
+    means = torch.stack([half[yh == c].mean(0) for c in (0, 1)])
+    cov = (half - means[yh]).T @ (half - means[yh]) / 2000 + 1e-3 * torch.eye(3, dtype=torch.float64)
+    d = torch.tensor([2.0, 2.0, 0.0], dtype=torch.float64) - means  # (2, 3)
+    want = min(float(v @ torch.linalg.solve(cov, v)) for v in d)
+    assert float(t.score(probe)) == pytest.approx(want, rel=1e-6)
+    far = torch.zeros(1, *SHAPE)
+    far.view(-1)[2] = 20.0
+    assert t.atypical(far).item() and not t.atypical(torch.zeros(1, *SHAPE)).item()
+    const = with_decoder(ConstDecoder())
+    h = hole_map(const, Embedder(), torch.randn(100, 2), grid=4, typical=t)
+    assert h.low_confidence == 0.0 and h.hole_fraction == float(t.atypical(TEMPLATE[None]).item())
 
 
 # ------------------------------------------------------------------------------------------- C2
@@ -324,7 +358,7 @@ def results(**kw) -> ClaimResults:
 
 class Hole:
     def __init__(self, f):
-        self.hole_fraction = f
+        self.hole_fraction = self.low_confidence = f
 
 
 class Neigh:
