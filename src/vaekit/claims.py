@@ -60,8 +60,8 @@ class ClaimSettings:
     steps: int = 10  # C4: frames per path
     iw_k: int = 500  # C5: importance samples for log p(x)
     shift_draws: int = 10  # C5: binarizations averaged
-    elbo_draws: int = 200  # C6: eps draws for the per-example ELBO estimates
-    grad_draws: int = 50  # C6, C7: single-sample gradient estimates
+    elbo_draws: int = 100  # C6: eps draws for the per-example ELBO estimates
+    grad_draws: int = 30  # C6, C7: single-sample gradient estimates
     grad_batch: int = 100  # C6, C7: the batch they are measured on
     seed: int = 0
 

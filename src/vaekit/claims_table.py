@@ -31,6 +31,14 @@ class Claim:
     holds: bool | str | None
     reading: str
 
+    def __post_init__(self):  # plain Python numbers (JSON), whatever numpy or torch scalars were given
+        for col in ("ae", "vae"):
+            d = getattr(self, col)
+            if d is not None:
+                setattr(self, col, {k: None if v is None else float(v) for k, v in d.items()})
+        if self.holds is not None and not isinstance(self.holds, str):
+            self.holds = bool(self.holds)
+
     def to_dict(self) -> dict:
         return asdict(self)
 

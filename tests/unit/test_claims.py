@@ -6,6 +6,7 @@ torch.distributions; the table's rows and its decision rules. The real classifie
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -330,6 +331,7 @@ def test_claims_table_complete_and_finite():
     res = measure_claims(runs, clf, x, y, SMALL)
     rows = claims_table(res)
     check_rows(rows)
+    json.dumps([r.to_dict() for r in rows], allow_nan=False)  # report.json's "claims": plain, finite
     for r in rows:
         assert r.holds is not None, r
         for col in (r.ae, r.vae):
