@@ -373,6 +373,7 @@ class Neigh:
 
 def test_holds_rules():
     assert combine([True, True]) is True and combine([False, None]) is False
+    assert combine([np.True_, np.True_]) is True and combine([np.False_]) is False
     assert combine([True, False]) == "partly" and combine([None]) is None and combine([True, "partly"]) == "partly"
     c1 = lambda a, v: claims_table(results(holes={"ae2d": Hole(a), "vae2d": Hole(v)}))[0]  # noqa: E731
     assert c1(0.30, 0.10).holds is True and c1(0.12, 0.10).holds is False and c1(0.1, 0.3).holds is False
