@@ -88,6 +88,9 @@ class HoleMap:
     atypical: np.ndarray  # (n, n) bool ... or its features are atypical of real digits (all False without)
     hole_fraction: float  # the share of grid points that are holes, in [0, 1]
     low_confidence: float  # the share below `threshold` alone
+    empty: np.ndarray  # (n, n) bool: no code falls in the grid point's cell (the codes' gaps)
+    empty_fraction: float  # the share of empty cells
+    empty_holes: float  # the share of the empty cells that are holes (nan when none is empty)
 
 
 def hole_map(
@@ -105,9 +108,12 @@ def hole_map(
     decoded image with the classifier. A hole is a grid point whose image the classifier cannot place:
     top class probability below `threshold` (0.5: no class is more likely than all the others together)
     or, with `typical`, features atypical of real digits. Confidence alone misses images unlike any digit:
-    an MLP classifier is confident on most noise images (mean top probability about 0.7 on the demo's)."""
+    an MLP classifier is confident on most noise images (mean top probability about 0.7 on the demo's).
+    Also where the codes leave gaps: the grid cells no code falls in, and how many of those are holes."""
     if codes.dim() != 2 or codes.shape[1] != 2:
         raise ValueError(f"hole_map: needs 2-D codes (N, 2), got {tuple(codes.shape)}")
+    if grid < 2:
+        raise ValueError(f"hole_map: grid must be at least 2, got {grid}")
     c = codes.detach().double().cpu()
     q = torch.tensor([lo_q, hi_q], dtype=torch.float64)
     (x0, x1), (y0, y1) = torch.quantile(c[:, 0], q).tolist(), torch.quantile(c[:, 1], q).tolist()
@@ -121,8 +127,21 @@ def hole_map(
     odd = np.zeros_like(conf, dtype=bool) if typical is None else typical.atypical(images).view(grid, grid).numpy()
     low = conf < threshold
     lab = lab.view(grid, grid).numpy()
-    holes, low = float((low | odd).mean()), float(low.mean())
-    return HoleMap(xs.numpy(), ys.numpy(), z.cpu(), images.cpu(), conf, lab, threshold, odd, holes, low)
+    hole, empty = low | odd, _empty_cells(c, x0, x1, y0, y1, grid)
+    in_gaps = float(hole[empty].mean()) if empty.any() else math.nan
+    args = (threshold, odd, float(hole.mean()), float(low.mean()), empty, float(empty.mean()), in_gaps)
+    return HoleMap(xs.numpy(), ys.numpy(), z.cpu(), images.cpu(), conf, lab, *args)
+
+
+def _empty_cells(c: torch.Tensor, x0: float, x1: float, y0: float, y1: float, n: int) -> np.ndarray:
+    """(n, n) bool: the grid points (row 0 at y1) whose cell (the points nearer to it than to any other
+    grid point) holds none of the codes c (N, 2)."""
+    ix = ((c[:, 0] - x0) / max(x1 - x0, 1e-12) * (n - 1)).round().long()
+    iy = ((y1 - c[:, 1]) / max(y1 - y0, 1e-12) * (n - 1)).round().long()
+    keep = (ix >= 0) & (ix < n) & (iy >= 0) & (iy < n)
+    counts = torch.zeros(n, n)
+    counts.index_put_((iy[keep], ix[keep]), torch.ones(int(keep.sum())), accumulate=True)
+    return (counts == 0).numpy()
 
 
 # ------------------------------------------------------------------------------------------- C2

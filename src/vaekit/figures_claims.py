@@ -55,7 +55,8 @@ def hole_maps(panels: list[dict], path: str | Path) -> Path:
         bottom.set_xlim(ext[0], ext[1])
         bottom.set_ylim(ext[2], ext[3])
         bottom.set_title(
-            f"classifier confidence; holes (outlined): {100 * h.hole_fraction:.0f}% of the grid",
+            f"confidence; holes (outlined) {h.hole_fraction:.1%} of the grid; {h.empty_fraction:.0%} of cells hold "
+            "no code",
             fontsize=10,
         )
         for ax in (top, bottom):

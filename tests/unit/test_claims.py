@@ -98,6 +98,10 @@ def test_hole_map_grid():
     p = clf.predict_proba(want).max(-1).values.view(5, 5).numpy()
     np.testing.assert_allclose(h.confidence, p, rtol=1e-6)
     assert h.hole_fraction == pytest.approx(float((p < 0.3).mean()))
+    # a code at every grid point but the top-left one and the centre: exactly those two cells are empty
+    few = hole_map(m, clf, h.z[[i for i in range(25) if i not in (0, 12)]], grid=5, lo_q=0.0, hi_q=1.0)
+    assert few.empty.sum() == 2 and few.empty[0, 0] and few.empty[2, 2] and few.empty_fraction == 2 / 25
+    assert few.empty_holes == float(((few.confidence < 0.5) | few.atypical)[few.empty].mean())
     with pytest.raises(ValueError, match="2-D codes"):
         hole_map(m, clf, torch.randn(10, 3))
 
@@ -359,8 +363,9 @@ def results(**kw) -> ClaimResults:
 
 
 class Hole:
-    def __init__(self, f):
+    def __init__(self, f, empty=0.5):
         self.hole_fraction = self.low_confidence = f
+        self.empty_fraction, self.empty_holes = empty, math.nan
 
 
 class Neigh:
@@ -375,9 +380,14 @@ def test_holds_rules():
     assert combine([True, True]) is True and combine([False, None]) is False
     assert combine([np.True_, np.True_]) is True and combine([np.False_]) is False
     assert combine([True, False]) == "partly" and combine([None]) is None and combine([True, "partly"]) == "partly"
-    c1 = lambda a, v: claims_table(results(holes={"ae2d": Hole(a), "vae2d": Hole(v)}))[0]  # noqa: E731
-    assert c1(0.30, 0.10).holds is True and c1(0.12, 0.10).holds is False and c1(0.1, 0.3).holds is False
-    assert "0.30 of the AE's grid vs 0.10" in c1(0.30, 0.10).reading
+
+    def c1(a, v, ea=0.5, ev=0.5):
+        return claims_table(results(holes={"ae2d": Hole(a, ea), "vae2d": Hole(v, ev)}))[0]
+
+    assert c1(0.30, 0.10, 0.6, 0.2).holds is True and c1(0.30, 0.10).holds == "partly"
+    assert c1(0.12, 0.10).holds is False and c1(0.1, 0.3).holds is False and c1(0.1, 0.1, 0.6, 0.2).holds == "partly"
+    assert "holes: 30.0% of the AE's grid vs 10.0% of the VAE's" in c1(0.30, 0.10).reading
+    assert c1(0.3, 0.1).ae == {"D=2 hole fraction": 0.3, "D=2 empty cells": 0.5, "D=2 holes in empty cells": None}
     # C2: 0.80 vs 0.70 on 500 digits is beyond 2 SE (0.055); 0.72 vs 0.70 is not
     nb = {"ae": Neigh(0.70), "vae": Neigh(0.80), "ae2d": Neigh(0.70), "vae2d": Neigh(0.72)}
     row = claims_table(results(neighbourhoods=nb))[1]
