@@ -82,7 +82,7 @@ def read_shift(st: dict, clf: Classifier | None) -> ShiftReading:
 # ------------------------------------------------------------------------------------------- section 7
 
 
-def reparam_gradients(model, x: torch.Tensor, draws: int, seed: int) -> dict:
+def reparam_gradients(model, x: torch.Tensor, draws: int, seed: int, means: bool = False) -> dict:
     """Section 7: the encoder's gradient of the reconstruction term E_q[log p(x|z)] (batch mean, nats),
     estimated `draws` times from one sample each, three ways:
 
@@ -91,10 +91,13 @@ def reparam_gradients(model, x: torch.Tensor, draws: int, seed: int) -> dict:
         score     the score-function (REINFORCE) estimator  E_q[log p(x|z) grad log q(z|x)], unbiased
                   but noisy (Williams 1992)
 
-    Returns for each: "norm" (mean over draws of the single-sample gradient norm) and "rel_std"
+    Returns for each: "norm" (mean over draws of the single-sample gradient norm), "rel_std"
     (sqrt(mean |g - g_mean|^2) / |g_mean|: the estimator's noise relative to its mean; None when the
-    mean is zero); "kl_norm", the gradient norm of the analytic KL, which reaches the encoder with or
-    without the trick; and "noise_ratio", score rel_std / reparam rel_std (nan when undefined).
+    mean is zero), "variance" (mean |g - g_mean|^2 over draws: the single-sample estimator's variance
+    summed over the encoder's parameters) and, with `means`, "mean" (the mean gradient, (P,)); "kl_norm",
+    the gradient norm of the analytic KL, which reaches the encoder with or without the trick;
+    "noise_ratio", score rel_std / reparam rel_std, and "var_ratio", score variance / reparam variance
+    (nan when undefined).
     """
     params = [p for p in model.encoder.parameters() if p.requires_grad]
     was_training = model.training
@@ -127,7 +130,10 @@ def reparam_gradients(model, x: torch.Tensor, draws: int, seed: int) -> dict:
         out[name] = {
             "norm": float(g.norm(dim=1).mean()),
             "rel_std": spread / float(mean.norm()) if float(mean.norm()) > 0 else None,
-        }
+            "variance": spread**2,
+        } | ({"mean": mean} if means else {})
     r, sc = out["reparam"]["rel_std"], out["score"]["rel_std"]
     out["noise_ratio"] = sc / r if r else float("nan")
+    vr = out["reparam"]["variance"]
+    out["var_ratio"] = out["score"]["variance"] / vr if vr > 0 else float("nan")
     return out
