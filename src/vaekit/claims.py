@@ -79,7 +79,9 @@ def shift_numbers(model, clf, x: torch.Tensor, y: torch.Tensor | None, k: int, d
     """C5 (Problem 2): vae_studies.shift_study of x[0] shifted 1-3 pixels and of the nearest digit of another
     class (vae_studies.contrast_index), read by read_shift: "mse" and "logp" per image (original, shifts...,
     other), "first_worse" (the smallest shift farther in pixel MSE than the other digit, or None),
-    "logp_drop" (nats), "same_label" (the classifier keeps the label through the shifts; None without one)."""
+    "logp_drop" (nats), "same_label" (the classifier keeps the label through the shifts; None without one),
+    "other_index" (the other digit's index in x), and for the report "images" (M, *shape) and "reading"
+    (the ShiftReading)."""
     j = contrast_index(x, y, clf)
     st = shift_study(model, x[0], x[j], k, draws, seed)
     rd = read_shift(st, clf)
@@ -90,6 +92,8 @@ def shift_numbers(model, clf, x: torch.Tensor, y: torch.Tensor | None, k: int, d
         "logp_drop": rd.logp_drop,
         "same_label": rd.same_label,
         "other_index": j,
+        "images": st["images"],
+        "reading": rd,
     }
 
 
@@ -188,6 +192,7 @@ class ClaimResults:
     settings: ClaimSettings
     has_classifier: bool
     holes: dict[str, HoleMap] = field(default_factory=dict)  # C1, 2-D runs
+    codes: dict[str, torch.Tensor] = field(default_factory=dict)  # C1: the n_codes test codes (N, 2) it spans
     typicality: Typicality | None = None  # C1: what a real digit's features look like (needs labels)
     neighbourhoods: dict[str, Neighbourhood] = field(default_factory=dict)  # C2
     sampling: dict[str, dict] = field(default_factory=dict)  # C3, run -> sampler -> generation_scores
@@ -214,7 +219,7 @@ def measure_claims(models: dict, clf, x: torch.Tensor, y: torch.Tensor | None, s
         with clock("C1"):
             res.typicality = None if y is None else fit_typicality(clf, x, y, s.typical_q)
             for k in (k for k in ("ae2d", "vae2d") if k in m and m[k].latent_dim == 2):
-                z = posterior_means(m[k], xc)
+                z = res.codes[k] = posterior_means(m[k], xc)
                 res.holes[k] = hole_map(m[k], clf, z, s.grid, threshold=s.threshold, typical=res.typicality)
         with clock("C2"):
             for k, v in m.items() if y is not None else ():

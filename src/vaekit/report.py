@@ -1,23 +1,28 @@
 """The HTML report: each claim of the lecture with a picture and a number, on the test set.
 
-    write_report(["runs/demo/ae", "runs/demo/vae", "runs/demo/vae2d", "runs/demo/classifier"],
+    write_report(["runs/demo/ae", "runs/demo/vae", "runs/demo/ae2d", "runs/demo/vae2d", "runs/demo/classifier"],
                  "runs/demo/report.html")
 
-Sections, each where it applies to the runs given:
+At the top, the claims table (report_claims.py: claims C1-C8, each measured AE vs VAE, with its verdict);
+then the sections, each where it applies to the runs given, the claims ones opening with their claim and
+the measured verdict:
     1 training curves; test ELBO, NLL (importance-sampled), active units    every run
     2 reconstructions                                                       every run
-    3 latent scatters, generated digits, classifier scores (AE vs VAE)      scores need a classifier
-    4 linear and spherical interpolation, smoothness, confidence per frame  every non-2-D run
+    3 gaps (C1: hole maps, the latent space forming over training) and      scores need a classifier
+      generating by sampling (C3: latent scatters, generated digits, scores)
+    4 interpolation (C4), nearby codes decode to the same digit (C2)        every non-2-D run
     5 the 2-D manifold beside its latent scatter                            a VAE with latent size 2
-    6 what "good reconstruction" means: shifts, pixel MSE vs log p(x)       a VAE
-    7 the reparameterization trick: encoder gradient norms                  a VAE
+    6 what "good reconstruction" means: shifts, pixel MSE vs log p(x) (C5)  a VAE
+    7 the KL term: the two forms of the ELBO (C6), codes vs the prior (C8)  a VAE, or an AE at D=2 or 20
+    8 the reparameterization trick: encoder gradients, REINFORCE (C7)       a VAE
 
-The report is one self-contained file (figures inlined as base64 PNG); the same PNGs are
-written to figures/ beside it. Every number sits in an element with data-metric="name" and
-data-value="the full float", so tests and scripts can read them back.
+The report is one self-contained file (figures inlined as base64 data URIs: PNGs, and the animation as a
+GIF); the same files are written to figures/ beside it. Every number sits in an element with
+data-metric="name" and data-value="the full float", so tests and scripts can read them back.
 
-Numbers apart from rendering: studies.py and vae_studies.py measure and return numbers; this module
-(the page, sections 1-2, the assembly) and report_sections.py (sections 3-7) only render them.
+Numbers apart from rendering: studies.py, vae_studies.py and claims.py measure and return numbers; this
+module (the page, sections 1-2, the assembly), report_sections.py (sections 3-6, 8) and report_claims.py
+(the claims table, the claim paragraphs, section 7) only render them.
 """
 
 from __future__ import annotations
@@ -33,6 +38,16 @@ from pathlib import Path
 import torch
 
 from vaekit import figures, io
+from vaekit.report_claims import (
+    Claims,
+    claim_html,
+    claims_html,
+    gaps_html,
+    measure,
+    nearby_html,
+    section_kl,
+    section_reparam,
+)
 from vaekit.report_sections import (
     esc,
     kind,
@@ -40,7 +55,6 @@ from vaekit.report_sections import (
     section_interp,
     section_latent,
     section_manifold,
-    section_reparam,
     section_shift,
 )
 from vaekit.studies import (
@@ -60,6 +74,8 @@ from vaekit.vae_studies import contrast_index, read_shift, reparam_gradients, sh
 __all__ = ["QUICK", "Report", "ReportSettings", "build_report", "save_report", "write_report"]
 
 # ------------------------------------------------------------------------------------------- HTML bits
+
+MIME = {".png": "image/png", ".gif": "image/gif", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".svg": "image/svg+xml"}
 
 
 @dataclass
@@ -84,10 +100,12 @@ class Page:
         return f'<span class="num" data-metric="{html.escape(key)}" data-value="{v!r}">{text}{suffix}</span>'
 
     def figure(self, name: str, path: Path, caption: str) -> str:
+        """The image at `path` inlined as a data URI (its MIME type from the suffix: PNG, GIF), with `caption`."""
         self.figures[name] = path
         data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+        mime = MIME.get(Path(path).suffix.lower(), "image/png")
         return (
-            f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(caption)}" '
+            f'<figure><img src="data:{mime};base64,{data}" alt="{html.escape(caption)}" '
             f'data-figure="{html.escape(name)}"><figcaption>{caption}</figcaption></figure>'
         )
 
@@ -109,9 +127,20 @@ th,td{border:1px solid #ddd;padding:.3em .6em;text-align:right}
 th{background:#f4f4f4} td:first-child,th:first-child{text-align:left}
 figure{margin:1em 0} figure img{max-width:100%;height:auto;border:1px solid #eee}
 figcaption{font-size:.88em;color:#555} .claim{background:#f6f9ff;border-left:3px solid #4a7bd0;padding:.5em .8em}
-.claim:not([data-verdict])::before{content:'Claim: ';font-weight:600}
+p.claim:not([data-verdict])::before{content:'Claim: ';font-weight:600}
 .claim[data-verdict]{border-left-color:#2a9d4a;background:#f4fbf6}
 .claim[data-verdict]::before{content:'Measured: ';font-weight:600}
+div.claim p{margin:.3em 0} div.claim[data-holds=true]{border-left-color:#2a9d4a;background:#f4fbf6}
+div.claim[data-holds=false]{border-left-color:#c0392b;background:#fdf4f3}
+div.claim[data-holds=partly]{border-left-color:#d68910;background:#fef9f0}
+div.claim[data-holds=none]{border-left-color:#999;background:#f6f6f6}
+.holds{font-weight:600;padding:0 .3em;border-radius:3px;color:#fff;background:#999;white-space:nowrap}
+.holds[data-holds=true]{background:#2a9d4a} .holds[data-holds=false]{background:#c0392b}
+.holds[data-holds=partly]{background:#d68910}
+table.claims{font-size:.8em} table.claims td,table.claims th{text-align:left;vertical-align:top}
+table.claims td:nth-child(2),table.claims td:nth-child(4){min-width:11em} table.claims td:nth-child(8){min-width:16em}
+table.claims td:nth-child(5),table.claims td:nth-child(6){min-width:8em} dt{font-weight:600;float:left;width:2.5em}
+dd{margin-left:2.5em;margin-bottom:.4em;font-size:.92em}
 .na{color:#999} .meta{color:#666;font-size:.9em} details{margin:.5em 0} code{background:#f4f4f4;padding:0 .2em}
 nav ul{columns:2;list-style:none;padding-left:0}
 """
@@ -215,6 +244,7 @@ class Report:
     metrics: dict[str, float]
     figures: dict[str, Path]
     seconds: float
+    claims: list = field(default_factory=list)  # the claims table: claims_table.Claim rows, C1-C8
 
 
 def build_report(
@@ -235,22 +265,25 @@ def build_report(
     twod = [e for e in entries if e.is_vae and e.latent_dim == 2]
     vae = next((e for e in main if e.is_vae), None) or (twod[0] if twod else None)
 
-    # each study runs just before its section renders: the order of the random draws stays fixed
+    # the claims first (their numbers open sections 3-8); each study then runs just before its section renders
+    claims = measure(entries, c, ds, s)
     _section_training(page, entries, evaluate_runs(entries, ds, n, s), s, where, n)
     with torch.inference_mode():
         recons = {e.name: e.model.reconstruct(x_eval[:16]) for e in entries}
     _section_recon(page, entries, x_eval[:16], recons)
     latent = latent_study(entries, main, c, x_eval, y_eval, ds, s)
-    section_latent(page, latent, entries, main, clf, ae_and_vae(main), s)
-    section_interp(page, interp_study(main, c, x_eval, y_eval, s), y_eval, c is not None, ae_and_vae(main), s)
+    gaps, c3 = gaps_html(page, claims), claim_html(claims.row("C3"))
+    section_latent(page, latent, entries, main, clf, ae_and_vae(main), s, [claim_html(claims.row("C1")), *gaps], c3)
+    interp = interp_study(main, c, x_eval, y_eval, s)
+    c4, nearby = claim_html(claims.row("C4")), nearby_html(page, claims)
+    section_interp(page, interp, y_eval, c is not None, ae_and_vae(main), s, c4, nearby)
     if twod:
         section_manifold(page, twod[0], manifold_study(twod[0].model, x_eval, s), y_eval, s)
     if vae is not None:
-        j = contrast_index(x_eval, y_eval, c)
-        st = shift_study(vae.model, x_eval[0], x_eval[j], s.iw_k, s.shift_draws, s.seed)
-        section_shift(page, vae, j, st, read_shift(st, c), s)
-        x_bin = binarized(vae.model, x_eval, torch.Generator().manual_seed(s.seed))
-        section_reparam(page, vae, reparam_gradients(vae.model, x_bin[: s.grad_batch], s.grad_draws, s.seed))
+        _section_shift(page, vae, claims, x_eval, y_eval, c, s)
+    section_kl(page, claims, 7)
+    if vae is not None:
+        _section_reparam(page, vae, claims, x_eval, s)
 
     seconds = time.perf_counter() - t0
     runs_html = ", ".join(f"<code>{esc(e.path)}</code> ({esc(kind(e))})" for e in entries)
@@ -262,11 +295,34 @@ def build_report(
         f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>vaekit report</title>'
         f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style></head><body>'
         f'<h1>vaekit report</h1><p class="meta">Runs: {runs_html}. Measured on the {esc(where)}. '
-        f"Settings: {esc(settings_text)}. Computed in {seconds:.0f} s.</p><nav><ul>{nav}</ul></nav>"
+        f"Settings: {esc(settings_text)}. Computed in {seconds:.0f} s.</p>"
+        + claims_html(page, claims)
+        + f"<nav><ul>{nav}</ul></nav>"
         + "".join(page.parts)
         + "</body></html>\n"
     )
-    return Report(doc, page.metrics, page.figures, seconds)
+    return Report(doc, page.metrics, page.figures, seconds, claims.rows)
+
+
+def _section_shift(page: Page, vae, claims: Claims, x_eval, y_eval, clf, s: ReportSettings) -> None:
+    """Section 6 from the C5 measurement when `vae` is the claims' "vae" run, else from its own shift study."""
+    c5 = claim_html(claims.row("C5"))
+    sh = claims.res.shift
+    if sh is not None and claims.key(vae) == "vae":
+        section_shift(page, vae, sh["other_index"], sh, sh["reading"], claims.res.settings, c5)
+        return
+    j = contrast_index(x_eval, y_eval, clf)
+    st = shift_study(vae.model, x_eval[0], x_eval[j], s.iw_k, s.shift_draws, s.seed)
+    section_shift(page, vae, j, st, read_shift(st, clf), s, c5)
+
+
+def _section_reparam(page: Page, vae, claims: Claims, x_eval, s: ReportSettings) -> None:
+    """Section 8 from the C7 measurement of `vae` when the claims made one, else from its own."""
+    r = claims.res.grads.get(claims.key(vae))
+    if r is None:
+        x_bin = binarized(vae.model, x_eval, torch.Generator().manual_seed(s.seed))
+        r = reparam_gradients(vae.model, x_bin[: s.grad_batch], s.grad_draws, s.seed)
+    section_reparam(page, vae, r, claim_html(claims.row("C7")), 8)
 
 
 def _nav(page: Page) -> list[tuple[str, str]]:

@@ -1,7 +1,10 @@
-"""The report's sections 3-7 as HTML, from the numbers the studies return (studies.py, vae_studies.py).
+"""The report's sections 3-6 as HTML, from the numbers the studies return (studies.py, vae_studies.py,
+claims.py).
 
 Each `section_*` takes the Page being written (report.py), the study's result and the runs, draws its
-figures, records every number through page.num and adds one <section>. No measuring here.
+figures, records every number through page.num and adds one <section>. A section testing a claim of the
+lecture opens with that claim and its measured verdict (report_claims.claim_html, given as `claim`) instead
+of asserting it. No measuring here.
 """
 
 from __future__ import annotations
@@ -46,9 +49,12 @@ def sampler_text(e: Entry) -> str:
 # ------------------------------------------------------------------------------------------- section 3
 
 
-def section_latent(page: Page, study: LatentStudy, entries, main, clf, pair, s: ReportSettings) -> None:
-    """Section 3: latent scatters and generated digits; with a classifier, its scores and the verdict.
-    `pair`: (AE, VAE) among `main` from studies.ae_and_vae."""
+def section_latent(
+    page: Page, study: LatentStudy, entries, main, clf, pair, s: ReportSettings, gaps: list[str], claim: str
+) -> None:
+    """Section 3: `gaps` (C1's paragraph and figures, HTML), then `claim` (C3's paragraph), the latent scatters
+    and generated digits; with a classifier, its scores and the verdict. `pair`: (AE, VAE) among `main` from
+    studies.ae_and_vae."""
     panels = []
     for e in main:
         p = study.panels[e.name]
@@ -73,11 +79,9 @@ def section_latent(page: Page, study: LatentStudy, entries, main, clf, pair, s: 
         page.fig_dir / "samples.png",
     )
     body = [
-        '<p class="claim">Problem 1: an autoencoder puts codes wherever reconstruction is easiest, in clumps '
-        "with empty space between them; nothing tells it what lies in the gaps. To generate with an AE we must "
-        "invent a distribution over codes (here: a Gaussian fitted to its training codes) and its draws land "
-        "in the gaps, where the decoder was never trained. The VAE's KL term pulls the codes towards the "
-        "prior N(0, I), so prior draws land where the decoder has seen data.</p>",
+        *gaps,
+        "<h3>Generating by sampling the latent space</h3>",
+        claim,
         page.figure(
             "latent_scatter",
             scatter,
@@ -99,7 +103,7 @@ def section_latent(page: Page, study: LatentStudy, entries, main, clf, pair, s: 
         ae, vae = pair
         if ae is not None and vae is not None:
             body.append(_verdict(study.scores[ae.name], study.scores[vae.name], ae, vae))
-    page.section(3, "gaps", "Problem 1: gaps in the AE latent space", body)
+    page.section(3, "gaps", "Problem 1: gaps in the latent space", body)
 
 
 def _generation_scores(page: Page, study: LatentStudy, entries, clf, s: ReportSettings) -> list[str]:
@@ -170,13 +174,15 @@ def _verdict(a: dict, v: dict, ae: Entry, vae: Entry) -> str:
 # ------------------------------------------------------------------------------------------- section 4
 
 
-def section_interp(page: Page, study: InterpStudy, y_eval, has_clf: bool, pair, s: ReportSettings) -> None:
-    """Section 4: a figure per pair of test digits, the smoothness table, the verdict (`pair`: (AE, VAE))."""
+def section_interp(
+    page: Page, study: InterpStudy, y_eval, has_clf: bool, pair, s: ReportSettings, claim: str, nearby: list[str]
+) -> None:
+    """Section 4: `claim` (C4's paragraph), a figure per pair of test digits, the smoothness table, the verdict
+    (`pair`: (AE, VAE)), then `nearby` (C2's paragraph and figure, HTML)."""
     body = [
-        '<p class="claim">Walking in a VAE\'s latent space between two digits gives a sequence of '
-        "plausible digits that changes gradually; in an AE's, the path can cross gaps where the decoder "
-        "produces blurs or sudden jumps. Spherical interpolation (slerp) keeps the norm of the code near "
-        "that of typical prior draws, where a straight line passes closer to the origin.</p>"
+        claim,
+        "<p>Spherical interpolation (slerp) keeps the norm of the code near that of typical prior draws, where a "
+        "straight line passes closer to the origin.</p>",
     ]
     details = []
     for p, ((i, j), paths) in enumerate(zip(study.pairs, study.paths)):
@@ -219,7 +225,7 @@ def section_interp(page: Page, study: InterpStudy, y_eval, has_clf: bool, pair, 
         body.append(
             "<details><summary>classifier confidence of every frame</summary>" + "".join(details) + "</details>"
         )
-    page.section(4, "interpolation", "Interpolation", body)
+    page.section(4, "interpolation", "Interpolation and nearby codes", body + nearby)
 
 
 def _smoothness_table(page: Page, study: InterpStudy, s: ReportSettings) -> list[str]:
@@ -303,8 +309,10 @@ def section_manifold(page: Page, e: Entry, study: ManifoldStudy, y_eval, s: Repo
 # ------------------------------------------------------------------------------------------- section 6
 
 
-def section_shift(page: Page, e: Entry, j: int, st: dict, rd: ShiftReading, s: ReportSettings) -> None:
-    """Section 6 from vae_studies.shift_study (`st`) of test digit 0 and test digit j, and read_shift (`rd`)."""
+def section_shift(page: Page, e: Entry, j: int, st: dict, rd: ShiftReading, s, claim: str) -> None:
+    """Section 6 from vae_studies.shift_study (`st`: images, mse, logp) of test digit 0 and test digit j, and
+    read_shift (`rd`), measured with s.iw_k and s.shift_draws (ReportSettings or claims.ClaimSettings); opening
+    with `claim` (C5's paragraph)."""
     names = ["original"] + [f"shifted {k} px" for k in SHIFTS] + ["different digit"]
     keys = ["orig"] + [f"shift{k}" for k in SHIFTS] + ["other"]
     m, lp, pred = st["mse"], st["logp"], rd.label is not None
@@ -328,8 +336,9 @@ def section_shift(page: Page, e: Entry, j: int, st: dict, rd: ShiftReading, s: R
         "good-reconstruction",
         'Problem 2: what "good reconstruction" means',
         [
-            '<p class="claim">A reconstruction loss in pixel space decides what counts as "similar". A digit moved '
-            "by a pixel or two is the same digit to us, but not to pixel error.</p>",
+            claim,
+            '<p>A reconstruction loss in pixel space decides what counts as "similar": a digit moved by a pixel or '
+            "two is the same digit to us.</p>",
             page.figure(
                 "shift",
                 path,
@@ -388,52 +397,4 @@ def _shift_method(e: Entry, s: ReportSettings) -> str:
         "binarizations of the "
         "greyscale digit, each shifted exactly as the greyscale image, since the model is a Bernoulli model "
         "of binary digits; MSE is on the greyscale images."
-    )
-
-
-# ------------------------------------------------------------------------------------------- section 7
-
-
-def section_reparam(page: Page, e: Entry, r: dict) -> None:
-    """Section 7 from vae_studies.reparam_gradients (`r`)."""
-    rows = [
-        [
-            "z = mu + sigma * eps (reparameterized)",
-            page.num("reparam.reparam.norm", r["reparam"]["norm"], 3),
-            page.num("reparam.reparam.rel_std", r["reparam"]["rel_std"], 3),
-        ],
-        [
-            "z sampled without the trick (detached)",
-            page.num("reparam.detached.norm", r["detached"]["norm"], 3),
-            page.num(None, None),
-        ],
-        [
-            "score function (REINFORCE) on the detached sample",
-            page.num("reparam.score.norm", r["score"]["norm"], 3),
-            page.num("reparam.score.rel_std", r["score"]["rel_std"], 3),
-        ],
-    ]
-    page.section(
-        7,
-        "reparameterization",
-        "The reparameterization trick",
-        [
-            '<p class="claim">Sampling z ~ q(z|x) is not differentiable in the encoder\'s parameters. Writing '
-            "z = mu(x) + sigma(x) * eps with eps ~ N(0, I) moves the randomness into eps, so the gradient of the "
-            "reconstruction term flows through z into the encoder.</p>",
-            page.table(
-                [
-                    "gradient of E_q[log p(x|z)] w.r.t. the encoder",
-                    "norm (single-sample, mean of draws)",
-                    "relative std across draws",
-                ],
-                rows,
-            ),
-            f"<p>Measured on one batch of {r['batch']} binarized test digits with {esc(e.name)}, {r['draws']} "
-            f"single-sample estimates each. Without the trick the sampled z is a constant to autograd and the encoder "
-            f"gets exactly zero gradient from the reconstruction term: only the analytic KL (gradient norm "
-            f"{page.num('reparam.kl_norm', r['kl_norm'], 3)}) would reach it, and that term only pulls every q(z|x) "
-            f"towards the prior. The score-function estimator gets a gradient without the trick, but its noise is "
-            f"{r['noise_ratio']:.0f}x that of the reparameterized one on the same batch.</p>",
-        ],
     )

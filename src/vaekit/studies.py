@@ -41,6 +41,7 @@ class ReportSettings:
     manifold_n: int = 20  # the 2-D manifold is manifold_n x manifold_n
     scatter_n: int = 2000  # test codes in the latent scatters
     seed: int = 0
+    quick_claims: bool = False  # the claims table measured with claims.QUICK_CLAIMS, not ClaimSettings()
 
 
 QUICK = ReportSettings(
@@ -54,6 +55,7 @@ QUICK = ReportSettings(
     grad_batch=50,
     manifold_n=12,
     scatter_n=500,
+    quick_claims=True,
 )
 
 PAIR_LABELS = [(1, 0), (3, 6), (4, 9), (2, 7), (5, 8)]  # interpolation endpoints: first test digit of each label
