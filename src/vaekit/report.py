@@ -96,7 +96,7 @@ class Page:
             return '<span class="na">&ndash;</span>'
         v = float(value)
         self.metrics[key] = v
-        text = f"{int(v)}" if digits == 0 else f"{v:.{digits}f}"
+        text = f"{v:.{digits}f}"  # digits 0: rounded, not truncated
         return f'<span class="num" data-metric="{html.escape(key)}" data-value="{v!r}">{text}{suffix}</span>'
 
     def figure(self, name: str, path: Path, caption: str) -> str:
