@@ -217,8 +217,9 @@ def gaps_html(page: Page, c: Claims) -> list[str]:
 def _hole_maps(page: Page, c: Claims) -> list[str]:
     keys = [k for k in ("ae2d", "vae2d") if k in c.res.holes]
     if not keys:
-        why = "the classifier" if not c.res.has_classifier else "a 2-D run (ae2d or vae2d)"
-        return [f'<p class="meta">No hole map: it needs {why}.</p>']
+        need = [] if c.res.has_classifier else ["the classifier"]
+        need += [] if {"ae2d", "vae2d"} & set(c.runs) else ["a 2-D run (ae2d or vae2d)"]
+        return [f'<p class="meta">No hole map: it needs {" and ".join(need)}.</p>']
     panels = []
     for k in keys:
         codes = c.res.codes[k].numpy()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import math
 import time
 
@@ -16,13 +17,17 @@ from test_report import parse
 FIGURES = [
     "training_curves",
     "reconstructions",
+    "hole_maps",
+    "latent_formation",  # a GIF, its frames in figures/latent_formation/
     "latent_scatter",
     "samples",
     "interpolation_1",
     "interpolation_2",
+    "neighbourhoods",
     "manifold",
     "shift",
 ]
+CLAIM_KEYS = {"id", "claim", "setting", "measure", "ae", "vae", "holds", "reading"}
 RUNS = ["ae", "vae", "ae2d", "vae2d", "classifier"]
 # Every number the issue asks for, by the name the report gives it.
 REQUIRED = (
@@ -61,7 +66,7 @@ def test_quick_demo_writes_full_report(quick_demo):
     for name in ("ae2d", "vae2d"):  # the codes after every epoch, for the report's animation
         assert sorted(p.name for p in (out / name / "snapshots").iterdir()) == ["epoch_000.npy", "epoch_001.npy"]
     r = parse(report)
-    assert r.sections == [1, 2, 3, 4, 5, 6, 7]
+    assert r.sections == [1, 2, 3, 4, 5, 6, 7, 8]
     missing = [k for k in REQUIRED if k not in r.metrics]
     assert not missing, missing
     bad = {k: v for k, v in r.metrics.items() if not math.isfinite(v)}
@@ -69,14 +74,44 @@ def test_quick_demo_writes_full_report(quick_demo):
     assert r.metrics["reparam.detached.norm"] == 0.0 and r.metrics["reparam.reparam.norm"] > 0
     assert r.metrics["vae.nll"] <= -r.metrics["vae.elbo"] + 1e-6
     assert 0 < r.metrics["vae.gen_coverage"] <= 1 and 0 < r.metrics["vae.gen_confidence"] <= 1
-    # every figure is inlined as a PNG and also written to figures/
+    # every figure is inlined (PNGs; the animation as a GIF of every epoch) and also written to figures/
     assert sorted(r.figures) == sorted(FIGURES)
-    for src in r.images:
-        assert src.startswith("data:image/png;base64,")
-        Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).verify()
+    for name, src in zip(r.figures, r.images):
+        fmt = "GIF" if name == "latent_formation" else "PNG"
+        assert src.startswith(f"data:image/{fmt.lower()};base64,"), (name, src[:40])
+        with Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))) as im:
+            assert im.format == fmt and (fmt == "PNG" or im.n_frames == 2)  # epochs 0 and 1
     for name in FIGURES:
-        with Image.open(out / "figures" / f"{name}.png") as im:
+        with Image.open(out / "figures" / f"{name}.{'gif' if name == 'latent_formation' else 'png'}") as im:
             assert im.width > 100 and im.height > 50
+    frames = sorted(p.name for p in (out / "figures" / "latent_formation").iterdir())
+    assert frames == ["frame_000.png", "frame_001.png"]
+
+
+@pytest.mark.slow
+def test_quick_demo_claims(quick_demo):
+    """report.json's "claims": C1-C8, every key, numbers finite; the same rows atop report.html, and each
+    section opening with its claims; the headline line."""
+    out, p, _ = quick_demo
+    rows = json.loads((out / "report.json").read_text())["claims"]
+    assert [r["id"] for r in rows] == [f"C{i}" for i in range(1, 9)]
+    for r in rows:
+        assert set(r) == CLAIM_KEYS, r
+        assert r["holds"] in (True, False, "partly"), r  # every run and the classifier are there: all measured
+        assert all(isinstance(r[k], str) and r[k] for k in ("claim", "setting", "measure", "reading")), r
+        for col in ("ae", "vae"):
+            assert r[col] is None or isinstance(r[col], dict), r
+            for v in (r[col] or {}).values():
+                assert isinstance(v, (int, float)) and math.isfinite(v), r
+    by = {r["id"]: r for r in rows}
+    assert set(by["C1"]["ae"]) == {"D=2 hole fraction", "D=2 empty cells", "D=2 holes in empty cells"}
+    assert by["C7"]["holds"] is True and by["C7"]["vae"]["D=20 detached norm"] == 0.0
+    report = parse(out / "report.html")
+    words = {True: "true", False: "false", "partly": "partly"}
+    assert report.claims == {r["id"]: words[r["holds"]] for r in rows}
+    assert report.section_claims == ["C1", "C3", "C4", "C2", "C5", "C6", "C8", "C7"]
+    line = next(x for x in p.stdout.splitlines() if "claims (holds)" in x)
+    assert all(f"{r['id']} {words[r['holds']]}" in line for r in rows), line
 
 
 @pytest.mark.slow
@@ -91,7 +126,7 @@ def test_quick_demo_rerun_reuses_finished_runs(quick_demo):
         assert f"{n}: reused" in p.stderr, p.stderr
         assert (out / n / "model.safetensors").stat().st_mtime_ns == stamps[n]
     assert seconds < first_seconds
-    assert parse(out / "report.html").sections == [1, 2, 3, 4, 5, 6, 7]
+    assert parse(out / "report.html").sections == [1, 2, 3, 4, 5, 6, 7, 8]
 
 
 @pytest.mark.slow
