@@ -187,6 +187,12 @@ class TrainConfig:
                         f"an autoencoder has no KL term or posterior to sample",
                         option=name,
                     )
+        if model is not None and model.num_classes and not self.conditional:
+            raise VaekitError(
+                f"num_classes {model.num_classes} applies only to a conditional model: --conditional "
+                f"(conditional: true) sets it from the data's labels",
+                option="num_classes",
+            )
         if self.iw_k > 1 and (self.free_bits or self.kl_warmup or self.beta != 1.0):
             raise VaekitError(
                 "--iw-k > 1 trains on the IWAE bound, which has no separate KL term: "
@@ -354,10 +360,6 @@ def split_options(options: dict, where: str) -> RunConfig:
     m, t = {}, {}
     for key, value in options.items():
         name = str(key).replace("-", "_")
-        if name == "num_classes":  # not an option: --conditional sets it from the data's labels
-            raise VaekitError(
-                f"{where}: unknown option {_show(key)} (use conditional: true; the classes come from the data)"
-            )
         if name in model_names:
             m[name] = value
         elif name in train_names:

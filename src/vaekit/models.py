@@ -27,6 +27,7 @@ from vaekit.errors import VaekitError
 from vaekit.networks import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
 from vaekit.objectives import training_loss
 
+NOT_CONDITIONAL = "this model is not conditional: it takes no labels (train with --conditional)"
 LOGVAR_RANGE = (-14.0, 8.0)  # sigma in [9e-4, 55]: exp() never overflows, KL stays finite
 
 
@@ -132,7 +133,7 @@ class _LatentModel(nn.Module):
                 raise VaekitError(f"this model is conditional ({k} classes): give the labels y of the examples")
             return None
         if not k:
-            raise VaekitError("this model is not conditional: it takes no labels (train with --conditional)")
+            raise VaekitError(NOT_CONDITIONAL)
         y = _labels(y)
         if y.numel():
             lo, hi = int(y.min()), int(y.max())
@@ -144,17 +145,19 @@ class _LatentModel(nn.Module):
 
     def _encode(self, x: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
         """The encoder's output for x (B, *shape) and one-hot labels c broadcast to (B, K) (or None)."""
-        if c is not None:
-            c = _broadcast(c, x.shape[:1], "examples", x.shape)
-        return self.encoder(x, c)
+        if c is None:  # an unconditional network takes x alone
+            return self.encoder(x)
+        return self.encoder(x, _broadcast(c, x.shape[:1], "examples", x.shape))
 
     def _decode(self, z: torch.Tensor, c: torch.Tensor | None):
         """p(x|z, c) for z (..., D) and one-hot labels c broadcast to (..., K) (or None)."""
         lead = z.shape[:-1]
         flat = z.reshape(-1, z.shape[-1])
-        if c is not None:
-            c = _broadcast(c, lead, "codes", z.shape).reshape(-1, c.shape[-1])
-        return self.likelihood(self.decoder(flat, c).view(*lead, *self.shape))
+        if c is None:
+            out = self.decoder(flat)
+        else:
+            out = self.decoder(flat, _broadcast(c, lead, "codes", z.shape).reshape(-1, c.shape[-1]))
+        return self.likelihood(out.view(*lead, *self.shape))
 
     def decode(self, z: torch.Tensor, y=None):
         """p(x|z) (p(x|z, y) for a conditional model) for z (..., D): the distribution's parameters have shape
@@ -168,11 +171,13 @@ class _LatentModel(nn.Module):
     def given(self, y) -> Given:
         """This conditional model bound to labels y (B,) (or one label for every example): a light view whose
         encode(x), decode(z), sample(n), forward(x) are q(z|x, y), p(x|z, y), ... (see Given)."""
-        return Given(self, self.one_hot(_required(y)))
+        if not self.conditional:
+            raise VaekitError(NOT_CONDITIONAL)
+        return Given(self, self.one_hot(y))
 
     def _bound(self, y):
         """self.given(y), or self for an unconditional model without labels (the checks of one_hot)."""
-        return self if y is None and not self.conditional else self.given(y)
+        return self if y is None and not self.conditional else Given(self, self.one_hot(y))
 
     def forward(self, x: torch.Tensor, y=None, beta: float = 1.0, free_bits: float = 0.0, iw_k: int = 1):
         """The training objective: (per-example loss (B,), Terms). forward() so that DDP can wrap it.
@@ -196,12 +201,6 @@ def conditioned(model, y):
     """model.given(y) for a conditional model, else the model itself (its data's labels, if any, ignored):
     what evaluation calls on each batch (x, y), so one loop serves both kinds of model."""
     return model.given(y) if getattr(model, "conditional", False) else model
-
-
-def _required(y):
-    if y is None:
-        raise VaekitError("given(y): labels are required (None given)")
-    return y
 
 
 def _broadcast(c: torch.Tensor, lead: tuple[int, ...], what: str, shape) -> torch.Tensor:

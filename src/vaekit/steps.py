@@ -83,7 +83,7 @@ def forward_backward(net, opt, params, x, cfg: TrainConfig, beta: float, device,
     """Loss, gradients (clipped if cfg.clip) and whether both are finite, as a tensor (no sync here).
     y (B,): the batch's labels, for a conditional model."""
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp):
-        loss_vec, terms = net(x, y, beta=beta, free_bits=cfg.free_bits, iw_k=cfg.iw_k)  # (B,), Terms
+        loss_vec, terms = net(x, y=y, beta=beta, free_bits=cfg.free_bits, iw_k=cfg.iw_k)  # (B,), Terms
     loss = loss_vec.mean()
     opt.zero_grad(set_to_none=True)
     loss.backward()

@@ -444,7 +444,14 @@ def train(run_config: RunConfig, out: str | Path, *, resume: bool = False, overw
     ds = load_data(cfg.data, "train")
     model_cfg = replace(run_config.model, input_shape=ds.shape) if not resume else run_config.model
     if cfg.conditional and not resume:  # the classes come from the data: a one-line error if it has no labels
-        model_cfg = replace(model_cfg, num_classes=num_classes(ds, cfg.data))
+        k = num_classes(ds, cfg.data)
+        if model_cfg.num_classes not in (0, k):
+            raise VaekitError(
+                f"num_classes {model_cfg.num_classes} does not match the {k} classes of --data {cfg.data}; "
+                f"leave it out (--conditional takes it from the data)",
+                option="num_classes",
+            )
+        model_cfg = replace(model_cfg, num_classes=k)
     if tuple(model_cfg.input_shape) != ds.shape:
         raise VaekitError(
             f"--data {cfg.data}: examples have shape {ds.shape}, the run was built for {tuple(model_cfg.input_shape)}",
