@@ -25,6 +25,32 @@ def resolve_binarize(cfg: TrainConfig, model_cfg: ModelConfig) -> TrainConfig:
     return cfg
 
 
+def with_conditional(cfg: TrainConfig, model) -> TrainConfig:
+    """cfg, validated, with `conditional` saying whether `model` is (what config.json records)."""
+    if cfg.conditional and not model.conditional:
+        raise VaekitError(
+            "conditional training needs a conditional model: build it with ModelConfig(num_classes=K) "
+            "(vaekit train --conditional sets K from the data)",
+            option="conditional",
+        )
+    return replace(cfg, conditional=model.conditional).validate(model.config)
+
+
+def conditional_classes(model_cfg: ModelConfig, ds: Dataset, source) -> ModelConfig:
+    """model_cfg with num_classes taken from the labels of `ds` (loaded from `source`), for --conditional;
+    one-line errors when it has none, or a num_classes was given that does not match them."""
+    from vaekit.data import num_classes
+
+    k = num_classes(ds, source)
+    if model_cfg.num_classes not in (0, k):
+        raise VaekitError(
+            f"num_classes {model_cfg.num_classes} does not match the {k} classes of --data {source}; "
+            f"leave it out (--conditional takes it from the data)",
+            option="num_classes",
+        )
+    return replace(model_cfg, num_classes=k)
+
+
 def learning_rate(cfg: TrainConfig, step: int, total_steps: int, epoch: int) -> float:
     """The schedule as a pure function of progress (nothing to checkpoint). `step` counts from 0."""
     if cfg.schedule == "cosine":

@@ -33,7 +33,7 @@ import torch
 from vaekit import checkpoint as ckpt
 from vaekit import io, seeds, steps
 from vaekit.config import RunConfig, TrainConfig, check_cpu_bf16
-from vaekit.data import expect_labels, expect_shape, num_classes, split_validation
+from vaekit.data import expect_labels, expect_shape, split_validation
 from vaekit.data import load as load_data
 from vaekit.distributed import (
     agree,
@@ -181,7 +181,7 @@ class Loop:
     the restored checkpoint) and driven by `fit`: run_epoch -> end_epoch, repeated; finish."""
 
     def __init__(self, model, data, cfg, out, val, resume: bool, overwrite: bool, run_config: RunConfig | None):
-        self.cfg = cfg = _with_conditional(resolve_binarize(cfg or TrainConfig(), model.config), model)
+        self.cfg = cfg = steps.with_conditional(resolve_binarize(cfg or TrainConfig(), model.config), model)
         self.train_ds, self.val = self._datasets(model, data, val)
         if resume and out is None:
             raise VaekitError("resume=True needs the run folder `out` that holds the checkpoint")
@@ -418,17 +418,6 @@ class Loop:
         )
 
 
-def _with_conditional(cfg: TrainConfig, model) -> TrainConfig:
-    """cfg, validated, with `conditional` saying whether `model` is (what config.json records)."""
-    if cfg.conditional and not model.conditional:
-        raise VaekitError(
-            "conditional training needs a conditional model: build it with ModelConfig(num_classes=K) "
-            "(vaekit train --conditional sets K from the data)",
-            option="conditional",
-        )
-    return replace(cfg, conditional=model.conditional).validate(model.config)
-
-
 # ------------------------------------------------------------------------------------- the CLI's entry
 
 
@@ -444,19 +433,7 @@ def train(run_config: RunConfig, out: str | Path, *, resume: bool = False, overw
     ds = load_data(cfg.data, "train")
     model_cfg = replace(run_config.model, input_shape=ds.shape) if not resume else run_config.model
     if cfg.conditional and not resume:  # the classes come from the data: a one-line error if it has no labels
-        k = num_classes(ds, cfg.data)
-        if model_cfg.num_classes not in (0, k):
-            raise VaekitError(
-                f"num_classes {model_cfg.num_classes} does not match the {k} classes of --data {cfg.data}; "
-                f"leave it out (--conditional takes it from the data)",
-                option="num_classes",
-            )
-        model_cfg = replace(model_cfg, num_classes=k)
-    if tuple(model_cfg.input_shape) != ds.shape:
-        raise VaekitError(
-            f"--data {cfg.data}: examples have shape {ds.shape}, the run was built for {tuple(model_cfg.input_shape)}",
-            option="data",
-        )
+        model_cfg = steps.conditional_classes(model_cfg, ds, cfg.data)
     model_cfg.validate()
     io.check_fits_in_memory(model_cfg, f"--data {cfg.data}", option="data")
     cfg = resolve_binarize(cfg, model_cfg).validate(model_cfg)

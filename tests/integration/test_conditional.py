@@ -183,3 +183,22 @@ def test_a_conditional_autoencoder_trains_alike_on_one_process_and_two(files, tm
         assert p.returncode == 0, p.stderr
     a, b = load_file(str(runs[1] / "model.safetensors")), load_file(str(runs[2] / "model.safetensors"))
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
+
+
+@pytest.mark.parametrize(
+    "yaml,needles",
+    [
+        ("conditional: true\nnum_classes: 4\n", ["num_classes 4 does not match the 10 classes of --data"]),
+        ("num_classes: 10\n", ["num_classes 10 applies only to a conditional model"]),
+    ],
+    ids=["classes-mismatch", "classes-without-conditional"],
+)
+def test_num_classes_in_a_config_file_must_agree_with_the_data(files, tmp_path, yaml, needles):
+    f = tmp_path / "run.yaml"
+    f.write_text(yaml)
+    p = cli("train", "--config", f, "--data", files / "digits.npz", "--epochs", 1, *SMALL, "--out", tmp_path / "r")
+    assert_clean_error(p, "run.yaml", *needles)
+    assert not (tmp_path / "r").exists()
+    f.write_text("conditional: true\nnum_classes: 10\n")  # the data's own count: fine
+    p = cli("train", "--config", f, "--data", files / "digits.npz", "--epochs", 1, *SMALL, "--out", tmp_path / "r")
+    assert p.returncode == 0, p.stderr
