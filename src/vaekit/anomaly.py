@@ -4,6 +4,7 @@
     det.fit(x_inliers, fpr=0.05)       # threshold: at most 5% of these inliers score above it
     det.score(x)                       # (N,) in nats, higher = less like the training data
     det.predict(x)                     # (N,) bool, True = outlier
+    det.score(x, y=labels)             # a conditional model: scores given the labels (N,)
 
 A VAE's likelihood alone points the wrong way on simple inputs: a model of Fashion-MNIST gives MNIST
 digits a *higher* ELBO than its own test images, because likelihood is dominated by how much there is to
@@ -63,7 +64,8 @@ def _deflate(data: bytes) -> int:
 def score_table(model, ds, *, iw_samples: int = 0, binarize: str | None = None, batch_size: int = 100, seed: int = 0):
     """Per-example scores of `ds` (a Dataset) as columns of N values, in nats, higher = less like the data the
     model was trained on: "score" (-ELBO - complexity, the recommended one), "neg_elbo", "complexity", and,
-    with iw_samples > 0 (a VAE only), "nll" (-log p(x), importance-sampled with k = iw_samples).
+    with iw_samples > 0 (a VAE only), "nll" (-log p(x), importance-sampled with k = iw_samples). For a
+    conditional model all of them are given the labels of `ds` (-log p(x|y), ...), which it must have.
 
     Binarized as `evaluate` does (`binarize`, default the run's --binarize, with `seed`), and the complexity is
     measured on those same binarized images. Raises VaekitError naming the first example whose score is not
