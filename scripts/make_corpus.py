@@ -863,6 +863,60 @@ def score_cases(out: Path) -> None:
     )
 
 
+def conditional_cases(out: Path) -> None:
+    """Conditional models (issue 16): --conditional on data without labels (or labels of the wrong length),
+    a conditional model's commands on data without labels or with a label beyond its classes, a config.json
+    whose num_classes is out of range."""
+    x = (np.arange(60 * 64) % 256).astype(np.uint8).reshape(60, 8, 8)
+    nolabels = write(out, "data/nolabels.npy", npy_of(x))
+    beyond = write(out, "data/labels-beyond.npz", npz({"x.npy": npy_of(x[:6]), "y.npy": npy_of(np.arange(6))}))
+    case(
+        "flag_conditional_no_labels",
+        "train --conditional on a .npy (images only, no labels): no run folder left behind",
+        [*train_new(nolabels), "--conditional"],
+        ["--conditional", "needs labels", "has none"],
+    )
+    case(
+        "flag_conditional_no_labels_overwrite",
+        "train --conditional on a .npy with --overwrite on an existing run: the run is kept",
+        [*train_over_run(nolabels), "--conditional"],
+        ["--conditional", "needs labels"],
+    )
+    case(
+        "npz_labels_mismatch_conditional",
+        "train --conditional on 10 examples with 9 labels",
+        [*train_new("{corpus}/data/labels-short.npz"), "--conditional"],
+        ["labels-short.npz", "labels must have shape"],
+    )
+    config, weights = tiny_model(num_classes=3)
+    config["train"]["conditional"] = True
+    write(out, "models/conditional/config.json", json.dumps(config, indent=2).encode())
+    write(out, "models/conditional/model.safetensors", safetensors(weights))
+    m = "{corpus}/models/conditional"
+    case(
+        "model_conditional_data_without_labels",
+        "eval a conditional model on a .npy (no labels to condition on)",
+        ["eval", m, "--data", nolabels, "--iw-samples", 0],
+        ["--data", "conditional (3 classes)", "labels"],
+    )
+    case(
+        "model_conditional_label_beyond_classes",
+        "encode with a conditional model of 3 classes data whose labels go up to 5",
+        ["encode", m, "--data", beyond, "-o", "{tmp}/codes.npy"],
+        ["labels-beyond.npz", "label 5 is outside", "classes 0..2"],
+    )
+    cfg = json.loads(json.dumps(config))
+    cfg["model"]["num_classes"] = -1
+    write(out, "models/config-classes-negative/config.json", json.dumps(cfg, indent=2).encode())
+    write(out, "models/config-classes-negative/model.safetensors", safetensors(weights))
+    case(
+        "model_config_classes_negative",
+        "config.json with num_classes -1",
+        ["sample", "{corpus}/models/config-classes-negative", "-n", 2, "-o", "{tmp}/s.png"],
+        ["config-classes-negative/config.json", "num_classes must be an integer"],
+    )
+
+
 def build(out: Path) -> list[dict]:
     """Write every file of the corpus and cases.json into `out` (emptied first); return the cases."""
     out = Path(out)
@@ -876,6 +930,7 @@ def build(out: Path) -> list[dict]:
     model_cases(out)
     run_cases(out)
     score_cases(out)
+    conditional_cases(out)
     (out / "cases.json").write_text(json.dumps(CASES, indent=1) + "\n")
     return list(CASES)
 

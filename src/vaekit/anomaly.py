@@ -4,6 +4,7 @@
     det.fit(x_inliers, fpr=0.05)       # threshold: at most 5% of these inliers score above it
     det.score(x)                       # (N,) in nats, higher = less like the training data
     det.predict(x)                     # (N,) bool, True = outlier
+    det.score(x, y=labels)             # a conditional model: scores given the labels (N,)
 
 A VAE's likelihood alone points the wrong way on simple inputs: a model of Fashion-MNIST gives MNIST
 digits a *higher* ELBO than its own test images, because likelihood is dominated by how much there is to
@@ -63,7 +64,8 @@ def _deflate(data: bytes) -> int:
 def score_table(model, ds, *, iw_samples: int = 0, binarize: str | None = None, batch_size: int = 100, seed: int = 0):
     """Per-example scores of `ds` (a Dataset) as columns of N values, in nats, higher = less like the data the
     model was trained on: "score" (-ELBO - complexity, the recommended one), "neg_elbo", "complexity", and,
-    with iw_samples > 0 (a VAE only), "nll" (-log p(x), importance-sampled with k = iw_samples).
+    with iw_samples > 0 (a VAE only), "nll" (-log p(x), importance-sampled with k = iw_samples). For a
+    conditional model all of them are given the labels of `ds` (-log p(x|y), ...), which it must have.
 
     Binarized as `evaluate` does (`binarize`, default the run's --binarize, with `seed`), and the complexity is
     measured on those same binarized images. Raises VaekitError naming the first example whose score is not
@@ -118,6 +120,18 @@ def as_dataset(x, name: str = "data"):
     if isinstance(x, (str, Path)):
         raise VaekitError(f"{name}: give a Dataset or an array here (load files with vaekit.data.load)")
     return _as(x, name)
+
+
+def with_labels(ds, y):
+    """`ds` with labels `y` (N,) integers, if given; a one-line error when they do not fit its examples."""
+    from vaekit.data import Dataset
+
+    if y is None:
+        return ds
+    y = torch.as_tensor(y)
+    if y.shape != (len(ds),) or y.is_floating_point() or y.dtype == torch.bool:
+        raise VaekitError(f"{ds.name}: labels must be {len(ds)} integers (N,), got {y.dtype} of shape {tuple(y.shape)}")
+    return Dataset(ds.x, y.long(), ds.name)
 
 
 # ------------------------------------------------------------------------------------------- threshold
@@ -225,31 +239,35 @@ class Detector:
         self.batch_size, self.seed = batch_size, seed
         self.threshold: Threshold | None = None
 
-    def table(self, x, iw_samples: int = 0) -> dict[str, torch.Tensor]:
+    def table(self, x, iw_samples: int = 0, y=None) -> dict[str, torch.Tensor]:
+        """score_table of `x` (a Dataset, or an array (N, *shape)); `y` (N,): its labels, which a conditional
+        model's scores are conditional on (a Dataset's own labels when not given)."""
         from vaekit.data import expect_shape
 
-        ds = as_dataset(x)
+        ds = with_labels(as_dataset(x), y)
         expect_shape(ds, self.model.config.input_shape, ds.name)
         return score_table(
             self.model, ds, iw_samples=iw_samples, binarize=self.binarize, batch_size=self.batch_size, seed=self.seed
         )
 
-    def score(self, x) -> torch.Tensor:
-        """(N,) float64 nats: -ELBO - complexity; higher = less like the training data."""
-        return self.table(x)["score"]
+    def score(self, x, y=None) -> torch.Tensor:
+        """(N,) float64 nats: -ELBO - complexity; higher = less like the training data. `y`: labels (N,), for
+        a conditional model."""
+        return self.table(x, y=y)["score"]
 
-    def fit(self, x_inliers, fpr: float = 0.05, source: str = "inliers given to fit") -> Detector:
-        """Set the threshold so that at most `fpr` of `x_inliers` (held-out in-distribution data) are flagged."""
+    def fit(self, x_inliers, fpr: float = 0.05, source: str = "inliers given to fit", y=None) -> Detector:
+        """Set the threshold so that at most `fpr` of `x_inliers` (held-out in-distribution data, with their
+        labels `y` for a conditional model) are flagged."""
         fpr = check_fpr(fpr)
-        s = self.score(x_inliers)
+        s = self.score(x_inliers, y)
         self.threshold = Threshold(
             calibrate(s, fpr), fpr, source, len(s), model_sha256(self.model), binarize=self.binarize, seed=self.seed
         )
         return self
 
-    def predict(self, x) -> torch.Tensor:
+    def predict(self, x, y=None) -> torch.Tensor:
         """(N,) bool: True where the score exceeds the threshold (an outlier)."""
-        return self.flag(self.score(x))
+        return self.flag(self.score(x, y))
 
     def flag(self, scores: torch.Tensor) -> torch.Tensor:
         if self.threshold is None:

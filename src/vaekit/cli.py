@@ -122,6 +122,7 @@ SWITCHES = [
     ("--amp", "bf16 mixed precision (CUDA, or a CPU with AVX512-BF16/AMX): ~1.5-2x faster steps"),
     ("--compile", "torch.compile the training step (a one-off compile of ~5-30 s, then faster steps)"),
     ("--quiet", "no progress output"),
+    ("--conditional", "a conditional model of the data's labels (Sohn et al. 2015): q(z|x,y), p(x|z,y)"),
 ]
 
 
@@ -279,10 +280,12 @@ def cmd_eval(args) -> int:
     if args.json:
         print(json.dumps(res))
         return 0
-    print(f"{args.run} on {res['split']} ({res['n']} examples), nats per example:")
+    given = ", conditional on the labels" if res["conditional"] else ""
+    print(f"{args.run} on {res['split']} ({res['n']} examples), nats per example{given}:")
     print(f"  ELBO   {res['elbo']:10.3f}   (recon {res['recon']:.3f}, KL {res['kl']:.3f})")
     if res["nll"] is not None:  # a VAE: kl_per_dim has one entry per latent dimension
-        print(f"  NLL    {res['nll']:10.3f}   (-log p(x), importance-sampled, k={res['iw_samples']})")
+        nll = "-log p(x|y)" if res["conditional"] else "-log p(x)"
+        print(f"  NLL    {res['nll']:10.3f}   ({nll}, importance-sampled, k={res['iw_samples']})")
         print(f"  active units {res['active_units']}/{len(res['kl_per_dim'])}")
     print(f"  {res['seconds']:.1f} s")
     return 0

@@ -42,6 +42,7 @@ class ModelConfig:
     sigma: float = 0.1  # gaussian: the fixed sigma, or the initial one when learned
     learn_sigma: str = "none"  # gaussian: none | global | pixel
     min_sigma: float = 1e-3  # a learned sigma never goes below this
+    num_classes: int = 0  # a conditional model's label classes (set by --conditional from the data); 0 = none
 
     def validate(self) -> ModelConfig:
         from vaekit.networks import ACTIVATIONS
@@ -56,6 +57,12 @@ class ModelConfig:
             _positive("hidden", h, MAX_WIDTH)
         for c in self.channels:
             _positive("channels", c, MAX_WIDTH)
+        n = self.num_classes
+        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= MAX_WIDTH:
+            raise VaekitError(
+                f"num_classes must be an integer in 0..{MAX_WIDTH} (0: not conditional), got {_show(n)}",
+                option="num_classes",
+            )
         _float32(self)
         if not self.input_shape or any(s <= 0 for s in self.input_shape):
             raise VaekitError(f"bad input shape {self.input_shape}")
@@ -133,6 +140,7 @@ class TrainConfig:
     amp: bool = False  # bf16 autocast: CUDA, or a CPU with native bf16 (AVX512-BF16/AMX)
     compile: bool = False  # torch.compile the training step's forward pass
     quiet: bool = False
+    conditional: bool = False  # a conditional model of the data's labels (train() sets model.num_classes)
 
     def validate(self, model: ModelConfig | None = None) -> TrainConfig:
         _choice("binarize", self.binarize, ("dynamic", "static", "none", "auto"))
@@ -179,6 +187,12 @@ class TrainConfig:
                         f"an autoencoder has no KL term or posterior to sample",
                         option=name,
                     )
+        if model is not None and model.num_classes and not self.conditional:
+            raise VaekitError(
+                f"num_classes {model.num_classes} applies only to a conditional model: --conditional "
+                f"(conditional: true) sets it from the data's labels",
+                option="num_classes",
+            )
         if self.iw_k > 1 and (self.free_bits or self.kl_warmup or self.beta != 1.0):
             raise VaekitError(
                 "--iw-k > 1 trains on the IWAE bound, which has no separate KL term: "

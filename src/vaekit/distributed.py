@@ -112,3 +112,11 @@ def shard_batch(
     lo = sum(len(p) for p in parts[:rank])
     x = draw_binary(ds.batch(global_idx if world > 1 else parts[rank]), gen)  # CPU generator, CPU draw
     return x[lo : lo + len(parts[rank])].to(device, non_blocking=True)
+
+
+def shard_labels(ds: Dataset, global_idx: torch.Tensor, rank: int, world: int, device) -> torch.Tensor | None:
+    """The labels (B/world,) int64 on `device` of this rank's slice of global batch `global_idx` (the rows
+    shard_batch gives it); None when the data has no labels."""
+    if ds.y is None:
+        return None
+    return ds.y[global_idx.tensor_split(world)[rank]].to(device, non_blocking=True)

@@ -14,6 +14,7 @@ import torch
 
 from vaekit import seeds
 from vaekit.errors import is_compile_error
+from vaekit.models import conditioned
 from vaekit.objectives import elbo, log_weights
 
 # Above this much work (importance samples x examples x pixels) the log-weights are computed by a
@@ -56,7 +57,8 @@ def log_likelihood(
     generator: torch.Generator | None = None,
     compile: bool | None = None,
 ) -> torch.Tensor:
-    """Importance-sampled log p(x) with exactly k posterior samples, (B,) in nats.
+    """Importance-sampled log p(x) with exactly k posterior samples, (B,) in nats; on a conditional model's
+    view model.given(y), log p(x|y).
 
     Vectorised over the batch and chunked over k, so k = 5000 fits in memory: at most
     `chunk` x B decoder outputs exist at once (default: ~2^22 values). The noise is drawn
@@ -89,14 +91,24 @@ def log_likelihood(
 
 
 @torch.inference_mode()
-def posterior_means(model, data, batch_size: int = 1000, device=None) -> torch.Tensor:
-    """E_q[z|x] for every example of `data`, encoded `batch_size` at a time: (N, D) on the model's device.
+def posterior_means(model, data, batch_size: int = 1000, device=None, y=None) -> torch.Tensor:
+    """E_q[z|x] (E_q[z|x, y] for a conditional model) for every example of `data`, encoded `batch_size` at a
+    time: (N, D) on the model's device.
 
-    `data`: a Dataset (its pixels as the model sees them, in [0, 1]) or a tensor (N, *shape)."""
+    `data`: a Dataset (its pixels as the model sees them, in [0, 1]; its labels) or a tensor (N, *shape)
+    with its labels `y` (N,) for a conditional model."""
     device = device if device is not None else next(model.parameters()).device
-    batch = data.batch if hasattr(data, "batch") else (lambda idx, dev: data[idx].to(dev))
+    if hasattr(data, "batch"):
+        batch, y = data.batch, data.y if y is None else y
+    else:
+        batch = lambda idx, dev: data[idx].to(dev)  # noqa: E731
     n = len(data)
-    return torch.cat([model.encode(batch(slice(i, i + batch_size), device)).mean for i in range(0, n, batch_size)])
+    out = []
+    for i in range(0, n, batch_size):
+        labels = None if y is None else y[i : i + batch_size]
+        m = conditioned(model, labels) if labels is not None else model  # a conditional model needs them
+        out.append(m.encode(batch(slice(i, i + batch_size), device)).mean)
+    return torch.cat(out) if out else torch.zeros(0, model.latent_dim, device=device)
 
 
 def active_units(mu: torch.Tensor, threshold: float = 0.01) -> int:
@@ -107,9 +119,10 @@ def active_units(mu: torch.Tensor, threshold: float = 0.01) -> int:
     return int((mu.var(0) > threshold).sum())
 
 
-def eval_batches(ds, batch_size: int, binarize: str, seed: int, device="cpu"):
+def eval_batches(ds, batch_size: int, binarize: str, seed: int, device="cpu", labels: bool = False):
     """The data as batches for evaluation: binarized once with a fixed seed when training was binarized,
-    so the same run always sees the same test set."""
+    so the same run always sees the same test set. x (B, *shape); with `labels`, pairs (x, y) with y (B,)
+    int64 (None when the data has no labels)."""
     from vaekit.data import binarize as draw
 
     g = torch.Generator().manual_seed(seed)
@@ -117,7 +130,10 @@ def eval_batches(ds, batch_size: int, binarize: str, seed: int, device="cpu"):
         x = ds.batch(slice(i, i + batch_size))
         if binarize != "none":
             x = draw(x, g)
-        yield x.to(device)
+        if labels:
+            yield x.to(device), None if ds.y is None else ds.y[i : i + batch_size].to(device)
+        else:
+            yield x.to(device)
 
 
 @torch.inference_mode()
@@ -133,10 +149,15 @@ def evaluate(
     per_example: bool = False,
 ) -> dict:
     """ELBO, recon, KL and (for a VAE, iw_samples > 0) the importance-sampled NLL, per-example means in nats.
+    For a conditional model all of them are conditional on the data's labels (the NLL is -log p(x|y)):
+    a one-line error if `ds` has none, or labels outside the model's classes.
 
     Returns the dict `vaekit eval --json` prints; with per_example, also the (N,) tensors under "per_example".
     Seeded by `seed` (the same call gives the same numbers) without touching the caller's global RNG.
     """
+    from vaekit.data import expect_labels
+
+    expect_labels(ds, getattr(model, "num_classes", 0), ds.name)
     dev = torch.device(device)
     g = torch.Generator(device=dev).manual_seed(seeds.importance(seed))
     compile = iw_samples * len(ds) * math.prod(ds.shape) > COMPILE_MIN_WORK
@@ -144,16 +165,17 @@ def evaluate(
     cols = {"elbo": [], "recon": [], "kl": [], "nll": [], "mu": [], "kl_per_dim": []}
     with torch.random.fork_rng(devices=[dev.index or 0] if dev.type == "cuda" else []):
         torch.manual_seed(seed)  # the ELBO's reparameterized sample
-        for x in eval_batches(ds, batch_size, binarize, seed, device):
-            t = elbo(model, x)
+        for x, y in eval_batches(ds, batch_size, binarize, seed, device, labels=True):
+            m = conditioned(model, y)  # a conditional model's view given the batch's labels
+            t = elbo(m, x)
             cols["elbo"].append(t.elbo)
             cols["recon"].append(t.recon)
             cols["kl"].append(t.kl)
-            cols["mu"].append(model.encode(x).mean)
+            cols["mu"].append(m.encode(x).mean)
             if model.is_vae and t.kl_per_dim is not None:  # None for a prior that does not factorise
                 cols["kl_per_dim"].append(t.kl_per_dim)
             if model.is_vae and iw_samples > 0:
-                cols["nll"].append(-log_likelihood(model, x, iw_samples, generator=g, compile=compile))
+                cols["nll"].append(-log_likelihood(m, x, iw_samples, generator=g, compile=compile))
     cat = {k: torch.cat(v).cpu() for k, v in cols.items() if v}
     out = {
         "split": None,
@@ -166,6 +188,7 @@ def evaluate(
         "active_units": active_units(cat["mu"]) if model.is_vae else None,
         "kl_per_dim": cat["kl_per_dim"].mean(0).tolist() if "kl_per_dim" in cat else None,
         "seconds": round(time.perf_counter() - t0, 3),
+        "conditional": bool(getattr(model, "conditional", False)),
     }
     if not model.is_vae:
         out["recon_loss"] = -out["recon"]

@@ -4,6 +4,13 @@
     model.decode(z)  -> p(x|z): Bernoulli / Gaussian / ContinuousBernoulli (.mean, .log_prob(x))
     model.sample(n)  -> (n, *shape) decoded means of prior draws
 
+A conditional model (config.num_classes > 0; Sohn et al. 2015: q(z|x, y), p(x|z, y), prior p(z)) takes
+integer labels y in [0, num_classes) as well: encode(x, y), decode(z, y), sample(n, y=y), reconstruct(x, y),
+model(x, y). `model.given(y)` is a view bound to labels y (no parameters of its own) with the unconditional
+interface (encode(x), decode(z), prior, ...), so every objective and estimator written for p(x) computes the
+conditional one on it: log_likelihood(model.given(y), x, k) is log p(x|y). The label enters both networks
+as a one-hot vector (networks.py).
+
 Objectives live in objectives.py; the models only compute distributions.
 """
 
@@ -16,9 +23,11 @@ from torch import nn
 
 from vaekit.config import ModelConfig
 from vaekit.distributions import Bernoulli, ContinuousBernoulli, Gaussian, Normal, PointMass, Prior, StandardNormal
+from vaekit.errors import VaekitError
 from vaekit.networks import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
 from vaekit.objectives import training_loss
 
+NOT_CONDITIONAL = "this model is not conditional: it takes no labels (train with --conditional)"
 LOGVAR_RANGE = (-14.0, 8.0)  # sigma in [9e-4, 55]: exp() never overflows, KL stays finite
 
 
@@ -68,8 +77,20 @@ def make_likelihood(cfg: ModelConfig) -> nn.Module:
     return GaussianLikelihood(tuple(cfg.input_shape), cfg.sigma, cfg.learn_sigma, cfg.min_sigma)
 
 
+def _labels(y) -> torch.Tensor:
+    """y as an int64 tensor (an int, a list, an integer array or tensor); a one-line error for anything else."""
+    if not isinstance(y, torch.Tensor):
+        try:
+            y = torch.as_tensor(y)
+        except (TypeError, ValueError, RuntimeError, OverflowError):
+            raise VaekitError(f"labels must be integers, got {type(y).__name__}") from None
+    if y.dtype == torch.bool or y.is_floating_point() or y.is_complex():
+        raise VaekitError(f"labels must be integers, got {y.dtype}")
+    return y.long()
+
+
 class _LatentModel(nn.Module):
-    """What AE and VAE share: the decoder side, p(x|z)."""
+    """What AE and VAE share: the decoder side, p(x|z), and the labels of a conditional model."""
 
     def __init__(
         self,
@@ -93,20 +114,87 @@ class _LatentModel(nn.Module):
     def shape(self) -> tuple[int, ...]:
         return tuple(self.config.input_shape)
 
-    def decode(self, z: torch.Tensor):
-        """p(x|z) for z (..., D); the distribution's parameters have shape (..., *shape)."""
+    @property
+    def num_classes(self) -> int:
+        """The number of label classes of a conditional model; 0 for an unconditional one."""
+        return self.config.num_classes
+
+    @property
+    def conditional(self) -> bool:
+        return self.num_classes > 0
+
+    def one_hot(self, y) -> torch.Tensor | None:
+        """The one-hot codes (*y.shape, num_classes) of labels y (checked: integers in [0, num_classes)), on
+        the model's device; None for an unconditional model without labels. One-line VaekitErrors: labels
+        missing for a conditional model, given to an unconditional one, or outside the classes."""
+        k = self.num_classes
+        if y is None:
+            if k:
+                raise VaekitError(f"this model is conditional ({k} classes): give the labels y of the examples")
+            return None
+        if not k:
+            raise VaekitError(NOT_CONDITIONAL)
+        y = _labels(y)
+        if y.numel():
+            lo, hi = int(y.min()), int(y.max())
+            if lo < 0 or hi >= k:
+                bad = lo if lo < 0 else hi
+                raise VaekitError(f"label {bad} is outside this model's classes 0..{k - 1}")
+        device = next(self.parameters()).device
+        return nn.functional.one_hot(y.to(device), k).float()
+
+    def _encode(self, x: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
+        """The encoder's output for x (B, *shape) and one-hot labels c broadcast to (B, K) (or None)."""
+        if c is None:  # an unconditional network takes x alone
+            return self.encoder(x)
+        return self.encoder(x, _broadcast(c, x.shape[:1], "examples", x.shape))
+
+    def _decode(self, z: torch.Tensor, c: torch.Tensor | None):
+        """p(x|z, c) for z (..., D) and one-hot labels c broadcast to (..., K) (or None)."""
         lead = z.shape[:-1]
-        out = self.decoder(z.reshape(-1, z.shape[-1]))
+        flat = z.reshape(-1, z.shape[-1])
+        if c is None:
+            out = self.decoder(flat)
+        else:
+            out = self.decoder(flat, _broadcast(c, lead, "codes", z.shape).reshape(-1, c.shape[-1]))
         return self.likelihood(out.view(*lead, *self.shape))
 
-    def forward(self, x: torch.Tensor, beta: float = 1.0, free_bits: float = 0.0, iw_k: int = 1):
-        """The training objective: (per-example loss (B,), Terms). forward() so that DDP can wrap it."""
-        return training_loss(self, x, beta=beta, free_bits=free_bits, iw_k=iw_k)
+    def decode(self, z: torch.Tensor, y=None):
+        """p(x|z) (p(x|z, y) for a conditional model) for z (..., D): the distribution's parameters have shape
+        (..., *shape). y: labels broadcastable to z's leading dims: (B,) for z (B, D) or (k, B, D), or one label."""
+        return self._decode(z, self.one_hot(y))
+
+    def encode(self, x: torch.Tensor, y=None):
+        """q(z|x) (q(z|x, y) for a conditional model), x (B, *shape) in [0, 1], y (B,) or one label."""
+        return self._posterior(self._encode(x, self.one_hot(y)))
+
+    def given(self, y) -> Given:
+        """This conditional model bound to labels y (B,) (or one label for every example): a light view whose
+        encode(x), decode(z), sample(n), forward(x) are q(z|x, y), p(x|z, y), ... (see Given)."""
+        if not self.conditional:
+            raise VaekitError(NOT_CONDITIONAL)
+        return Given(self, self.one_hot(y))
+
+    def _bound(self, y):
+        """self.given(y), or self for an unconditional model without labels (the checks of one_hot)."""
+        return self if y is None and not self.conditional else Given(self, self.one_hot(y))
+
+    def forward(self, x: torch.Tensor, y=None, beta: float = 1.0, free_bits: float = 0.0, iw_k: int = 1):
+        """The training objective: (per-example loss (B,), Terms). forward() so that DDP can wrap it.
+        y (B,): the labels of a conditional model."""
+        return training_loss(self._bound(y), x, beta=beta, free_bits=free_bits, iw_k=iw_k)
 
     @torch.no_grad()
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+    def reconstruct(self, x: torch.Tensor, y=None) -> torch.Tensor:
         """The decoded mean at the posterior mean, (B, *shape)."""
-        return self.decode(self.encode(x).mean).mean
+        m = self._bound(y)
+        return m.decode(m.encode(x).mean).mean
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None, y=None) -> torch.Tensor:
+        """Decoded means of n draws from the prior (an AE: its code Gaussian), (n, *shape); a conditional
+        model decodes them with labels y: (n,) or one label for all."""
+        return self.decode(self.latent_sampler(n, generator), y).mean
 
     def _repr_html_(self) -> str:
         """What Jupyter shows for a model: architecture, latent size, prior, likelihood (vaekit.display)."""
@@ -115,27 +203,74 @@ class _LatentModel(nn.Module):
         return model_html(self)
 
 
+def conditioned(model, y):
+    """model.given(y) for a conditional model, else the model itself (its data's labels, if any, ignored):
+    what evaluation calls on each batch (x, y), so one loop serves both kinds of model."""
+    return model.given(y) if getattr(model, "conditional", False) else model
+
+
+def _broadcast(c: torch.Tensor, lead: tuple[int, ...], what: str, shape) -> torch.Tensor:
+    """One-hot labels c (..., K) broadcast to (*lead, K); a one-line error when they do not fit."""
+    try:
+        return c.expand(*lead, c.shape[-1])
+    except RuntimeError:
+        raise VaekitError(
+            f"labels of shape {tuple(c.shape[:-1])} do not match {what} of shape {tuple(shape)}"
+        ) from None
+
+
+class Given:
+    """A model bound to labels: what `model.given(y)` returns. Not a module and no copy: it holds the model
+    and the labels' one-hot codes c (B, K) (or (K,): one label for all), and answers the interface every
+    objective and estimator uses -- encode(x) = q(z|x, y), decode(z) = p(x|z, y) with z (..., B, D), prior,
+    is_vae, latent_dim, shape, config, latent_sampler -- so elbo(view, x), iwae_bound(view, x, k) and
+    log_likelihood(view, x, k) are the conditional ones. Anything else is the model's (parameters(), ...)."""
+
+    def __init__(self, model: _LatentModel, c: torch.Tensor):
+        self.model, self.c = model, c
+
+    def __getattr__(self, name):  # prior, is_vae, latent_dim, shape, config, parameters, latent_sampler, ...
+        if name == "model":  # not set yet (copy, pickle): no recursion
+            raise AttributeError(name)
+        return getattr(self.model, name)
+
+    def encode(self, x: torch.Tensor):
+        return self.model._posterior(self.model._encode(x, self.c))
+
+    def decode(self, z: torch.Tensor):
+        return self.model._decode(z, self.c)
+
+    def __call__(self, x: torch.Tensor, beta: float = 1.0, free_bits: float = 0.0, iw_k: int = 1):
+        return training_loss(self, x, beta=beta, free_bits=free_bits, iw_k=iw_k)
+
+    forward = __call__
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x).mean).mean
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.decode(self.model.latent_sampler(n, generator)).mean
+
+
 class VAE(_LatentModel):
     is_vae = True
 
-    def encode(self, x: torch.Tensor) -> Normal:
-        """q(z|x) = N(mu(x), diag sigma(x)^2), x (B, *shape) in [0, 1]."""
-        mu, logvar = self.encoder(x).chunk(2, dim=-1)
+    def _posterior(self, out: torch.Tensor) -> Normal:
+        """q(z|x) = N(mu(x), diag sigma(x)^2) from the encoder's output (B, 2D)."""
+        mu, logvar = out.chunk(2, dim=-1)
         return Normal(mu, logvar.clamp(*LOGVAR_RANGE))
 
     def latent_sampler(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """n draws from the prior p(z), (n, D)."""
         return self.prior.sample(n, generator, device=next(self.parameters()).device)
 
-    @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Decoded means of n prior draws, (n, *shape)."""
-        return self.decode(self.latent_sampler(n, generator)).mean
-
 
 class Autoencoder(_LatentModel):
     """A deterministic autoencoder. It has no prior of its own; to generate, `sample` draws from a Gaussian
-    fitted to the training codes (`fit_code_gaussian`), the usual fair stand-in."""
+    fitted to the training codes (`fit_code_gaussian`), the usual fair stand-in (one Gaussian over the codes
+    of every class, for a conditional AE)."""
 
     is_vae = False
 
@@ -145,8 +280,8 @@ class Autoencoder(_LatentModel):
         self.register_buffer("code_mean", torch.zeros(d))
         self.register_buffer("code_chol", torch.eye(d))
 
-    def encode(self, x: torch.Tensor) -> PointMass:
-        return PointMass(self.encoder(x))
+    def _posterior(self, out: torch.Tensor) -> PointMass:
+        return PointMass(out)
 
     @torch.no_grad()
     def fit_code_gaussian(self, z: torch.Tensor) -> None:
@@ -160,21 +295,18 @@ class Autoencoder(_LatentModel):
         eps = torch.randn(n, self.latent_dim, generator=generator).to(self.code_mean.device)
         return self.code_mean + eps @ self.code_chol.T
 
-    @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        return self.decode(self.latent_sampler(n, generator)).mean
-
 
 def build_model(cfg: ModelConfig) -> VAE | Autoencoder:
     """A freshly initialised model from its config."""
     cfg.validate()
     shape, d = tuple(cfg.input_shape), cfg.latent_dim
     out = 2 * d if cfg.model == "vae" else d
+    k = cfg.num_classes  # a conditional model: the one-hot label joins each network's first dense layer
     if cfg.arch == "mlp":
-        enc = MLPEncoder(shape, cfg.hidden, out, cfg.activation)
-        dec = MLPDecoder(shape, cfg.hidden, d, cfg.activation)
+        enc = MLPEncoder(shape, cfg.hidden, out, cfg.activation, k)
+        dec = MLPDecoder(shape, cfg.hidden, d, cfg.activation, k)
     else:
-        enc = ConvEncoder(shape, cfg.channels, cfg.hidden, out, cfg.activation)
-        dec = ConvDecoder(shape, cfg.channels, cfg.hidden, d, cfg.activation)
+        enc = ConvEncoder(shape, cfg.channels, cfg.hidden, out, cfg.activation, k)
+        dec = ConvDecoder(shape, cfg.channels, cfg.hidden, d, cfg.activation, k)
     cls = VAE if cfg.model == "vae" else Autoencoder
     return cls(cfg, enc, dec, make_likelihood(cfg))

@@ -3,12 +3,19 @@
 An encoder maps x (B, *shape) to a flat vector (B, out_dim); a decoder maps
 z (N, D) to one parameter per input value (N, *shape) -- logits or means; the
 likelihood turns those into a distribution.
+
+Conditioning (a conditional VAE, `n_cond` > 0 classes): a one-hot label c (B, n_cond) is concatenated to
+the input of the first dense layer -- the flattened x of the MLP encoder, the flattened conv features
+before the conv encoder's MLP head, z in both decoders. A one-hot vector into a Linear layer adds that
+layer's column for the class to its pre-activation: a learned per-class embedding, with no width to
+choose (Sohn et al. 2015). With n_cond = 0 (and c None) the networks are the unconditional ones.
 """
 
 from __future__ import annotations
 
 import math
 
+import torch
 from torch import nn
 
 ACTIVATIONS = {
@@ -22,6 +29,11 @@ ACTIVATIONS = {
 }
 
 
+def _cat(h: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
+    """h (N, F) with the one-hot labels c (N, K) appended, (N, F + K); h itself when c is None."""
+    return h if c is None else torch.cat([h, c.to(h.dtype)], dim=-1)
+
+
 def mlp(sizes: list[int], activation: str) -> nn.Sequential:
     """Linear layers of `sizes` with `activation` between them (none after the last)."""
     layers: list[nn.Module] = []
@@ -33,22 +45,24 @@ def mlp(sizes: list[int], activation: str) -> nn.Sequential:
 
 
 class MLPEncoder(nn.Module):
-    def __init__(self, shape: tuple[int, ...], hidden: tuple[int, ...], out_dim: int, activation: str):
+    def __init__(self, shape: tuple[int, ...], hidden: tuple[int, ...], out_dim: int, activation: str, n_cond: int = 0):
         super().__init__()
-        self.net = mlp([math.prod(shape), *hidden, out_dim], activation)
+        self.net = mlp([math.prod(shape) + n_cond, *hidden, out_dim], activation)
 
-    def forward(self, x):  # (B, *shape) -> (B, out_dim)
-        return self.net(x.flatten(1))
+    def forward(self, x, c=None):  # (B, *shape), c (B, n_cond) or None -> (B, out_dim)
+        return self.net(_cat(x.flatten(1), c))
 
 
 class MLPDecoder(nn.Module):
-    def __init__(self, shape: tuple[int, ...], hidden: tuple[int, ...], latent_dim: int, activation: str):
+    def __init__(
+        self, shape: tuple[int, ...], hidden: tuple[int, ...], latent_dim: int, activation: str, n_cond: int = 0
+    ):
         super().__init__()
         self.shape = tuple(shape)
-        self.net = mlp([latent_dim, *reversed(hidden), math.prod(shape)], activation)
+        self.net = mlp([latent_dim + n_cond, *reversed(hidden), math.prod(shape)], activation)
 
-    def forward(self, z):  # (N, D) -> (N, *shape)
-        return self.net(z).view(-1, *self.shape)
+    def forward(self, z, c=None):  # (N, D), c (N, n_cond) or None -> (N, *shape)
+        return self.net(_cat(z, c)).view(-1, *self.shape)
 
 
 def conv_sizes(h: int, w: int, n_down: int) -> list[tuple[int, int]]:
@@ -79,6 +93,7 @@ class ConvEncoder(nn.Module):
         hidden: tuple[int, ...],
         out_dim: int,
         activation: str,
+        n_cond: int = 0,
     ):
         super().__init__()
         c, h, w = shape
@@ -89,10 +104,10 @@ class ConvEncoder(nn.Module):
             c = c_out
         self.conv = nn.Sequential(*layers)
         fh, fw = conv_sizes(h, w, n)[-1]
-        self.head = mlp([c * fh * fw, *hidden, out_dim], activation)
+        self.head = mlp([c * fh * fw + n_cond, *hidden, out_dim], activation)
 
-    def forward(self, x):  # (B, C, H, W) -> (B, out_dim)
-        return self.head(self.conv(x).flatten(1))
+    def forward(self, x, c=None):  # (B, C, H, W), c (B, n_cond) or None -> (B, out_dim)
+        return self.head(_cat(self.conv(x).flatten(1), c))
 
 
 class ConvDecoder(nn.Module):
@@ -106,6 +121,7 @@ class ConvDecoder(nn.Module):
         hidden: tuple[int, ...],
         latent_dim: int,
         activation: str,
+        n_cond: int = 0,
     ):
         super().__init__()
         c, h, w = shape
@@ -115,7 +131,7 @@ class ConvDecoder(nn.Module):
         c0 = chans[-1] if chans else c
         self.start = (c0, *sizes[-1])
         self.head = nn.Sequential(
-            mlp([latent_dim, *reversed(hidden), math.prod(self.start)], activation), ACTIVATIONS[activation]()
+            mlp([latent_dim + n_cond, *reversed(hidden), math.prod(self.start)], activation), ACTIVATIONS[activation]()
         )
         layers: list[nn.Module] = []
         outs = list(reversed(chans[:-1])) + [c] if n else []
@@ -130,5 +146,5 @@ class ConvDecoder(nn.Module):
             layers = [nn.Conv2d(c0, c, 3, padding=1)]
         self.deconv = nn.Sequential(*layers)
 
-    def forward(self, z):  # (N, D) -> (N, C, H, W)
-        return self.deconv(self.head(z).view(-1, *self.start))
+    def forward(self, z, c=None):  # (N, D), c (N, n_cond) or None -> (N, C, H, W)
+        return self.deconv(self.head(_cat(z, c)).view(-1, *self.start))

@@ -23,7 +23,7 @@ from vaekit.errors import VaekitError
 def run_data(model, source: str | Path | None = None, split: str = "test", flag: str = "--data"):
     """The Dataset a command works on: `source` (a dataset name, at `split`, or a file/folder) if given,
     else the data `model`'s run was trained on, at `split`. Refused unless its examples have the model's
-    input shape (the error names `flag`)."""
+    input shape and, for a conditional model, labels in its classes (the error names `flag`)."""
     from vaekit.data import load
 
     source = source or model.run_config.train.data
@@ -31,10 +31,12 @@ def run_data(model, source: str | Path | None = None, split: str = "test", flag:
 
 
 def check_shape(model, ds, source, flag: str = "--data"):
-    """`ds` if its examples have the model's input shape; else a one-line error naming `flag` and `source`."""
-    from vaekit.data import expect_shape
+    """`ds` if its examples have the model's input shape, and labels in its classes when the model is
+    conditional; else a one-line error naming `flag` and `source`."""
+    from vaekit.data import expect_labels, expect_shape
 
-    return expect_shape(ds, model.config.input_shape, f"{flag} {source}")
+    expect_shape(ds, model.config.input_shape, f"{flag} {source}")
+    return expect_labels(ds, model.config.num_classes, f"{flag} {source}")
 
 
 def evaluate_run(
@@ -177,8 +179,9 @@ def _write_csv(path: Path, columns: dict[str, list]) -> None:
 
 
 def save_codes(run: str | Path, data: str | Path, output: str | Path, *, split: str = "test") -> torch.Tensor:
-    """The posterior means E[z|x] of run_data(data, split) under the model in `run`, saved to `output` with
-    numpy.save (which adds .npy to a name without it). Returns them, (N, D) on the CPU."""
+    """The posterior means E[z|x] (E[z|x, y] of a conditional model, with the data's labels) of
+    run_data(data, split) under the model in `run`, saved to `output` with numpy.save (which adds .npy to a
+    name without it). Returns them, (N, D) on the CPU."""
     import numpy as np
 
     import vaekit
@@ -211,8 +214,9 @@ def save_reconstructions(
     from vaekit.figures import save_grid
 
     model = vaekit.load(run)
-    x = run_data(model, None, split).batch(slice(0, n))
-    x_hat = model.reconstruct(x)
+    ds = run_data(model, None, split)
+    x = ds.batch(slice(0, n))
+    x_hat = model.reconstruct(x, ds.y[:n] if model.conditional else None)
     return save_grid(torch.cat([x, x_hat]), output or Path(run) / "figures" / "reconstructions.png", nrow=n)
 
 

@@ -25,6 +25,32 @@ def resolve_binarize(cfg: TrainConfig, model_cfg: ModelConfig) -> TrainConfig:
     return cfg
 
 
+def with_conditional(cfg: TrainConfig, model) -> TrainConfig:
+    """cfg, validated, with `conditional` saying whether `model` is (what config.json records)."""
+    if cfg.conditional and not model.conditional:
+        raise VaekitError(
+            "conditional training needs a conditional model: build it with ModelConfig(num_classes=K) "
+            "(vaekit train --conditional sets K from the data)",
+            option="conditional",
+        )
+    return replace(cfg, conditional=model.conditional).validate(model.config)
+
+
+def conditional_classes(model_cfg: ModelConfig, ds: Dataset, source) -> ModelConfig:
+    """model_cfg with num_classes taken from the labels of `ds` (loaded from `source`), for --conditional;
+    one-line errors when it has none, or a num_classes was given that does not match them."""
+    from vaekit.data import num_classes
+
+    k = num_classes(ds, source)
+    if model_cfg.num_classes not in (0, k):
+        raise VaekitError(
+            f"num_classes {model_cfg.num_classes} does not match the {k} classes of --data {source}; "
+            f"leave it out (--conditional takes it from the data)",
+            option="num_classes",
+        )
+    return replace(model_cfg, num_classes=k)
+
+
 def learning_rate(cfg: TrainConfig, step: int, total_steps: int, epoch: int) -> float:
     """The schedule as a pure function of progress (nothing to checkpoint). `step` counts from 0."""
     if cfg.schedule == "cosine":
@@ -79,10 +105,11 @@ def compiled(net):
     return call
 
 
-def forward_backward(net, opt, params, x, cfg: TrainConfig, beta: float, device):
-    """Loss, gradients (clipped if cfg.clip) and whether both are finite, as a tensor (no sync here)."""
+def forward_backward(net, opt, params, x, cfg: TrainConfig, beta: float, device, y=None):
+    """Loss, gradients (clipped if cfg.clip) and whether both are finite, as a tensor (no sync here).
+    y (B,): the batch's labels, for a conditional model."""
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp):
-        loss_vec, terms = net(x, beta=beta, free_bits=cfg.free_bits, iw_k=cfg.iw_k)  # (B,), Terms
+        loss_vec, terms = net(x, y=y, beta=beta, free_bits=cfg.free_bits, iw_k=cfg.iw_k)  # (B,), Terms
     loss = loss_vec.mean()
     opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -95,19 +122,21 @@ def forward_backward(net, opt, params, x, cfg: TrainConfig, beta: float, device)
 
 @torch.inference_mode()
 def validate(model, ds: Dataset, cfg: TrainConfig, device, rank: int = 0, world: int = 1) -> list[float]:
-    """Mean (elbo, recon, kl) per example in nats on `ds`, binarized with a fixed seed so epochs are comparable."""
+    """Mean (elbo, recon, kl) per example in nats on `ds`, binarized with a fixed seed so epochs are comparable
+    (conditional on the labels of `ds` for a conditional model)."""
     from vaekit.evaluate import eval_batches
+    from vaekit.models import conditioned
     from vaekit.objectives import elbo
 
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=device)
     state = torch.get_rng_state()
     torch.manual_seed(seeds.val_noise(cfg.seed, rank))
-    for x in eval_batches(ds, 1000, cfg.binarize, seeds.val_binarize(cfg.seed), device):
+    for x, y in eval_batches(ds, 1000, cfg.binarize, seeds.val_binarize(cfg.seed), device, labels=True):
         x = x[rank::world]  # this rank's share of a batch binarized as in a single process
         if not len(x):
             continue
-        t = elbo(model, x)
+        t = elbo(conditioned(model, None if y is None else y[rank::world]), x)
         sums += torch.stack([t.elbo.sum(), t.recon.sum(), t.kl.sum(), t.elbo.new_tensor(float(len(x)))]).double()
     torch.set_rng_state(state)  # validation must not perturb the training noise (exact resume)
     all_sum(sums, world)

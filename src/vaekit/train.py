@@ -33,7 +33,7 @@ import torch
 from vaekit import checkpoint as ckpt
 from vaekit import io, seeds, steps
 from vaekit.config import RunConfig, TrainConfig, check_cpu_bf16
-from vaekit.data import expect_shape, split_validation
+from vaekit.data import expect_labels, expect_shape, split_validation
 from vaekit.data import load as load_data
 from vaekit.distributed import (
     agree,
@@ -43,6 +43,7 @@ from vaekit.distributed import (
     process_group,
     resolve_device,
     shard_batch,
+    shard_labels,
     wrap,
 )
 from vaekit.errors import VaekitError
@@ -159,7 +160,7 @@ class Loop:
     the restored checkpoint) and driven by `fit`: run_epoch -> end_epoch, repeated; finish."""
 
     def __init__(self, model, data, cfg, out, val, resume: bool, overwrite: bool, run_config: RunConfig | None):
-        self.cfg = cfg = resolve_binarize(cfg or TrainConfig(), model.config).validate(model.config)
+        self.cfg = cfg = steps.with_conditional(resolve_binarize(cfg or TrainConfig(), model.config), model)
         self.train_ds, self.val = self._datasets(model, data, val)
         if resume and out is None:
             raise VaekitError("resume=True needs the run folder `out` that holds the checkpoint")
@@ -202,6 +203,7 @@ class Loop:
         for name, ds in (("data", train_ds), ("val", val)):
             if ds is not None:
                 expect_shape(ds, model.config.input_shape, name)
+                expect_labels(ds, model.num_classes, name)  # a conditional model trains on the labels
         if self.cfg.binarize == "static":
             train_ds = train_ds.binarized(seeds.static_train(self.cfg.seed))
             val = val.binarized(seeds.static_val(self.cfg.seed)) if val is not None else None
@@ -241,12 +243,12 @@ class Loop:
         self.log.start_epoch(epoch, self.steps_per_epoch, st.step_in_epoch, self.batch)
         self.t_epoch = time.perf_counter()
         for s in range(st.step_in_epoch, self.steps_per_epoch):
-            x = self._batch(s)  # (B/world, *shape)
+            x, y = self._batch(s)  # (B/world, *shape), labels (B/world,) or None
             lr = steps.learning_rate(cfg, st.step, self.total_steps, epoch)
             for g in self.opt.param_groups:
                 g["lr"] = lr
             beta = kl_weight(cfg.beta, cfg.kl_warmup, epoch + s / self.steps_per_epoch)
-            loss_vec, terms, finite = forward_backward(self.net, self.opt, self.params, x, cfg, beta, self.device)
+            loss_vec, terms, finite = forward_backward(self.net, self.opt, self.params, x, cfg, beta, self.device, y)
             bad, stop = map(bool, agree([float(not finite.item()), float(flag.signum is not None)], *self.sync))
             if bad:  # skip the update: weights and Adam's moments stay as they were
                 self._bad_step(epoch, st.step + 1)
@@ -268,10 +270,17 @@ class Loop:
         self.log.close_bar()
         return all_sum(sums, self.world)
 
-    def _batch(self, s: int) -> torch.Tensor:
+    def _batch(self, s: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """This rank's examples of global batch s, and their labels when the model is conditional."""
         global_idx = self.perm[s * self.batch : (s + 1) * self.batch]
         gen = self.gens["binarize"] if self.cfg.binarize == "dynamic" else None
-        return shard_batch(self.train_ds, global_idx, self.rank, self.world, gen, self.device)
+        x = shard_batch(self.train_ds, global_idx, self.rank, self.world, gen, self.device)
+        y = (
+            shard_labels(self.train_ds, global_idx, self.rank, self.world, self.device)
+            if self.cfg.conditional
+            else None
+        )
+        return x, y
 
     def end_epoch(self, sums: torch.Tensor) -> bool:
         """Validate, keep the best weights, write the metrics row, checkpoint; True to stop early."""
@@ -407,11 +416,8 @@ def train(
     cfg = run_config.train
     ds = load_data(cfg.data, "train")
     model_cfg = replace(run_config.model, input_shape=ds.shape) if not resume else run_config.model
-    if tuple(model_cfg.input_shape) != ds.shape:
-        raise VaekitError(
-            f"--data {cfg.data}: examples have shape {ds.shape}, the run was built for {tuple(model_cfg.input_shape)}",
-            option="data",
-        )
+    if cfg.conditional and not resume:  # the classes come from the data: a one-line error if it has no labels
+        model_cfg = steps.conditional_classes(model_cfg, ds, cfg.data)
     model_cfg.validate()
     io.check_fits_in_memory(model_cfg, f"--data {cfg.data}", option="data")
     cfg = resolve_binarize(cfg, model_cfg).validate(model_cfg)

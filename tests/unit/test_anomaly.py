@@ -414,3 +414,29 @@ def test_the_threshold_file_is_json_with_what_a_user_needs(tmp_path):
     d = json.loads(path.read_text())
     assert set(d) == {f for f in Threshold.__dataclass_fields__}
     assert d["fpr"] == 0.05 and d["n"] == 20 and d["score"] == "neg_elbo - complexity" and "zlib" in d["complexity"]
+
+
+# ----------------------------------------------------------------------------------------- conditional
+
+
+def test_a_conditional_models_scores_are_conditional_on_the_labels():
+    torch.manual_seed(0)
+    model = vaekit.build_model(ModelConfig(input_shape=SHAPE, hidden=(16,), latent_dim=4, num_classes=10)).eval()
+    ds = grey(12)
+    res = score_table(model, ds, iw_samples=8, binarize="none", seed=3)
+    want = evaluate(model, ds, binarize="none", iw_samples=8, seed=3, per_example=True)["per_example"]
+    torch.testing.assert_close(res["neg_elbo"], -want["elbo"].double())
+    torch.testing.assert_close(res["nll"], want["nll"].double())  # -log p(x|y)
+    det = Detector(model, binarize="none", seed=3)
+    torch.testing.assert_close(det.score(ds.x, y=ds.y), res["score"])  # an array with its labels
+    torch.testing.assert_close(det.score(ds), res["score"])  # a Dataset carries its own
+    other = det.score(ds.x, y=(ds.y + 1) % 10)
+    assert (other - res["score"]).abs().max() > 1e-6  # the labels matter
+    det.fit(ds.x, 0.25, y=ds.y)
+    assert det.predict(ds.x, y=ds.y).sum() <= 3
+    with pytest.raises(VaekitError, match="the model is conditional .10 classes. and needs"):
+        det.score(ds.x)
+    with pytest.raises(VaekitError, match="labels must be 12 integers"):
+        det.score(ds.x, y=ds.y[:5])
+    with pytest.raises(VaekitError, match="label 12 is outside"):
+        det.score(ds.x, y=torch.arange(12) + 1)

@@ -311,3 +311,45 @@ def test_amp_is_refused_on_a_cpu_without_native_bf16(monkeypatch):
     with pytest.raises(vaekit.VaekitError, match="bf16"):
         TrainConfig(amp=True, device="cpu").validate()
     TrainConfig(amp=False, device="cpu").validate()
+
+
+# ------------------------------------------------------------------------------------------- conditional
+
+
+def test_num_classes_round_trips_and_old_configs_load_unconditional(tmp_path):
+    rc = RunConfig(ModelConfig(num_classes=10), TrainConfig(conditional=True))
+    path = tmp_path / "config.json"
+    path.write_text(rc.to_json())
+    back = RunConfig.from_json_file(path)
+    assert back == rc and back.model.num_classes == 10 and back.train.conditional
+    old = json.loads(rc.to_json())
+    del old["model"]["num_classes"], old["train"]["conditional"]  # a config.json from before conditional models
+    path.write_text(json.dumps(old))
+    back = RunConfig.from_json_file(path)
+    assert back.model.num_classes == 0 and not back.train.conditional
+    assert not vaekit.build_model(back.model).conditional
+
+
+@pytest.mark.parametrize("bad", [-1, True, 1.5, 2**20, "10"])
+def test_num_classes_out_of_range_is_a_one_line_error(tmp_path, bad):
+    doc = json.loads(RunConfig().to_json())
+    doc["model"]["num_classes"] = bad
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(doc))
+    msg = one_line(pytest.raises(VaekitError, RunConfig.from_json_file, path))
+    assert "config.json" in msg and "num_classes" in msg
+
+
+def test_conditional_comes_from_a_config_file_like_any_flag(tmp_path):
+    f = tmp_path / "run.yaml"
+    f.write_text("conditional: true\nepochs: 2\n")
+    opts = Options.gather(f, {})
+    assert opts.run_config().train.conditional and opts.sources["conditional"] == "file"
+    assert Options.gather(f, {"conditional": False}).run_config().train.conditional is False
+
+
+def test_num_classes_without_conditional_is_refused():
+    with pytest.raises(VaekitError, match="num_classes 4 applies only to a conditional model") as e:
+        TrainConfig().validate(ModelConfig(num_classes=4))
+    assert e.value.option == "num_classes"
+    TrainConfig(conditional=True).validate(ModelConfig(num_classes=4))  # fine together

@@ -40,3 +40,26 @@ def test_batch_by_index_tensor_matches_plain_indexing():
     mask = torch.zeros(50, dtype=torch.bool)
     mask[[1, 7]] = True
     torch.testing.assert_close(ds.batch(mask), x[mask].float() / 255, rtol=0, atol=0)
+
+
+def test_num_classes_of_a_conditional_model_come_from_the_data():
+    import pytest
+    import torch
+
+    from vaekit.data import Dataset, expect_labels, num_classes
+    from vaekit.errors import VaekitError
+
+    x = torch.zeros(6, 1, 2, 2, dtype=torch.uint8)
+    assert num_classes(Dataset(x, torch.tensor([0, 4, 2, 0, 1, 1]), "f.npz"), "f.npz") == 5  # max + 1
+    assert num_classes(Dataset(x, torch.zeros(6, dtype=torch.int64), "mnist"), "mnist") == 10  # a built-in's own
+    with pytest.raises(VaekitError, match=r"^--conditional needs labels, and x.npy has none \(") as e:
+        num_classes(Dataset(x, None, "x.npy"), "x.npy")
+    assert e.value.option == "conditional"
+    with pytest.raises(VaekitError, match="labels up to 99999, more than the 65536 classes"):
+        num_classes(Dataset(x, torch.tensor([0, 0, 0, 0, 0, 99999]), "f.npz"), "f.npz")
+    ds = Dataset(x, torch.tensor([0, 4, 2, 0, 1, 1]), "f.npz")
+    assert expect_labels(ds, 5, "--data f.npz") is ds and expect_labels(Dataset(x, None, "n"), 0, "w").y is None
+    with pytest.raises(VaekitError, match="--data f.npz: label 4 is outside the model's classes 0..3"):
+        expect_labels(ds, 4, "--data f.npz")
+    with pytest.raises(VaekitError, match="--data n.npy: the model is conditional .4 classes. and needs"):
+        expect_labels(Dataset(x, None, "n.npy"), 4, "--data n.npy")

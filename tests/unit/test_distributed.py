@@ -51,3 +51,14 @@ def test_cuda_without_a_gpu_is_a_one_line_error_naming_the_option(monkeypatch):
         D.resolve_device("cuda")
     assert e.value.option == "device"
     assert D.resolve_device("auto") == torch.device("cpu")
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_each_rank_gets_the_labels_of_its_own_rows(world):
+    ds, idx = _ds(), torch.tensor([5, 0, 17, 3, 9, 12, 1, 8, 19, 4])
+    ds = Dataset(ds.x, torch.arange(20) * 10, "toy")
+    for r in range(world):
+        x, y = D.shard_batch(ds, idx, r, world, None, "cpu"), D.shard_labels(ds, idx, r, world, "cpu")
+        assert torch.equal(x, ds.batch(y // 10))  # the labels belong to the rows that rank holds
+    assert torch.equal(torch.cat([D.shard_labels(ds, idx, r, world, "cpu") for r in range(world)]), idx * 10)
+    assert D.shard_labels(_ds(), idx, 0, world, "cpu") is None

@@ -9,7 +9,18 @@ import math
 import pytest
 import torch
 from conftest import failing_compile
-from test_objectives import _binary, _gen, _lg_data, _linear_gaussian, _Mixture, _mixture, _mlp_vae, _vae_with
+from test_objectives import (
+    _binary,
+    _gen,
+    _lg_conditional_data,
+    _lg_data,
+    _linear_gaussian,
+    _linear_gaussian_conditional,
+    _Mixture,
+    _mixture,
+    _mlp_vae,
+    _vae_with,
+)
 
 import vaekit
 from vaekit.config import ModelConfig
@@ -176,3 +187,60 @@ def test_evaluation_falls_back_to_eager_when_compile_fails(digits, monkeypatch):
     got = E.log_likelihood(model, x, k=20, generator=g(), compile=True)
     assert E._compiled.get("broken")
     torch.testing.assert_close(got, E.log_likelihood(model, x, k=20, generator=g(), compile=False), rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------------------------------- conditional
+
+
+def test_is_estimator_of_log_p_x_given_y_against_the_closed_form():
+    """log p(x|y) = log N(x; b_y, W W^T + sigma^2 I) for the conditional linear-Gaussian VAE: exact with the
+    true posterior at any k, within the estimator's noise with a poor encoder and k = 5000."""
+    model, p_x_given = _linear_gaussian_conditional(exact_posterior=True)
+    x, y, exact = _lg_conditional_data(p_x_given)
+    for k in (1, 50):
+        torch.testing.assert_close(log_likelihood(model.given(y), x, k=k, generator=_gen(k)), exact, rtol=0, atol=1e-9)
+    model, p_x_given = _linear_gaussian_conditional(exact_posterior=False)
+    x, y, exact = _lg_conditional_data(p_x_given)
+    torch.manual_seed(0)
+    assert (exact - elbo(model.given(y), x).elbo).mean() > 0.5  # the encoder really is poor
+    est = log_likelihood(model.given(y), x, k=5000, generator=_gen(0))
+    torch.testing.assert_close(est, exact, rtol=0, atol=0.1)
+    assert (est - exact).mean().abs() < 0.03
+
+
+def _labelled(n=24, k=3, seed=31):
+    x = (torch.rand(n, 1, 6, 5, generator=_gen(seed)) * 255).to(torch.uint8)
+    return Dataset(x, torch.arange(n) % k, "toy")
+
+
+def test_evaluate_a_conditional_model_is_conditional_on_the_datas_labels():
+    model = _mlp_vae(seed=33, num_classes=3).float().eval()
+    ds = _labelled()
+    res = evaluate(model, ds, binarize="none", iw_samples=40, batch_size=10, seed=2, per_example=True)
+    assert res["conditional"] is True
+    x = ds.batch(slice(0, len(ds)))
+    with torch.random.fork_rng():
+        torch.manual_seed(2)
+        want = torch.cat([elbo(model.given(ds.y[i : i + 10]), x[i : i + 10]).elbo for i in range(0, len(ds), 10)])
+    torch.testing.assert_close(res["per_example"]["elbo"], want)
+    g = torch.Generator().manual_seed(vaekit.seeds.importance(2))
+    nll = torch.cat(
+        [-log_likelihood(model.given(ds.y[i : i + 10]), x[i : i + 10], 40, generator=g) for i in (0, 10, 20)]
+    )
+    torch.testing.assert_close(res["per_example"]["nll"], nll)
+    mu = posterior_means(model, ds, batch_size=7)
+    torch.testing.assert_close(mu, model.encode(x, ds.y).mean)
+    torch.testing.assert_close(posterior_means(model, x, batch_size=5, y=ds.y), mu)
+    # an unconditional model ignores the labels the data has
+    assert evaluate(_mlp_vae(seed=33).float(), ds, binarize="none", iw_samples=0)["conditional"] is False
+
+
+def test_evaluate_a_conditional_model_refuses_data_without_labels_or_beyond_its_classes():
+    model = _mlp_vae(seed=33, num_classes=3).float()
+    ds = _labelled()
+    with pytest.raises(vaekit.VaekitError, match="toy: the model is conditional .3 classes. and needs"):
+        evaluate(model, Dataset(ds.x, None, "toy"), iw_samples=0)
+    with pytest.raises(vaekit.VaekitError, match="toy: label 3 is outside the model's classes 0..2"):
+        evaluate(model, Dataset(ds.x, ds.y + 1, "toy"), iw_samples=0)
+    with pytest.raises(vaekit.VaekitError, match="conditional"):
+        posterior_means(model, ds.x.float() / 255)

@@ -434,3 +434,90 @@ def test_ae_loss_is_the_reconstruction_negative_log_likelihood():
     n = 30
     expected = 0.5 * ((xg - m) ** 2).sum((1, 2, 3)) / 0.2**2 + n * (math.log(0.2) + 0.5 * math.log(2 * math.pi))
     torch.testing.assert_close(ae_loss(gae, xg), expected, rtol=1e-6, atol=1e-6)
+
+
+# ---------------------------------------------------------------------- conditional models, through given(y)
+
+K_CLASSES = 3
+
+
+def _linear_gaussian_conditional(exact_posterior: bool = True, seed: int = 0):
+    """A conditional linear-Gaussian VAE: decoder x = W z + b_y (the one-hot label's columns of the decoder's
+    only layer are the per-class offsets b_y), so p(x|y) = N(b_y, W W^T + sigma^2 I). The encoder's label
+    columns subtract A b_y, which makes q(z|x, y) the exact posterior N(S W^T (x - b_y) / sigma^2, S) (or,
+    with exact_posterior False, a poor one: wrong scale, shifted, too wide)."""
+    model = _mlp_vae("gaussian", shape=(D_X,), latent=D_Z, hidden=(), sigma=SIGMA, seed=seed, num_classes=K_CLASSES)
+    g = _gen(seed + 200)
+    q_mat, _ = torch.linalg.qr(torch.randn(D_X, D_X, generator=g, dtype=torch.float64))
+    w = q_mat[:, :D_Z] * torch.tensor([2.0, 1.0, 0.5], dtype=torch.float64)  # (D_X, D_Z)
+    offsets = torch.randn(D_X, K_CLASSES, generator=g, dtype=torch.float64) * 1.5  # column c: b_c
+    sigma = model.likelihood.log_sigma().exp().item()
+    s = 1.0 / (1.0 + (w * w).sum(0) / sigma**2)  # (D_Z,) the posterior variances
+    a = (1.0 if exact_posterior else 0.8) * s[:, None] * w.T / sigma**2  # (D_Z, D_X)
+    dec, enc = model.decoder.net[0], model.encoder.net[0]
+    assert dec.weight.shape == (D_X, D_Z + K_CLASSES) and enc.weight.shape == (2 * D_Z, D_X + K_CLASSES)
+    with torch.no_grad():
+        dec.weight.copy_(torch.cat([w, offsets], 1))
+        dec.bias.zero_()
+        enc.weight.zero_()
+        enc.weight[:D_Z, :D_X] = a
+        enc.weight[:D_Z, D_X:] = -a @ offsets + (0.0 if exact_posterior else 0.1)
+        enc.bias.copy_(
+            torch.cat([torch.zeros(D_Z, dtype=torch.float64), torch.log(s) + (0 if exact_posterior else 0.7)])
+        )
+    cov = w @ w.T + sigma**2 * torch.eye(D_X, dtype=torch.float64)
+    p_x_given = [td.MultivariateNormal(offsets[:, c], cov) for c in range(K_CLASSES)]
+    return model.eval(), p_x_given
+
+
+def _lg_conditional_data(p_x_given, n=9, seed=5):
+    torch.manual_seed(seed)
+    y = torch.arange(n) % len(p_x_given)
+    x = torch.stack([p_x_given[int(c)].sample() for c in y])
+    exact = torch.stack([p_x_given[int(c)].log_prob(xi) for xi, c in zip(x, y)])
+    return x, y, exact
+
+
+def test_conditional_elbo_terms_against_torch_distributions():
+    model = _mlp_vae(seed=9, num_classes=4)
+    x, y = _binary((6, 1, 6, 5)), torch.tensor([0, 3, 1, 2, 3, 0])
+    eps = torch.randn(6, 4, generator=_gen(3), dtype=torch.float64)
+    t = elbo(model.given(y), x, eps=eps)
+    onehot = F.one_hot(y, 4).double()
+    h = model.encoder.net(torch.cat([x.flatten(1), onehot], 1))
+    mu, logvar = h.chunk(2, -1)
+    q = td.Normal(mu, torch.exp(0.5 * logvar))
+    z = mu + torch.exp(0.5 * logvar) * eps
+    logits = model.decoder.net(torch.cat([z, onehot], 1))
+    recon = td.Bernoulli(logits=logits).log_prob(x.flatten(1)).sum(1)
+    kl = td.kl_divergence(q, td.Normal(torch.zeros(4, dtype=torch.float64), 1.0)).sum(1)
+    torch.testing.assert_close(t.recon, recon)
+    torch.testing.assert_close(t.kl, kl)
+    torch.testing.assert_close(t.elbo, recon - kl)
+    # and model(x, y) trains on the view's ELBO
+    torch.manual_seed(0)
+    loss = model(x, y)[0]
+    torch.manual_seed(0)
+    torch.testing.assert_close(loss, -elbo(model.given(y), x).elbo)
+
+
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian", "cbernoulli"])
+def test_conditional_iwae_k1_equals_the_monte_carlo_elbo_with_the_same_eps(likelihood):
+    model = _mlp_vae(likelihood, seed=11, num_classes=3)
+    x, y = _binary((5, 1, 6, 5)), torch.tensor([2, 0, 1, 1, 2])
+    v = model.given(y)
+    eps = torch.randn(5, 4, generator=_gen(4), dtype=torch.float64)
+    t = elbo(v, x, eps=eps, analytic_kl=False)
+    torch.testing.assert_close(t.elbo, iwae_bound(v, x, 1, eps=eps[None]), rtol=1e-12, atol=1e-10)
+    other = elbo(model.given(torch.tensor([0, 1, 2, 0, 1])), x, eps=eps, analytic_kl=False)
+    assert (other.elbo - t.elbo).abs().max() > 1e-6  # the labels matter
+
+
+def test_conditional_linear_gaussian_posterior_is_exact():
+    """With q(z|x, y) = p(z|x, y) the ELBO equals log p(x|y) exactly: the oracle for the estimators."""
+    model, p_x_given = _linear_gaussian_conditional(exact_posterior=True)
+    x, y, exact = _lg_conditional_data(p_x_given)
+    torch.testing.assert_close(elbo(model.given(y), x, analytic_kl=False).elbo, exact, rtol=0, atol=1e-9)
+    torch.testing.assert_close(iwae_bound(model.given(y), x, 5), exact, rtol=0, atol=1e-9)
+    wrong = iwae_bound(model.given((y + 1) % K_CLASSES), x, 5)
+    assert (wrong < exact - 0.5).all()  # under another label the same x is far less likely

@@ -346,3 +346,58 @@ def test_save_interpolation_runs_between_the_two_codes(runs, tmp_path):
     with pytest.raises(VaekitError) as e:
         save_interpolation(f["vae"], 0, N, tmp_path / "j.png")
     assert str(e.value) == f"--from/--to: index {N} is outside the test set (0..{N - 1})"
+
+
+# ----------------------------------------------------------------------------------------- conditional
+
+
+@pytest.fixture(scope="module")
+def cruns(runs):
+    """A conditional VAE and AE (4 classes: the labels of imgs.npz) in model folders (untrained)."""
+    root, _ = runs
+    folders = {}
+    for kind in ("vae", "ae"):
+        rc = RunConfig(
+            ModelConfig(model=kind, input_shape=(1, 8, 8), latent_dim=2, hidden=(16,), num_classes=4),
+            TrainConfig(data=str(root / "imgs.npz"), binarize="none", val_fraction=0.2, conditional=True),
+        )
+        torch.manual_seed(2)
+        vaekit.save(vaekit.build_model(rc.model), root / f"c{kind}", rc)
+        folders[kind] = root / f"c{kind}"
+    return root, folders
+
+
+def test_the_commands_on_a_conditional_run_use_the_datas_labels(cruns, tmp_path):
+    root, f = cruns
+    model = vaekit.load(f["vae"])
+    ds = vaekit.data.load(root / "imgs.npz")
+    res = evaluate_run(f["vae"], iw_samples=6, seed=1, device="cpu")
+    want = evaluate(model, ds, binarize="none", iw_samples=6, seed=1)
+    assert res["conditional"] is True and res["nll"] == want["nll"] and res["elbo"] == want["elbo"]
+    codes = save_codes(f["vae"], root / "imgs.npz", tmp_path / "codes.npy")
+    torch.testing.assert_close(codes, model.encode(ds.batch(slice(0, N)), ds.y).mean)  # E[z|x, y]
+    cols = save_scores(f["vae"], root / "imgs.npz", tmp_path / "s.csv", iw_samples=3, fpr=0.2)["columns"]
+    want = score_table(model, ds, iw_samples=3)
+    assert cols["score"] == want["score"].tolist() and cols["nll"] == want["nll"].tolist()
+    save_reconstructions(f["vae"], tmp_path / "r.png", n=4)
+    ae = evaluate_run(f["ae"], iw_samples=5)
+    assert ae["conditional"] is True and ae["nll"] is None
+    save_codes(f["ae"], root / "imgs.npz", tmp_path / "ae.npy")
+
+
+@pytest.mark.parametrize("command", ["eval", "encode", "score"])
+def test_a_conditional_run_refuses_data_without_labels_in_one_line(cruns, tmp_path, command):
+    root, f = cruns
+    nolabel = root / "nolabel.npy"
+    call = {
+        "eval": lambda: evaluate_run(f["vae"], data=nolabel, iw_samples=0),
+        "encode": lambda: save_codes(f["vae"], nolabel, tmp_path / "c.npy"),
+        "score": lambda: save_scores(f["vae"], nolabel, tmp_path / "s.csv"),
+    }[command]
+    msg = one_line(pytest.raises(VaekitError, call))
+    assert msg.startswith(f"--data {nolabel}: the model is conditional (4 classes) and needs the examples' labels")
+    assert not any(tmp_path.iterdir())
+    beyond = tmp_path / "beyond.npz"
+    np.savez(beyond, x=np.zeros((3, 8, 8), np.uint8), y=np.array([0, 4, 1]))
+    msg = one_line(pytest.raises(VaekitError, evaluate_run, f["vae"], data=beyond, iw_samples=0))
+    assert msg == f"--data {beyond}: label 4 is outside the model's classes 0..3"

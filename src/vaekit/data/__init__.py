@@ -33,6 +33,9 @@ __all__ = [
     "BINARIZE",
     "binarize",
     "split_validation",
+    "expect_shape",
+    "expect_labels",
+    "num_classes",
 ]
 
 
@@ -115,6 +118,50 @@ def expect_shape(ds: Dataset, shape, what: str) -> Dataset:
     want = tuple(shape)
     if ds.shape != want:
         raise VaekitError(f"{what}: examples have shape {ds.shape}, the model expects {want}")
+    return ds
+
+
+def num_classes(ds: Dataset, source: str | Path) -> int:
+    """The label classes a conditional model of `ds` (loaded from `source`) needs: a built-in dataset's own
+    count (10 for MNIST), else max(label) + 1. One-line errors when `ds` has no labels or too many classes."""
+    from vaekit.config import MAX_WIDTH
+
+    if ds.y is None:
+        raise VaekitError(
+            f"--conditional needs labels, and {source} has none (labels come with the built-in datasets, an .npz "
+            f"with a `y` array, or a folder with one sub-folder of images per label)",
+            option="conditional",
+        )
+    if str(source) in DATASETS:
+        return DATASETS[str(source)].classes
+    k = int(ds.y.max()) + 1 if len(ds.y) else 0
+    if not 0 < k <= MAX_WIDTH:
+        raise VaekitError(
+            f"--conditional: {source} has labels up to {k - 1}, more than the {MAX_WIDTH} classes a conditional "
+            f"model takes"
+            if k
+            else f"--conditional: {source} has no labels to condition on",
+            option="conditional",
+        )
+    return k
+
+
+def expect_labels(ds: Dataset, num_classes: int, what: str) -> Dataset:
+    """`ds` if a model of `num_classes` label classes can use it: any data for an unconditional model (0),
+    else labels in 0..num_classes-1. One-line errors naming `what` otherwise."""
+    if not num_classes:
+        return ds
+    if ds.y is None:
+        raise VaekitError(
+            f"{what}: the model is conditional ({num_classes} classes) and needs the examples' labels; "
+            f"{ds.name} has none"
+        )
+    if len(ds.y):
+        lo, hi = int(ds.y.min()), int(ds.y.max())
+        if lo < 0 or hi >= num_classes:
+            raise VaekitError(
+                f"{what}: label {lo if lo < 0 else hi} is outside the model's classes 0..{num_classes - 1}"
+            )
     return ds
 
 

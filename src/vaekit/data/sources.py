@@ -67,6 +67,7 @@ class DatasetSpec:
     files: tuple[FileSpec, ...]
     sources: tuple[Source, ...]
     hint: str = ""  # one more thing the user can do when every source fails
+    classes: int = 10  # label classes (0..classes-1): what `vaekit train --conditional` conditions on
 
 
 class SourceError(Exception):
