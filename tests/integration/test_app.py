@@ -23,7 +23,7 @@ import time
 
 import httpx
 import pytest
-from conftest import ROOT, assert_clean_error, run_cli
+from conftest import ROOT, _train, assert_clean_error, run_cli
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -523,7 +523,7 @@ json_values = st.recursive(
     lambda inner: st.lists(inner, max_size=6) | st.dictionaries(st.text(max_size=8), inner, max_size=5),
     max_leaves=25,
 )
-FIELDS = ["model", "z", "pixels", "index", "n", "seed", "nrow", "steps", "spherical", "start", "end"]
+FIELDS = ["model", "z", "pixels", "index", "n", "seed", "nrow", "steps", "spherical", "start", "end", "label"]
 bodies = json_values | st.dictionaries(st.sampled_from(FIELDS), json_values, max_size=6)
 
 
@@ -552,12 +552,16 @@ def test_arbitrary_json_never_yields_a_5xx(server, path, body):
     assert r.status_code in (200, 404, 422), (r.status_code, r.text[:300])
 
 
-def test_schemathesis_finds_no_server_errors(server, tmp_path):
-    """Every operation, examples + coverage + fuzzing phases, 50 examples each (~1000 requests), in under a minute.
+@pytest.mark.parametrize("which", ["server", "cserver"])
+def test_schemathesis_finds_no_server_errors(which, request, tmp_path):
+    """Every operation, examples + coverage + fuzzing phases, 50 examples each (~1000 requests), in under a minute;
+    on the two 20-D runs, and on the conditional 2-D VAE, the 2-D AE and the classifier (labels, backgrounds).
 
     positive_data_acceptance is left out: the schema cannot say that z has exactly the chosen model's
-    latent_dim values (or pixels its image size), so a schema-valid z of another length is rightly a 422.
+    latent_dim values (or pixels its image size, or a label below its num_classes), so a schema-valid z of
+    another length is rightly a 422.
     """
+    server = request.getfixturevalue(which)
     assert importlib.util.find_spec("schemathesis"), "schemathesis is missing: pip install -e '.[dev]'"
     t0 = time.perf_counter()
     p = subprocess.run(
@@ -588,6 +592,219 @@ def test_schemathesis_finds_no_server_errors(server, tmp_path):
     assert p.returncode == 0, p.stdout[-4000:]
     assert time.perf_counter() - t0 < 60
     assert "5xx" not in p.stdout.split("SUMMARY")[-1] and "Server error" not in p.stdout
+
+
+# ------------------------------------------------------- labels (conditional runs) and the confidence map
+
+
+@pytest.fixture(scope="module")
+def cond_runs(tmp_path_factory, mnist_slice, mnist_train):
+    """A conditional 2-D VAE and a 2-D AE (2 epochs on the 3000 digits of mnist_slice), and a reference
+    classifier folder (1 epoch on the first 3000 MNIST training digits)."""
+    from vaekit.classifier import ClassifierConfig, train_classifier
+
+    cvae = _train(tmp_path_factory, "cvae2d", "--data", mnist_slice, "--conditional", "--latent-dim", 2)
+    ae2d = _train(tmp_path_factory, "ae2d", "--data", mnist_slice, "--model", "ae", "--latent-dim", 2)
+    clf = tmp_path_factory.mktemp("clf") / "classifier"
+    train_classifier(ClassifierConfig(epochs=1, limit=3000), clf)
+    return cvae, ae2d, clf
+
+
+@pytest.fixture(scope="module")
+def cserver(cond_runs):
+    """`vaekit serve CVAE2D AE2D CLASSIFIER`, the classifier folder among the runs as `vaekit report` takes it."""
+    s = Server(*cond_runs)
+    yield s
+    s.stop()
+    assert not any("Traceback" in line for line in s.errors), "".join(s.errors)
+
+
+@pytest.fixture
+def cclient(cserver):
+    with httpx.Client(base_url=cserver.url, timeout=30) as c:
+        yield c
+    assert cserver.alive(), "the server stopped answering"
+
+
+def pixels_of(data_url: str):
+    import numpy as np
+
+    return np.asarray(image(data_url), dtype=np.float64) / 255
+
+
+def map_data(mnist_slice):
+    """The map's examples of a run trained on mnist_slice (a file: its first 2000) and their labels."""
+    import vaekit
+
+    ds = vaekit.data.load(str(mnist_slice), "test")
+    return ds.batch(slice(0, 2000)), ds.y[:2000]
+
+
+def test_models_say_which_are_conditional_and_which_have_a_background(cclient):
+    r = cclient.get("/api/models").json()
+    assert r["classifier"] == "classifier"  # a name, never a path
+    assert [(m["name"], m["num_classes"], m["confidence_map"]) for m in r["models"]] == [
+        ("cvae2d", 10, True),
+        ("ae2d", 0, True),
+    ]
+
+
+def test_a_label_conditions_decode_as_the_model_does(cclient, cond_runs):
+    """Each label's image is the model's decoded mean under that label (to the PNG's 1/255); labels differ."""
+    import numpy as np
+    import torch
+
+    import vaekit
+
+    model = vaekit.load(cond_runs[0])
+    z = [0.3, -0.5]
+    got = []
+    for k in range(10):
+        r = cclient.post("/api/decode", json={"model": "cvae2d", "z": z, "label": k}).json()
+        assert r["label"] == k
+        got.append(pixels_of(r["image"]))
+        want = model.decode(torch.tensor([z]), k).mean[0, 0].detach().double().numpy()
+        assert np.abs(got[-1] - want).max() <= 0.5 / 255 + 1e-9
+    assert min(np.abs(got[a] - got[b]).mean() for a in range(10) for b in range(a)) > 0.005
+
+
+def test_a_label_conditions_sample_encode_and_interpolate(cclient, cond_runs, mnist_slice):
+    import numpy as np
+    import torch
+
+    import vaekit
+
+    model = vaekit.load(cond_runs[0])
+    a, b = (cclient.post("/api/sample", json={"model": 0, "n": 9, "seed": 4, "label": k}).json() for k in (3, 8))
+    assert a["label"] == 3 and b["label"] == 8 and a["image"] != b["image"]
+    want = model.sample(9, torch.Generator().manual_seed(4), y=3)
+    assert np.abs(pixels_of(a["image"])[2:30, 2:30] - want[0, 0].double().numpy()).max() <= 0.5 / 255 + 1e-9
+
+    # a drawing: encoded with the chosen label, decoded under every label (one strip of 10)
+    r = cclient.post("/api/encode", json={"model": 0, "pixels": stroke(), "label": 7}).json()
+    x = torch.tensor(stroke(), dtype=torch.float32).view(1, 1, 28, 28)
+    mu = model.encode(x, 7).mean[0].detach()
+    assert r["label"] == 7 and np.allclose(r["mu"], mu.tolist(), atol=1e-4)
+    strip = pixels_of(r["restyled"])
+    assert strip.shape == (32, 10 * 30 + 2)
+    rows = model.decode(mu.expand(10, 2), torch.arange(10)).mean[:, 0].detach().double().numpy()
+    for k in range(10):
+        assert np.abs(strip[2:30, 2 + 30 * k : 30 + 30 * k] - rows[k]).max() <= 0.5 / 255 + 1e-9
+    other = cclient.post("/api/encode", json={"model": 0, "pixels": stroke(), "label": 2}).json()
+    assert other["mu"] != r["mu"] and other["reconstruction"] != r["reconstruction"]
+
+    # a test example: its own label by default, so its code is its dot on the map
+    m = cclient.get("/api/latents", params={"model": 0}).json()
+    r = cclient.post("/api/encode", json={"model": 0, "index": 5}).json()
+    assert r["label"] == m["labels"][5]
+    assert math.isclose(r["mu"][0], m["x"][5], abs_tol=1e-3) and math.isclose(r["mu"][1], m["y"][5], abs_tol=1e-3)
+    x, y = map_data(mnist_slice)
+    assert r["label"] == int(y[5])
+
+    # interpolation: decoded under the label; test-digit ends at their dots
+    body = {"model": 0, "start": {"index": 5}, "end": {"index": 9}, "steps": 4}
+    s1, s2 = (cclient.post("/api/interpolate", json={**body, "label": k}).json() for k in (1, 6))
+    assert s1["z"] == s2["z"] and s1["image"] != s2["image"] and s1["label"] == 1
+    assert math.isclose(s1["z"][0][0], m["x"][5], abs_tol=1e-3)
+    r = cclient.post("/api/interpolate", json={**body, "start": {"pixels": stroke()}, "label": 7}).json()
+    assert np.allclose(r["z"][0], mu.tolist(), atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "path, body, needle",
+    [
+        ("/api/decode", {"model": "ae2d", "z": [0, 0], "label": 3}, "'ae2d' is not conditional: it takes no label"),
+        ("/api/sample", {"model": 1, "label": 0}, "not conditional"),
+        ("/api/encode", {"model": 1, "index": 0, "label": 0}, "not conditional"),
+        ("/api/decode", {"model": 0, "z": [0, 0]}, "'cvae2d' is conditional (10 classes): give a label 0..9"),
+        ("/api/sample", {"model": 0}, "give a label 0..9"),
+        ("/api/encode", {"model": 0, "pixels": [0.0] * 784}, "give a label 0..9"),
+        ("/api/interpolate", {"model": 0, "start": {"index": 0}, "end": {"index": 1}}, "give a label"),
+        ("/api/decode", {"model": 0, "z": [0, 0], "label": 10}, "label must be in 0..9, got 10"),
+        ("/api/sample", {"model": 0, "label": -1}, "greater than or equal to 0"),
+        ("/api/sample", {"model": 0, "label": 2.5}, "label"),
+        ("/api/sample", {"model": 0, "label": "3"}, "label"),
+        ("/api/sample", {"model": 0, "label": True}, "label"),
+        ("/api/sample", {"model": 0, "label": None}, "label"),
+    ],
+)
+def test_bad_labels_are_422_naming_the_label(cclient, path, body, needle):
+    r = cclient.post(path, json=body)
+    assert r.status_code == 422, r.text
+    d = r.json()["detail"]
+    assert any(e["loc"][-1] == "label" or "label" in e["loc"] for e in d), d
+    assert needle in detail(r), detail(r)
+
+
+def test_bad_latents_labels_are_422(cclient):
+    for params, needle in (
+        ({"model": 1, "label": 2}, "not conditional"),
+        ({"model": 0, "label": 10}, "label must be in 0..9"),
+        ({"model": 0, "label": -1}, "greater than or equal to 0"),
+    ):
+        r = cclient.get("/api/latents", params=params)
+        assert r.status_code == 422 and needle in detail(r), r.text
+        assert r.json()["detail"][0]["loc"] == ["query", "label"]
+
+
+def test_the_confidence_map_is_the_hole_map_of_the_maps_codes(cclient, cond_runs, mnist_slice):
+    """The background is claims_latent.hole_map over the map's codes, with the report's settings (25 x 25
+    over the 1st-99th percentile box); a conditional model's under the chosen label; transposed with the axes."""
+    import numpy as np
+
+    import vaekit
+    from vaekit.claims_latent import fit_typicality, hole_map
+    from vaekit.classifier import load_classifier
+    from vaekit.evaluate import posterior_means
+
+    clf = load_classifier(cond_runs[2])
+    x, y = map_data(mnist_slice)
+    typical = fit_typicality(clf, x, y, 0.99)
+    for name, label in (("ae2d", None), ("cvae2d", 4)):
+        model = vaekit.load(cond_runs[0] if name == "cvae2d" else cond_runs[1])
+        params = {"model": name} | ({} if label is None else {"label": label})
+        m = cclient.get("/api/latents", params=params).json()
+        cm = m["confidence"]
+        assert m["plane"] == "dims" and cm["label"] == label and cm["size"] == 25
+        view = model if label is None else model.given(label)
+        h = hole_map(view, clf, posterior_means(model, x, y=y if model.conditional else None), 25, typical=typical)
+        assert np.allclose(cm["x"], h.xs, atol=1e-4) and np.allclose(cm["y"], h.ys, atol=1e-4)
+        conf, hole = np.array(cm["confidence"]), np.array(cm["hole"])
+        assert conf.shape == hole.shape == (25, 25) and np.allclose(conf, h.confidence, atol=2e-4)
+        assert (hole == ((h.confidence < 0.5) | h.atypical)).all()
+        assert math.isclose(cm["hole_fraction"], h.hole_fraction) and cm["threshold"] == 0.5
+        # the codes sit inside the grid's box: the background lies under the scatter
+        xs, ys = np.array(m["x"]), np.array(m["y"])
+        inside = (xs >= h.xs[0]) & (xs <= h.xs[-1]) & (ys >= h.ys[-1]) & (ys <= h.ys[0])
+        assert inside.mean() > 0.95
+        t = cclient.get("/api/latents", params=params | {"plane": "dims", "x": 1, "y": 0}).json()["confidence"]
+        assert np.array_equal(np.array(t["confidence"]), conf[::-1, ::-1].T)
+        assert t["x"] == cm["y"][::-1] and t["y"] == cm["x"][::-1]
+        assert cclient.get("/api/latents", params=params | {"plane": "pca"}).json()["confidence"] is None
+    other = cclient.get("/api/latents", params={"model": 0, "label": 9}).json()["confidence"]
+    assert other["label"] == 9 and other["confidence"] != cm["confidence"]
+    default = cclient.get("/api/latents", params={"model": 0}).json()["confidence"]
+    assert default["label"] == 0
+
+
+def test_no_confidence_map_without_a_classifier(cond_runs, client):
+    s = Server(cond_runs[1])
+    try:
+        with httpx.Client(base_url=s.url, timeout=30) as c:
+            assert c.get("/api/models").json()["classifier"] is None
+            assert c.get("/api/models").json()["models"][0]["confidence_map"] is False
+            m = c.get("/api/latents").json()
+            assert m["plane"] == "dims" and m["n"] == 2000 and m["confidence"] is None
+    finally:
+        s.stop()
+    # and none for a 20-D model, whatever the plane
+    assert client.get("/api/latents", params={"model": 0, "plane": "dims"}).json()["confidence"] is None
+
+
+def test_serve_takes_one_classifier_folder_beside_runs(cond_runs):
+    cvae, _, clf = cond_runs
+    assert_clean_error(run_cli("serve", clf, "--port", "0", timeout=120), "no VAE or AE run among")
+    assert_clean_error(run_cli("serve", cvae, clf, clf, "--port", "0", timeout=120), "one classifier folder at most")
 
 
 # ------------------------------------------------------------------------------------------- the CLI

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import CHROMIUM_ARGS, ROOT
 from playwright import sync_api
-from test_app import Server, threshold_runs  # noqa: F401 (a fixture)
+from test_app import Server, cond_runs, cserver, threshold_runs  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.browser
 
@@ -227,12 +227,70 @@ def test_clicking_a_dot_selects_that_test_digit(page):
     assert page.input_value("#end-from .index") == str(picked)
 
 
+MAP_INK = """s => { const c = document.querySelector(s);
+    const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; let n = 0;
+    for (let i = 0; i < d.length; i += 4) if (d[i] + d[i + 1] + d[i + 2] < 720) n++; return n; }"""
+
+
+def test_a_label_conditions_everything_a_conditional_view_shows(browser, cserver, cond_runs):  # noqa: F811
+    """Served with a classifier: the conditional 2-D VAE's label picker re-decodes, re-samples and restyles a
+    drawing under every label; both 2-D maps show the confidence background, which a toggle hides."""
+    page = open_page(browser, cserver.url)
+    cvae, ae = page.locator(".view:nth-child(1)"), page.locator(".view:nth-child(2)")
+    assert cvae.locator(".labels button").count() == 10 and ae.locator(".label-picker").is_hidden()
+    assert "encoded with their own labels" in cvae.locator(".meta").inner_text()
+    grid, dec = ".view:nth-child(1) img.grid", ".view:nth-child(1) img.decoded"
+    g0, d0 = src(page, grid), src(page, dec)
+    cvae.locator(".labels button[data-label='7']").click()
+    g7 = changes(page, grid, g0)
+    changes(page, dec, d0)
+    assert cvae.locator(".labels button.active").inner_text() == "7"
+    page.fill("#seed", "3")
+    page.click("#sample")
+    changes(page, grid, g7)
+
+    draw_stroke(page, [(0.62, 0.22), (0.42, 0.2), (0.38, 0.45), (0.6, 0.5), (0.62, 0.75), (0.38, 0.8)])
+    strip = ".view:nth-child(1) img.restyled"
+    page.wait_for_selector(f"{strip}[src^='data:image/png']", timeout=10_000)
+    page.wait_for_function("s => document.querySelector(s).naturalWidth === 10 * 30 + 2", arg=strip)  # 10 images
+    assert cvae.locator(".restyle").is_visible() and ae.locator(".restyle").is_hidden()
+    page.wait_for_load_state("networkidle")
+    before = src(page, strip)
+    cvae.locator(".labels button[data-label='2']").click()  # encoded again, with the new label
+    changes(page, strip, before)
+
+    for v, sel in ((cvae, ".view:nth-child(1) canvas.map"), (ae, ".view:nth-child(2) canvas.map")):
+        legend = v.locator(".bg-legend")
+        assert legend.is_visible() and v.locator(".bg-note").is_hidden()
+        assert "classifier confidence" in legend.inner_text() and "outlined: holes" in legend.inner_text()
+        with_bg = page.evaluate(MAP_INK, sel)
+        v.locator(".bg-toggle").uncheck()
+        without = page.evaluate(MAP_INK, sel)
+        assert with_bg > 3 * without and with_bg > 40_000, (with_bg, without)  # the background covers the map
+        v.locator(".bg-toggle").check()
+        assert page.evaluate(MAP_INK, sel) == with_bg
+    assert page.errors == []
+    page.context.close()
+
+    alone = Server(cond_runs[1])  # the 2-D AE without the classifier: a note, no background
+    try:
+        page = open_page(browser, alone.url)
+        note = page.locator(".view .bg-note")
+        assert note.is_visible() and "classifier folder" in note.inner_text()
+        assert page.locator(".view .bg-legend").is_hidden() and page.errors == []
+        page.context.close()
+    finally:
+        alone.stop()
+
+
 def test_screenshot(browser, server, tmp_path):
     """The full page after a drawing, a drag and an interpolation; saved to $VAEKIT_SCREENSHOT if set."""
     runs = os.environ.get("VAEKIT_SCREENSHOT_RUNS")
     other = Server(*runs.split()) if runs else None
     try:
         page = open_page(browser, (other or server).url)
+        for b in page.locator(".labels button[data-label='5']").all():  # conditional views: draw a 5 as a 5
+            b.click()
         draw_stroke(page, [(0.62, 0.22), (0.42, 0.2), (0.38, 0.45), (0.6, 0.5), (0.62, 0.75), (0.38, 0.8)])  # a 5
         page.wait_for_selector(".view:nth-child(1) img.recon[src^='data:image/png']")
         page.fill("#end-from .index", "0")

@@ -59,6 +59,16 @@ Index = Annotated[
     Field(description=("A test example shown on the map: 0 <= index < the model's `points` in /api/models.")),
 ]
 Image = Annotated[str, Field(description="A PNG image as a data URL: data:image/png;base64,...")]
+Label = Annotated[
+    Int(ge=0, le=2**31 - 1),
+    Field(
+        description=(
+            "A conditional model's class label: 0 <= label < its num_classes in /api/models; it conditions the "
+            "encoder and the decoder. A conditional model needs one; an unconditional model (num_classes 0) "
+            "takes none, and a label sent to it is refused (422)."
+        )
+    ),
+]
 
 
 class _Request(BaseModel):
@@ -108,14 +118,21 @@ class End(_Request):
 class DecodeRequest(_Request):
     model: ModelRef = 0
     z: Latent
+    label: Label = None
 
 
 class EncodeRequest(Source):
     model: ModelRef = 0
+    label: Label = Field(
+        None,
+        description="A conditional model's label to encode (and decode) the image with; a test example (index) "
+        "defaults to its own label, as on the map. Refused for an unconditional model.",
+    )
 
 
 class SampleRequest(_Request):
     model: ModelRef = 0
+    label: Label = None
     n: Int(ge=1, le=MAX_SAMPLES) = Field(16, description="How many prior draws.")
     seed: Int(ge=0, le=2**31 - 1) = Field(0, description="The same seed gives the same draws.")
     nrow: Int(ge=1, le=MAX_SAMPLES) = Field(None, description="Images per grid row (default: about square).")
@@ -127,6 +144,11 @@ class InterpolateRequest(_Request):
     end: End
     steps: Int(ge=2, le=MAX_STEPS) = Field(10, description="Images in the strip, both ends included.")
     spherical: bool = Field(False, description="Spherical (slerp) instead of linear interpolation.")
+    label: Label = Field(
+        None,
+        description="A conditional model's label: the path is decoded with it, and a drawing's end encoded with "
+        "it (a test example's end is encoded with its own label, as on the map). Refused for an unconditional model.",
+    )
 
 
 class Limits(BaseModel):
@@ -187,6 +209,14 @@ class ModelInfo(BaseModel):
     )
     points: int = Field(description="Test examples on the map; /api/encode and /api/interpolate take index < points.")
     has_labels: bool
+    num_classes: int = Field(
+        description="A conditional model's label classes (requests then take a label 0..num_classes-1); 0: "
+        "unconditional. A conditional model's map shows the test digits encoded with their own labels."
+    )
+    confidence_map: bool = Field(
+        description="Whether /api/latents (plane=dims) gives a confidence background: a 2-D model with the "
+        "reference classifier loaded."
+    )
     elbo_mean: float | None = Field(description="Mean ELBO of the map's examples in nats (None for an AE).")
     recon_mean: float | None = Field(description="Mean E_q log p(x|z) of the map's examples in nats.")
     threshold: ThresholdInfo | None = Field(description="The run's anomaly threshold; None when it has none.")
@@ -195,6 +225,27 @@ class ModelInfo(BaseModel):
 class ModelsResponse(BaseModel):
     models: list[ModelInfo]
     limits: Limits
+    classifier: str | None = Field(
+        description="The reference classifier's folder name, when `vaekit serve` was given one; None otherwise."
+    )
+
+
+class ConfidenceMap(BaseModel):
+    """The reference classifier on the decoder's images over a grid of the map's plane (vaekit.claims_latent.
+    hole_map, with the report's settings): where the decoded image is a digit, and where it is a hole."""
+
+    label: int | None = Field(description="The label the decoder was given (a conditional model); None otherwise.")
+    size: int = Field(description="Grid points per side, n.")
+    x: list[float] = Field(description="(n,) the grid columns' plane x, increasing (the 1st-99th percentile box).")
+    y: list[float] = Field(description="(n,) the grid rows' plane y, decreasing: row 0 is the top.")
+    confidence: list[list[float]] = Field(
+        description="(n, n) the classifier's top class probability of the image decoded at each grid point."
+    )
+    hole: list[list[bool]] = Field(
+        description="(n, n) holes: confidence below `threshold`, or the image's features atypical of real digits."
+    )
+    threshold: float
+    hole_fraction: float = Field(description="The share of the grid points that are holes.")
 
 
 class LatentsResponse(BaseModel):
@@ -217,10 +268,14 @@ class LatentsResponse(BaseModel):
     center: list[float] = Field(description="The mean code of the map's examples (D,): the default anchor.")
     low: list[float] = Field(description="Per-dimension minimum of the map's codes (D,).")
     high: list[float] = Field(description="Per-dimension maximum of the map's codes (D,).")
+    confidence: ConfidenceMap | None = Field(
+        description="The background of a 2-D model's map (plane=dims) when the reference classifier is loaded."
+    )
 
 
 class DecodeResponse(BaseModel):
     model: str
+    label: int | None = Field(description="The label the decoder was given; None for an unconditional model.")
     image: Image
 
 
@@ -229,7 +284,12 @@ class EncodeResponse(BaseModel):
     mu: list[float] = Field(description="Posterior mean (D,); for an AE, its code.")
     sigma: list[float] = Field(description="Posterior standard deviation (D,); zeros for an AE.")
     image: Image = Field(description="The image that was encoded.")
+    label: int | None = Field(description="The label the image was encoded with; None: an unconditional model.")
     reconstruction: Image = Field(description="The decoded mean at mu.")
+    restyled: Image | None = Field(
+        description="A conditional model's mu decoded under every label 0..num_classes-1, one strip left to right "
+        "with 2-pixel gutters (z carries the style, the label the class); None for an unconditional model."
+    )
     elbo: float | None = Field(
         description=f"ELBO in nats ({ELBO_SAMPLES} posterior draws, analytic KL); None for an AE."
     )
@@ -242,6 +302,7 @@ class EncodeResponse(BaseModel):
 
 class SampleResponse(BaseModel):
     model: str
+    label: int | None = Field(description="The label every draw was decoded with; None: an unconditional model.")
     n: int
     nrow: int
     image: Image = Field(description="The n decoded prior draws as one grid, nrow per row, 2-pixel white gutters.")
@@ -249,6 +310,7 @@ class SampleResponse(BaseModel):
 
 class InterpolateResponse(BaseModel):
     model: str
+    label: int | None = Field(description="The label the path was decoded with; None: an unconditional model.")
     steps: int
     spherical: bool
     image: Image = Field(description="The steps decoded codes as one strip, left to right, 2-pixel gutters.")

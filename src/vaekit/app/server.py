@@ -1,17 +1,19 @@
 """The latent explorer's server: a FastAPI app over models loaded at start, and the page in static/.
 
     GET  /api/models       the loaded models (refer to one by its index or name, never by a path)
-    GET  /api/latents      the map: test-set posterior means on a plane (PCA or two dims), with labels
+    GET  /api/latents      the map: test-set posterior means on a plane (PCA or two dims), with labels (and
+                           a 2-D model's confidence background when a classifier is loaded)
     POST /api/decode       z -> the decoded mean, as a PNG
     POST /api/encode       a drawing or a test example -> mu, sigma, reconstruction, ELBO, anomaly score
     POST /api/interpolate  two ends (test example, drawing or z) -> a strip of decoded steps
     POST /api/sample       n prior draws -> a grid
 
-Images travel as PNG data URLs (greyscale for one channel); pixels sent in are floats in [0, 1]. Every
-input is validated (latent length, finite values, exact image size, capped counts) and answered with a
-4xx and a message. schema.py holds the request and response models, guard.py the middleware that caps
-request bodies, requires JSON and checks the Host header, entries.py the models loaded at start (each with
-its map and its anomaly detector).
+A conditional model takes a `label` in every request (its map: the test digits encoded with their own
+labels); an unconditional one refuses it. Images travel as PNG data URLs (greyscale for one channel); pixels
+sent in are floats in [0, 1]. Every input is validated (latent length, finite values, exact image size,
+capped counts, labels) and answered with a 4xx and a message. schema.py holds the request and response
+models, guard.py the middleware that caps request bodies, requires JSON and checks the Host header,
+entries.py the models loaded at start (each with its map, its anomaly detector and its confidence map).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import math
 from pathlib import Path
 from typing import Annotated, Literal
 
+import numpy as np
 import torch
 from fastapi import FastAPI, HTTPException, Query
 from fastapi.exceptions import RequestValidationError
@@ -35,6 +38,7 @@ from vaekit.app.schema import (
     MAP_POINTS,
     MAX_BODY,
     MAX_LATENT,
+    ConfidenceMap,
     DecodeRequest,
     DecodeResponse,
     EncodeRequest,
@@ -79,6 +83,44 @@ def _floats(t: torch.Tensor, digits: int = 5) -> list:
     return torch.round(t.double(), decimals=digits).tolist()
 
 
+def label_of(e: Entry, label: int | None, loc: tuple, default: int | None = None) -> int | None:
+    """The label a request conditions a model on, checked: a conditional model's in 0..K-1 (`default` when
+    none was sent; a 422 when there is none), none for an unconditional model (a label sent to it: 422)."""
+    k = e.num_classes
+    if not k:
+        if label is not None:
+            invalid(loc, f"model {e.name!r} is not conditional: it takes no label (train with --conditional)")
+        return None
+    label = default if label is None else label
+    if label is None:
+        invalid(loc, f"model {e.name!r} is conditional ({k} classes): give a label 0..{k - 1}")
+    if label >= k:
+        invalid(loc, f"model {e.name!r} has {k} classes: label must be in 0..{k - 1}, got {label}")
+    return label
+
+
+def confidence_map(e: Entry, label: int | None, dims: list[int]) -> ConfidenceMap | None:
+    """The entry's confidence map (given `label`) on the plane of latent dims (x, y) of a 2-D model; None
+    when it has none. dims (1, 0) shows z2 across: the grid transposed, each axis still in map order."""
+    if e.holes is None or sorted(dims) != [0, 1]:
+        return None
+    h = e.holes[label or 0]
+    conf, hole = h.confidence, (h.confidence < h.threshold) | h.atypical  # (n, n), row 0 at the top
+    xs, ys = h.xs, h.ys
+    if dims == [1, 0]:  # x = z2 increasing, y = z1 decreasing: N[a, b] = C[n-1-b, n-1-a]
+        conf, hole, xs, ys = conf[::-1, ::-1].T, hole[::-1, ::-1].T, ys[::-1], xs[::-1]
+    return ConfidenceMap(
+        label=label,
+        size=len(xs),
+        x=np.round(np.asarray(xs, dtype=float), 5).tolist(),
+        y=np.round(np.asarray(ys, dtype=float), 5).tolist(),
+        confidence=np.round(np.asarray(conf, dtype=float), 4).tolist(),
+        hole=np.asarray(hole, dtype=bool).tolist(),
+        threshold=h.threshold,
+        hole_fraction=h.hole_fraction,
+    )
+
+
 class Explorer:
     """The loaded models and what the endpoints do with them."""
 
@@ -102,6 +144,7 @@ class Explorer:
     def info(self) -> ModelsResponse:
         return ModelsResponse(
             limits=Limits(),
+            classifier=next((e.classifier for e in self.entries), None),
             models=[
                 ModelInfo(
                     index=i,
@@ -115,6 +158,8 @@ class Explorer:
                     split=e.split,
                     points=len(e.x),
                     has_labels=e.labels is not None,
+                    num_classes=e.num_classes,
+                    confidence_map=e.holes is not None,
                     elbo_mean=e.elbo_mean,
                     recon_mean=e.recon_mean,
                     threshold=e.threshold_info(),
@@ -155,56 +200,78 @@ class Explorer:
     def decode(self, req: DecodeRequest) -> DecodeResponse:
         e = self.get(req.model)
         z = self.z_of(e, req.z, ("body", "z"))
-        return DecodeResponse(model=e.name, image=png(e.model.decode(z[None]).mean))
+        label = label_of(e, req.label, ("body", "label"))
+        return DecodeResponse(model=e.name, label=label, image=png(e.bound(label).decode(z[None]).mean))
 
     @torch.inference_mode()
     def encode(self, req: EncodeRequest) -> EncodeResponse:
         e = self.get(req.model)
         x = self.x_of(e, req, ("body",))  # (1, *shape)
-        q = e.model.encode(x)
+        label = label_of(e, req.label, ("body", "label"), self.own_label(e, req))
+        m = e.bound(label)
+        q = m.encode(x)
         mu, sigma = q.mean[0], q.stddev[0]
         if e.model.is_vae:
-            t = elbo(e.model, x, eps=e.eps)  # terms (K, 1), KL (1,)
+            t = elbo(m, x, eps=e.eps)  # terms (K, 1), KL (1,)
             scores = dict(elbo=t.elbo.mean().item(), recon=t.recon.mean().item(), kl=t.kl.mean().item())
         else:
-            scores = dict(elbo=None, recon=e.model.decode(mu[None]).log_prob(x).item(), kl=None)
+            scores = dict(elbo=None, recon=m.decode(mu[None]).log_prob(x).item(), kl=None)
+        k = e.num_classes  # a conditional model: the same z under every label, one strip
+        restyled = png(e.model.decode(mu.expand(k, -1), torch.arange(k)).mean, k, pad=2) if k else None
         return EncodeResponse(
             model=e.name,
             mu=_floats(mu),
             sigma=_floats(sigma),
             image=png(x),
-            reconstruction=png(e.model.decode(mu[None]).mean),
-            anomaly=e.anomaly(x),
+            label=label,
+            reconstruction=png(m.decode(mu[None]).mean),
+            restyled=restyled,
+            anomaly=e.anomaly(x, label),
             **scores,
         )
+
+    @staticmethod
+    def own_label(e: Entry, src: Source | End) -> int | None:
+        """A test example's own label (a conditional model encodes it so on the map); None for pixels or z."""
+        ok = src.index is not None and e.labels is not None and src.index < len(e.labels)
+        return int(e.labels[src.index]) if ok else None
 
     @torch.inference_mode()
     def sample(self, req: SampleRequest) -> SampleResponse:
         e = self.get(req.model)
-        x = e.model.sample(req.n, torch.Generator().manual_seed(req.seed))
+        label = label_of(e, req.label, ("body", "label"))
+        x = e.bound(label).sample(req.n, torch.Generator().manual_seed(req.seed))
         nrow = req.nrow or math.ceil(math.sqrt(req.n))
-        return SampleResponse(model=e.name, n=req.n, nrow=nrow, image=png(x, nrow, pad=2))
+        return SampleResponse(model=e.name, label=label, n=req.n, nrow=nrow, image=png(x, nrow, pad=2))
 
     @torch.inference_mode()
     def interpolate(self, req: InterpolateRequest) -> InterpolateResponse:
         e = self.get(req.model)
+        label = label_of(e, req.label, ("body", "label"))
         ends = []
         for name, end in (("start", req.start), ("end", req.end)):
             loc = ("body", name)
-            ends.append(
-                self.z_of(e, end.z, loc + ("z",))
-                if end.z is not None
-                else e.model.encode(self.x_of(e, end, loc)).mean[0]
-            )
+            if end.z is not None:
+                ends.append(self.z_of(e, end.z, loc + ("z",)))
+            else:
+                x = self.x_of(e, end, loc)
+                own = self.own_label(e, end) if label is not None else None
+                ends.append(e.bound(label if own is None else own).encode(x).mean[0])
         z = interpolate(ends[0], ends[1], req.steps, req.spherical)  # (steps, D)
-        frames = e.model.decode(z).mean
+        frames = e.bound(label).decode(z).mean
         return InterpolateResponse(
-            model=e.name, steps=req.steps, spherical=req.spherical, image=png(frames, req.steps, pad=2), z=_floats(z)
+            model=e.name,
+            label=label,
+            steps=req.steps,
+            spherical=req.spherical,
+            image=png(frames, req.steps, pad=2),
+            z=_floats(z),
         )
 
     @torch.inference_mode()
-    def latents(self, ref: str, n: int, plane: str, x: int, y: int) -> LatentsResponse:
+    def latents(self, ref: str, n: int, plane: str, x: int, y: int, label: int | None = None) -> LatentsResponse:
         e = self.get(ref)
+        label = label_of(e, label, ("query", "label"), 0)
         d = e.latent_dim
         if plane == "auto":
             plane = "pca" if d > 2 and e.pca is not None else "dims"
@@ -248,6 +315,7 @@ class Explorer:
             center=_floats(e.mu.mean(0) if len(e.mu) else empty),
             low=_floats(e.mu.min(0).values if len(e.mu) else empty),
             high=_floats(e.mu.max(0).values if len(e.mu) else empty),
+            confidence=None if dims is None else confidence_map(e, label, dims),
         )
 
 
@@ -319,8 +387,18 @@ def _add_api(app: FastAPI, ex: Explorer) -> None:
         ] = "auto",
         x: Annotated[int, Query(ge=0, lt=MAX_LATENT)] = 0,
         y: Annotated[int, Query(ge=0, lt=MAX_LATENT)] = 1,
+        label: Annotated[
+            int | None,
+            Query(
+                ge=0,
+                le=2**31 - 1,
+                description="A conditional model's label whose decoder the confidence background shows (default "
+                "0); the map's codes are the test digits encoded with their own labels. Refused for an "
+                "unconditional model.",
+            ),
+        ] = None,
     ) -> LatentsResponse:
-        return ex.latents(model, n, plane, x, y)
+        return ex.latents(model, n, plane, x, y, label)
 
     @app.post("/api/decode", response_model=DecodeResponse, responses=ERRORS, summary="z -> decoded image")
     async def decode(req: DecodeRequest) -> DecodeResponse:

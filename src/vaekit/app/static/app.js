@@ -9,7 +9,7 @@ const SLIDERS = 16;          // sliders for the first 16 latent dimensions
 const SVG = "http://www.w3.org/2000/svg";
 const $ = (sel, root = document) => root.querySelector(sel);
 
-const state = { models: [], views: [], selected: null, drawing: null };
+const state = { models: [], views: [], selected: null, drawing: null, classifier: null };
 
 // ------------------------------------------------------------------------------------------ helpers
 
@@ -59,6 +59,14 @@ const dot = (a, b) => a.reduce((s, v, i) => s + v * b[i], 0);
 const fmt = (v, d = 2) => (v === null || v === undefined) ? "-" : Number(v).toFixed(d);
 const pct = p => `${+(100 * p).toFixed(2)}%`;   // 0.05 -> "5%", 0.025 -> "2.5%"
 
+// The classifier's confidence in [0, 1] as a colour: red (low) - yellow - green (high), as matplotlib's RdYlGn.
+const RDYLGN = [[165, 0, 38], [244, 109, 67], [254, 224, 139], [217, 239, 139], [102, 189, 99], [0, 104, 55]];
+function confColour(p) {
+  const t = Math.min(Math.max(p, 0), 1) * (RDYLGN.length - 1), i = Math.min(Math.floor(t), RDYLGN.length - 2);
+  const f = t - i, [a, b] = [RDYLGN[i], RDYLGN[i + 1]];
+  return `rgb(${a.map((v, k) => Math.round(v + f * (b[k] - v))).join(",")})`;
+}
+
 function svgEl(tag, cls, parent) {
   const el = document.createElementNS(SVG, tag);
   el.setAttribute("class", cls);
@@ -72,6 +80,10 @@ class View {
   constructor(info) {
     this.info = info;
     this.D = info.latent_dim;
+    this.K = info.num_classes;   // a conditional model's labels; 0: unconditional
+    this.label = this.K ? 0 : null;
+    this.lastSample = null;      // [n, seed]
+    this.lastInterp = null;      // [start, end, steps, spherical]
     this.root = $("#view").content.firstElementChild.cloneNode(true);
     this.z = new Array(this.D).fill(0);
     this.map = null;          // /api/latents response
@@ -85,14 +97,21 @@ class View {
 
   el(sel) { return $(sel, this.root); }
 
+  // A request body for this model: its index, the chosen label when it is conditional, and `fields`.
+  body(fields) {
+    return Object.assign({ model: this.info.index }, this.K ? { label: this.label } : {}, fields);
+  }
+
   build() {
     const i = this.info;
     this.el(".title").textContent = `${i.index}: ${i.name}`;
     this.el(".meta").textContent = `${i.kind.toUpperCase()} · ${i.arch} · latent ${i.latent_dim} · ` +
       `${i.likelihood} · map: ` + (i.split === "test" ? `${i.points} test examples of ${i.data}`
                                         : `the first ${i.points} examples of ${i.data} (its training file)`) +
-      (i.threshold ? ` · anomaly threshold ${fmt(i.threshold.value, 1)} at FPR ${pct(i.threshold.fpr)}` : "");
-    const plane = this.el(".plane");
+      (i.threshold ? ` · anomaly threshold ${fmt(i.threshold.value, 1)} at FPR ${pct(i.threshold.fpr)}` : "") +
+      (this.K ? ` · conditional on ${this.K} labels: the map shows the test digits encoded with their own labels` : "");
+    this.buildLabels();
+    this.buildBackground();    const plane = this.el(".plane");
     if (this.D < 2) plane.querySelector("option[value=pca]").remove();
     plane.value = this.D > 2 ? "pca" : "dims";
     if (this.D < 2) this.el(".dim-y").parentElement.hidden = true;
@@ -124,6 +143,61 @@ class View {
     });
   }
 
+  buildLabels() {
+    if (!this.K) return;
+    this.el(".label-picker").hidden = false;
+    const box = this.el(".labels");
+    for (let k = 0; k < this.K; k++) {
+      const b = document.createElement("button");
+      b.textContent = String(k);
+      b.dataset.label = k;
+      b.title = `condition on label ${k}`;
+      b.style.borderBottomColor = TAB10[k % 10];
+      b.addEventListener("click", () => this.setLabel(k).catch(showError));
+      box.append(b);
+    }
+    this.markLabel();
+  }
+
+  markLabel() {
+    this.root.querySelectorAll(".labels button").forEach(b => {
+      const on = +b.dataset.label === this.label;
+      b.classList.toggle("active", on);
+      b.setAttribute("aria-pressed", on ? "true" : "false");
+    });
+  }
+
+  // A new label: everything this view shows is decoded again under it.
+  async setLabel(k) {
+    this.label = k;
+    this.markLabel();
+    this.decodeLive(this.z.slice());
+    const work = [];
+    if (this.info.confidence_map) work.push(this.loadMap());
+    if (this.lastSample) work.push(this.sample(...this.lastSample));
+    if (this.lastInterp) work.push(this.interpolate(...this.lastInterp).catch(e => setStatus(e.message, true)));
+    if (state.drawing && this.takesDrawing()) this.encodeLive(state.drawing);
+    await Promise.all(work);
+  }
+
+  // The confidence background's legend and toggle (a 2-D model with the classifier), or a note why none.
+  buildBackground() {
+    const i = this.info;
+    if (i.confidence_map) {
+      this.el(".bg-legend").hidden = false;
+      const c = this.el(".bg-scale"), g = c.getContext("2d");
+      for (let x = 0; x < c.width; x++) { g.fillStyle = confColour(x / (c.width - 1)); g.fillRect(x, 0, 1, c.height); }
+      this.el(".bg-toggle").addEventListener("change", () => this.map && this.drawPoints());
+    } else if (i.latent_dim === 2) {
+      const note = this.el(".bg-note");
+      note.hidden = false;
+      note.textContent = state.classifier
+        ? `No confidence background: the classifier ${state.classifier} cannot judge this model's images.`
+        : "No confidence background: give `vaekit serve` a classifier folder too (e.g. runs/demo/classifier) " +
+          "to see where the decoder draws no digit.";
+    }
+  }
+
   toggleDims() {
     const dims = this.el(".plane").value === "dims";
     this.root.querySelectorAll(".dims").forEach(el => {
@@ -138,6 +212,7 @@ class View {
     const x = Math.min(Math.max(1, +this.el(".dim-x").value || 1), this.D) - 1;
     const y = Math.min(Math.max(1, +this.el(".dim-y").value || 2), this.D) - 1;
     const q = new URLSearchParams({ model: this.info.index, plane });
+    if (this.K) q.set("label", this.label);
     if (plane === "dims") { q.set("x", x); q.set("y", this.D > 1 ? y : 0); }
     if (plane === "dims" && this.D > 1 && x === y) throw new Error("pick two different dimensions for the map");
     const first = this.map === null;
@@ -165,6 +240,12 @@ class View {
     const c = this.el(".map"), g = c.getContext("2d"), m = this.map;
     g.fillStyle = "#fff";
     g.fillRect(0, 0, c.width, c.height);
+    const bg = m.confidence && this.el(".bg-toggle").checked;
+    if (bg) this.drawBackground(g, m.confidence);
+    this.el(".bg-text").textContent = m.confidence
+      ? `classifier confidence (0 red, 1 green); outlined: holes, ${pct(m.confidence.hole_fraction)} of the grid` +
+        (m.confidence.label !== null ? ` (label ${m.confidence.label})` : "")
+      : (this.info.confidence_map ? "only on the two-dimensions plane" : "");
     g.strokeStyle = "#e6e9ef";
     const [ox, oy] = this.view.toPx(0, 0);
     g.beginPath(); g.moveTo(ox, 0); g.lineTo(ox, c.height); g.moveTo(0, oy); g.lineTo(c.width, oy); g.stroke();
@@ -175,6 +256,33 @@ class View {
       g.beginPath(); g.arc(px, py, 2.2, 0, 2 * Math.PI); g.fill();
     }
     g.globalAlpha = 1;
+  }
+
+  // The classifier's confidence on the decoded grid (claims_latent.hole_map), one cell per grid point, and
+  // the holes outlined: the edges between a hole and a non-hole cell, or the grid's border.
+  drawBackground(g, cm) {
+    const n = cm.size, dx = (cm.x[n - 1] - cm.x[0]) / (n - 1), dy = (cm.y[0] - cm.y[n - 1]) / (n - 1);
+    const corner = (r, c) => this.view.toPx(cm.x[0] + (c - 0.5) * dx, cm.y[0] - (r - 0.5) * dy);  // top-left
+    g.globalAlpha = 0.6;
+    for (let r = 0; r < n; r++) for (let c = 0; c < n; c++) {
+      const [x0, y0] = corner(r, c), [x1, y1] = corner(r + 1, c + 1);
+      g.fillStyle = confColour(cm.confidence[r][c]);
+      g.fillRect(x0, y0, x1 - x0 + 0.5, y1 - y0 + 0.5);
+    }
+    g.globalAlpha = 1;
+    g.strokeStyle = "#000"; g.lineWidth = 1.5;
+    const hole = (r, c) => r >= 0 && r < n && c >= 0 && c < n && cm.hole[r][c];
+    g.beginPath();
+    for (let r = 0; r < n; r++) for (let c = 0; c < n; c++) {
+      if (!cm.hole[r][c]) continue;
+      const [x0, y0] = corner(r, c), [x1, y1] = corner(r + 1, c + 1);
+      if (!hole(r - 1, c)) { g.moveTo(x0, y0); g.lineTo(x1, y0); }
+      if (!hole(r + 1, c)) { g.moveTo(x0, y1); g.lineTo(x1, y1); }
+      if (!hole(r, c - 1)) { g.moveTo(x0, y0); g.lineTo(x0, y1); }
+      if (!hole(r, c + 1)) { g.moveTo(x1, y0); g.lineTo(x1, y1); }
+    }
+    g.stroke();
+    g.lineWidth = 1;
   }
 
   project(z) {
@@ -224,6 +332,13 @@ class View {
     img.src = r.image;
     img.width = 28; img.height = 28;
     p.appendChild(img);
+    if (r.restyled) {   // a conditional model: its code under every label
+      const strip = document.createElement("img");
+      strip.className = "pixelated restyled-thumb";
+      strip.src = r.restyled;
+      strip.title = "its code decoded under every label";
+      p.append(" under every label", strip);
+    }
     this.setZ(r.mu.slice());
   }
 
@@ -296,7 +411,7 @@ class View {
 
   async decode(z) {
     const t0 = performance.now();
-    const r = await api("/api/decode", { model: this.info.index, z });
+    const r = await api("/api/decode", this.body({ z }));
     this.el(".decoded").src = r.image;
     this.el(".latency").textContent = `${Math.round(performance.now() - t0)} ms`;
   }
@@ -309,9 +424,10 @@ class View {
   }
 
   async encodeDrawing(pixels) {
-    const r = await api("/api/encode", { model: this.info.index, pixels });
+    const r = await api("/api/encode", this.body({ pixels }));
     this.el(".input").src = r.image;
     this.el(".recon").src = r.reconstruction;
+    if (r.restyled) { this.el(".restyled").src = r.restyled; this.el(".restyle").hidden = false; }
     this.posterior = { mu: r.mu, sigma: r.sigma };
     const typical = this.info.elbo_mean;
     this.el(".elbo").textContent = r.elbo !== null
@@ -363,14 +479,16 @@ class View {
   }
 
   async interpolate(start, end, steps, spherical) {
-    const r = await api("/api/interpolate", { model: this.info.index, start, end, steps, spherical });
+    this.lastInterp = [start, end, steps, spherical];
+    const r = await api("/api/interpolate", this.body({ start, end, steps, spherical }));
     this.el(".strip").src = r.image;
     this.path = r.z;
     this.drawOverlay();
   }
 
   async sample(n, seed) {
-    const r = await api("/api/sample", { model: this.info.index, n, seed });
+    this.lastSample = [n, seed];
+    const r = await api("/api/sample", this.body({ n, seed }));
     this.el(".grid").src = r.image;
   }
 }
@@ -513,6 +631,7 @@ async function main() {
   setupControls();
   const r = await api("/api/models");
   state.models = r.models;
+  state.classifier = r.classifier;
   const opts = r.models.map(m => `<option value="${m.index}"></option>`).join("");
   for (const id of ["#model-a", "#model-b"]) {
     $(id).innerHTML = (id === "#model-b" ? '<option value="">none</option>' : "") + opts;
