@@ -262,12 +262,13 @@ class View {
   // the holes outlined: the edges between a hole and a non-hole cell, or the grid's border.
   drawBackground(g, cm) {
     const n = cm.size, dx = (cm.x[n - 1] - cm.x[0]) / (n - 1), dy = (cm.y[0] - cm.y[n - 1]) / (n - 1);
-    const corner = (r, c) => this.view.toPx(cm.x[0] + (c - 0.5) * dx, cm.y[0] - (r - 0.5) * dy);  // top-left
+    const corner = (r, c) => this.view.toPx(cm.x[0] + (c - 0.5) * dx, cm.y[0] - (r - 0.5) * dy)  // top-left
+      .map(Math.round);   // whole pixels: neighbouring cells share their edge, no seam, no overlap
     g.globalAlpha = 0.6;
     for (let r = 0; r < n; r++) for (let c = 0; c < n; c++) {
       const [x0, y0] = corner(r, c), [x1, y1] = corner(r + 1, c + 1);
       g.fillStyle = confColour(cm.confidence[r][c]);
-      g.fillRect(x0, y0, x1 - x0 + 0.5, y1 - y0 + 0.5);
+      g.fillRect(x0, y0, x1 - x0, y1 - y0);
     }
     g.globalAlpha = 1;
     g.strokeStyle = "#000"; g.lineWidth = 1.5;
