@@ -238,3 +238,83 @@ def same_size(cmodel, umodel) -> bool:
     keys = ("model", "arch", "input_shape", "latent_dim", "hidden", "channels", "activation", "likelihood")
     same = all(getattr(a.model, f) == getattr(b.model, f) for f in keys)
     return same and a.train.data == b.train.data and a.train.binarize == b.train.binarize
+
+
+# ------------------------------------------------------------------------------------------- the study
+
+
+@dataclass(frozen=True)
+class ConditionalSettings:
+    """What conditional_study measures, and on how much (the report's cost scales with n_nats * K * k)."""
+
+    grid: int = 10  # samples per label in the grid figure
+    rows: int = 5  # test digits in the restyle figure: the first of `rows` different labels
+    per_label: int = 1000  # samples per label for label_accuracy
+    n_restyle: int = 1000  # test digits restyled for restyle_consistency
+    n_nats: int = 300  # test digits for label_nats
+    k: int = 100  # importance samples per (digit, label)
+    prior: str = "train"  # label_prior's kind
+    seed: int = 0
+
+    @classmethod
+    def for_report(cls, s) -> ConditionalSettings:
+        """Sized from the report's ReportSettings `s`: the full report about 15-30 s a conditional run on 2
+        cores (300 digits x 10 labels x k=100 for the nats), report.QUICK a few seconds."""
+        return cls(
+            per_label=min(1000, max(100, s.n_gen // 2)),
+            n_restyle=min(1000, s.n_eval),
+            n_nats=min(300, s.n_eval),
+            k=min(100, s.iw_k),
+            seed=s.seed,
+        )
+
+
+@dataclass
+class ConditionalStudy:
+    grid: torch.Tensor  # (K * grid, *shape): label_grid, row c = label c
+    indices: list[int]  # the test digits of the restyle figure
+    labels: torch.Tensor  # (R,) their labels
+    x: torch.Tensor  # (R, *shape) those digits
+    restyled: torch.Tensor  # (R, K, *shape) their restyle
+    accuracy: Agreement | None  # label_accuracy; None without a classifier
+    consistency: Consistency | None  # restyle_consistency on the first n_restyle test digits
+    real: torch.Tensor | None  # (K,) the classifier's own accuracy per label on those digits, as they are
+    nats: LabelNats | None  # None for an autoencoder
+    settings: ConditionalSettings
+
+
+def first_of_labels(y: torch.Tensor, n: int) -> list[int]:
+    """Indices of the first example of each of the first n labels to appear in y (N,), in order of index."""
+    seen, out = set(), []
+    for i, c in enumerate(y.tolist()):
+        if c not in seen:
+            seen.add(c)
+            out.append(i)
+            if len(out) == n:
+                break
+    return out
+
+
+def conditional_study(model, clf, ds, s: ConditionalSettings = ConditionalSettings(), umodel=None) -> ConditionalStudy:
+    """Every number of a conditional model on the labelled test set `ds`: the grid, restyled digits, the
+    classifier's verdicts (when `clf` is given), the nats (a VAE; with `umodel`, the gap to it)."""
+    from vaekit.data import expect_labels
+
+    k = _check_conditional(model)
+    expect_labels(ds, k, ds.name)
+    grid = label_grid(model, s.grid, torch.Generator().manual_seed(s.seed))
+    idx = first_of_labels(ds.y, s.rows)
+    x = ds.batch(torch.as_tensor(idx, dtype=torch.int64))
+    acc = cons = real = None
+    if clf is not None:
+        acc = label_accuracy(model, clf, s.per_label, s.seed)
+        n = min(s.n_restyle, len(ds))
+        xr, yr = ds.batch(slice(0, n)), ds.y[:n]
+        cons = restyle_consistency(model, clf, xr, yr)
+        m = confusion(yr, clf.predict(xr).cpu(), k, clf.config.classes)
+        real = m.diagonal().double() / m.sum(1).clamp(min=1).double()
+    nats = None
+    if model.is_vae:
+        sub = ds.subset(slice(0, min(s.n_nats, len(ds))))
+        nats = label_nats(model, sub, k=s.k, prior=s.prior, umodel=umodel, seed=s.seed)
+    return ConditionalStudy(grid, idx, ds.y[idx], x, restyle(model, x, ds.y[idx]), acc, cons, real, nats, s)
