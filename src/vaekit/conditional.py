@@ -234,10 +234,10 @@ def same_size(cmodel, umodel) -> bool:
     the same data and binarization), so the nats gap measures the label and nothing else of the setup."""
     if getattr(umodel, "conditional", False) or not umodel.is_vae or not cmodel.is_vae:
         return False
-    a, b = cmodel.run_config, umodel.run_config
     keys = ("model", "arch", "input_shape", "latent_dim", "hidden", "channels", "activation", "likelihood")
-    same = all(getattr(a.model, f) == getattr(b.model, f) for f in keys)
-    return same and a.train.data == b.train.data and a.train.binarize == b.train.binarize
+    same = all(getattr(cmodel.config, f) == getattr(umodel.config, f) for f in keys)
+    a, b = cmodel.run_config.train, umodel.run_config.train
+    return same and a.data == b.data and a.binarize == b.binarize
 
 
 # ------------------------------------------------------------------------------------------- the study
