@@ -21,8 +21,8 @@ from vaekit.conditional:
   --k samples for every label), the gap split by the conditional model's own marginal into the label's
   information and a better model of x, and the conditional model as a classifier (argmax_y p(x|y) p(y)).
 
-The defaults took about 7 minutes on the shared 2-core dev machine, nearly all of it the nats (10000 digits
-x 11 likelihoods x k=100). The section is appended to benchmarks/RESULTS.md.
+The defaults took 9.5 minutes on the shared 2-core dev machine (busy with other jobs), all but 6 s of it the
+nats (10000 digits x 11 likelihoods x k=100). The section is appended to benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
