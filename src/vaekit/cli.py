@@ -112,7 +112,8 @@ def _picture_args(sub) -> None:
     s.add_argument(
         "-n",
         type=arg.int_in(1, arg.MAX_IMAGES),
-        help="images (default 64); per label, one row each, with --label all (default 10)",
+        help="images (default 64); with --label all, or a conditional model without --label: images per label, a row "
+        "each (default 10)",
     )
     s.add_argument(
         "-o", "--output", type=arg.array_or_image_path, help=f"PNG path (default RUN/figures/samples.png){arg.NPY}"
