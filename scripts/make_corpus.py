@@ -865,8 +865,8 @@ def score_cases(out: Path) -> None:
 
 def conditional_cases(out: Path) -> None:
     """Conditional models (issue 16): --conditional on data without labels (or labels of the wrong length),
-    a conditional model's commands on data without labels or with a label beyond its classes, a config.json
-    whose num_classes is out of range."""
+    a conditional model's commands on data without labels or with a label beyond its classes, bad --label and
+    --index values of sample/restyle, a config.json whose num_classes is out of range."""
     x = (np.arange(60 * 64) % 256).astype(np.uint8).reshape(60, 8, 8)
     nolabels = write(out, "data/nolabels.npy", npy_of(x))
     beyond = write(out, "data/labels-beyond.npz", npz({"x.npy": npy_of(x[:6]), "y.npy": npy_of(np.arange(6))}))
@@ -904,6 +904,44 @@ def conditional_cases(out: Path) -> None:
         "encode with a conditional model of 3 classes data whose labels go up to 5",
         ["encode", m, "--data", beyond, "-o", "{tmp}/codes.npy"],
         ["labels-beyond.npz", "label 5 is outside", "classes 0..2"],
+    )
+    labelled = write(out, "data/labels-3.npz", npz({"x.npy": npy_of(x[:6]), "y.npy": npy_of(np.arange(6) % 3)}))
+    good = "{corpus}/models/good"
+    case(
+        "flag_label_beyond_classes",
+        "sample --label 3 from a conditional model of 3 classes",
+        ["sample", m, "--label", 3, "-o", "{tmp}/s.png"],
+        ["--label 3", "outside", "classes 0..2"],
+    )
+    case(
+        "flag_label_not_a_label",
+        "sample --label seven (neither an integer nor 'all')",
+        ["sample", m, "--label", "seven", "-o", "{tmp}/s.npy"],
+        ["--label", "expected a label"],
+    )
+    case(
+        "flag_label_unconditional",
+        "sample --label 0 from an unconditional model",
+        ["sample", good, "--label", 0, "-o", "{tmp}/s.npy"],
+        ["--label", "not conditional"],
+    )
+    case(
+        "model_restyle_unconditional",
+        "restyle with an unconditional model",
+        ["restyle", good, "--index", 0, "--data", labelled, "-o", "{tmp}/r.png"],
+        ["models/good", "not conditional"],
+    )
+    case(
+        "flag_restyle_index_beyond",
+        "restyle --index 6 of data with 6 examples",
+        ["restyle", m, "--index", 0, 6, "--data", labelled, "-o", "{tmp}/r.npy"],
+        ["--index 6", "outside the data", "0..5"],
+    )
+    case(
+        "model_restyle_data_without_labels",
+        "restyle with a conditional model on a .npy (no labels to encode with)",
+        ["restyle", m, "--index", 0, "--data", nolabels, "-o", "{tmp}/r.png"],
+        ["--data", "needs the examples' labels"],
     )
     cfg = json.loads(json.dumps(config))
     cfg["model"]["num_classes"] = -1

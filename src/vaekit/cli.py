@@ -8,6 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
+from vaekit import cli_args as arg
 from vaekit.errors import VaekitError
 
 
@@ -16,83 +17,14 @@ class _Parser(argparse.ArgumentParser):
         raise VaekitError(f"{self.prog}: {message}")
 
 
-def _positive_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}")
-    return v
-
-
-def _int_in(lo: int, hi: int):
-    """An argparse type: an integer in lo..hi (a bound keeps a typo from reaching torch as an overflow)."""
-
-    def parse(s: str) -> int:
-        try:
-            v = int(s)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {s!r}") from None
-        if not lo <= v <= hi:
-            raise argparse.ArgumentTypeError(f"expected an integer in {lo}..{hi}, got {s[:40]!r}")
-        return v
-
-    return parse
-
-
-MAX_IMAGES = 10_000  # -n of sample/reconstruct, --steps of interpolate: one image grid
-MAX_IW_SAMPLES = 1_000_000
-_seed = _int_in(0, 2**32 - 1)
-
-
-def _image_path(s: str) -> Path:
-    """-o of the picture commands: a file Pillow can write (its format follows the extension)."""
-    from PIL import Image
-
-    p = Path(s)
-    if p.is_dir():
-        raise argparse.ArgumentTypeError(f"{s} is a folder; give a file name such as {p / 'grid.png'}")
-    if Image.registered_extensions().get(p.suffix.lower()) not in Image.SAVE:
-        raise argparse.ArgumentTypeError(
-            f"{s}: cannot write images as {p.suffix or 'a file without extension'!r}; use .png"
-        )
-    return p
-
-
-def _fpr(s: str) -> float:
-    """--fpr: a false-positive rate strictly between 0 and 1 (0 flags nothing, 1 everything)."""
-    try:
-        v = float(s)
-    except ValueError:
-        v = None
-    if v is None or not 0 < v < 1:  # NaN fails the comparison too
-        raise argparse.ArgumentTypeError(f"expected a false-positive rate in (0, 1), got {s[:40]!r}")
-    return v
-
-
-def _out_file(s: str) -> Path:
-    p = Path(s)
-    if p.is_dir():
-        raise argparse.ArgumentTypeError(f"{s} is a folder; give a file name")
-    return p
-
-
-def _int_list(s: str) -> list[int]:
-    try:
-        return [int(v) for v in s.replace(",", " ").split()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected integers like 400,200, got {s!r}") from None
-
-
 # Training flags: (flag, type, help). All default to None so we can tell "given" from "not given".
 TRAIN_FLAGS = [
     ("--data", str, "mnist, fashion-mnist, or a .npy/.npz file, image folder or IDX file (default mnist)"),
     ("--model", str, "vae or ae (default vae)"),
     ("--arch", str, "mlp or conv (default mlp)"),
     ("--latent-dim", int, "latent size D (default 20)"),
-    ("--hidden", _int_list, "hidden widths, e.g. 400 or 512,256 (default 400)"),
-    ("--channels", _int_list, "conv channels, e.g. 32,64 (default 32,64)"),
+    ("--hidden", arg.int_list, "hidden widths, e.g. 400 or 512,256 (default 400)"),
+    ("--channels", arg.int_list, "conv channels, e.g. 32,64 (default 32,64)"),
     ("--activation", str, "relu, tanh, elu, gelu, silu, softplus, leaky_relu (default relu)"),
     ("--likelihood", str, "bernoulli, gaussian or cbernoulli (default bernoulli)"),
     ("--sigma", float, "gaussian: fixed (or initial) pixel sigma (default 0.1)"),
@@ -162,11 +94,14 @@ def _eval_args(sub) -> None:
     e.add_argument("--split", default="test", choices=["train", "test"])
     e.add_argument("--data", help="evaluate on other data (a dataset name or a file) instead of the run's")
     e.add_argument(
-        "--iw-samples", type=_int_in(0, MAX_IW_SAMPLES), default=5000, help="importance samples for the NLL; 0 = skip"
+        "--iw-samples",
+        type=arg.int_in(0, arg.MAX_IW_SAMPLES),
+        default=5000,
+        help="importance samples for the NLL; 0 = skip",
     )
-    e.add_argument("--limit", type=_positive_int, help="only the first N examples")
-    e.add_argument("--batch-size", type=_positive_int, default=100)
-    e.add_argument("--seed", type=_seed, default=0)
+    e.add_argument("--limit", type=arg.positive_int, help="only the first N examples")
+    e.add_argument("--batch-size", type=arg.positive_int, default=100)
+    e.add_argument("--seed", type=arg.seed, default=0)
     e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     e.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -174,23 +109,48 @@ def _eval_args(sub) -> None:
 def _picture_args(sub) -> None:
     s = sub.add_parser("sample", help="decode draws from the prior into an image grid")
     s.add_argument("run", type=Path)
-    s.add_argument("-n", type=_int_in(1, MAX_IMAGES), default=64)
-    s.add_argument("-o", "--output", type=_image_path, help="PNG path (default RUN/figures/samples.png)")
-    s.add_argument("--seed", type=_seed, default=0)
+    s.add_argument(
+        "-n",
+        type=arg.int_in(1, arg.MAX_IMAGES),
+        help="images (default 64); with --label all, or a conditional model without --label: images per label, a row "
+        "each (default 10)",
+    )
+    s.add_argument(
+        "-o", "--output", type=arg.array_or_image_path, help=f"PNG path (default RUN/figures/samples.png){arg.NPY}"
+    )
+    s.add_argument("--seed", type=arg.seed, default=0)
+    s.add_argument(
+        "--label",
+        type=arg.label,
+        help="a conditional model: decode every draw with this label, or 'all': one row per label (the default)",
+    )
+
+    rs = sub.add_parser("restyle", help="a conditional model: test digits' codes decoded under every label")
+    rs.add_argument("run", type=Path)
+    rs.add_argument("--index", type=int, nargs="+", required=True, help="test examples, one row each")
+    rs.add_argument("--data", help="examples with labels from other data (a dataset name or a file)")
+    rs.add_argument("--split", default="test", choices=["train", "test"])
+    rs.add_argument(
+        "-o",
+        "--output",
+        type=arg.array_or_image_path,
+        help="PNG path (default RUN/figures/restyle.png): per row the example, then its code decoded with labels "
+        "0..K-1; .npy: the decodes alone, float32 (rows * K, C, H, W), row r's label c at r * K + c",
+    )
 
     r = sub.add_parser("reconstruct", help="test digits above their reconstructions")
     r.add_argument("run", type=Path)
-    r.add_argument("-n", type=_int_in(1, MAX_IMAGES), default=16)
-    r.add_argument("-o", "--output", type=_image_path, help="PNG path (default RUN/figures/reconstructions.png)")
+    r.add_argument("-n", type=arg.int_in(1, arg.MAX_IMAGES), default=16)
+    r.add_argument("-o", "--output", type=arg.image_path, help="PNG path (default RUN/figures/reconstructions.png)")
     r.add_argument("--split", default="test", choices=["train", "test"])
 
     i = sub.add_parser("interpolate", help="decode a path between two test examples")
     i.add_argument("run", type=Path)
     i.add_argument("--from", dest="src", type=int, required=True, help="index of the first test example")
     i.add_argument("--to", dest="dst", type=int, required=True, help="index of the second test example")
-    i.add_argument("--steps", type=_int_in(1, MAX_IMAGES), default=10)
+    i.add_argument("--steps", type=arg.int_in(1, arg.MAX_IMAGES), default=10)
     i.add_argument("--spherical", action="store_true", help="slerp instead of a straight line")
-    i.add_argument("-o", "--output", type=_image_path, help="PNG path (default RUN/figures/interpolation.png)")
+    i.add_argument("-o", "--output", type=arg.image_path, help="PNG path (default RUN/figures/interpolation.png)")
 
 
 def _file_args(sub) -> None:
@@ -198,7 +158,7 @@ def _file_args(sub) -> None:
     en.add_argument("run", type=Path)
     en.add_argument("--data", required=True, help="a dataset name (its --split) or a file/folder")
     en.add_argument("--split", default="test", choices=["train", "test"])
-    en.add_argument("-o", "--output", type=_out_file, required=True, help="codes.npy, shape (N, D)")
+    en.add_argument("-o", "--output", type=arg.out_file, required=True, help="codes.npy, shape (N, D)")
 
     sc = sub.add_parser("score", help="per-example anomaly scores (and outlier flags), as CSV")
     sc.add_argument("run", type=Path)
@@ -206,20 +166,20 @@ def _file_args(sub) -> None:
     sc.add_argument("--split", default="test", choices=["train", "test"])
     sc.add_argument(
         "--iw-samples",
-        type=_int_in(0, MAX_IW_SAMPLES),
+        type=arg.int_in(0, arg.MAX_IW_SAMPLES),
         default=0,
         help="importance samples for an nll column (-log p(x), a VAE only; slow); 0 = no nll column",
     )
-    sc.add_argument("--limit", type=_positive_int, help="only the first N examples of --data")
+    sc.add_argument("--limit", type=arg.positive_int, help="only the first N examples of --data")
     sc.add_argument(
-        "--fpr", type=_fpr, help="calibrate a threshold at this false-positive rate, saved as RUN/threshold.json"
+        "--fpr", type=arg.fpr, help="calibrate a threshold at this false-positive rate, saved as RUN/threshold.json"
     )
     sc.add_argument(
         "--calibrate-on",
         help="held-out inliers to calibrate the threshold on, instead of the run's validation split: a dataset "
         "name (its test split) or a file/folder; without --fpr, at FPR 0.05",
     )
-    sc.add_argument("-o", "--output", type=_out_file, required=True, help="scores.csv")
+    sc.add_argument("-o", "--output", type=arg.out_file, required=True, help="scores.csv")
 
 
 def _shell_args(sub) -> None:
@@ -292,9 +252,19 @@ def cmd_eval(args) -> int:
 
 
 def cmd_sample(args) -> int:
+    import vaekit
     from vaekit.operations import save_samples
 
-    print(save_samples(args.run, args.output, n=args.n, seed=args.seed))
+    if args.label is None and vaekit.io.load_config(args.run).model.num_classes:
+        print("a conditional model: one row per label (--label all); --label C for label C alone", file=sys.stderr)
+    print(save_samples(args.run, args.output, n=args.n, seed=args.seed, label=args.label))
+    return 0
+
+
+def cmd_restyle(args) -> int:
+    from vaekit.operations import save_restyle
+
+    print(save_restyle(args.run, args.index, args.output, data=args.data, split=args.split))
     return 0
 
 
@@ -374,6 +344,7 @@ COMMANDS = {
     "train": cmd_train,
     "eval": cmd_eval,
     "sample": cmd_sample,
+    "restyle": cmd_restyle,
     "reconstruct": cmd_reconstruct,
     "interpolate": cmd_interpolate,
     "encode": cmd_encode,

@@ -5,7 +5,8 @@
     save_scores         `vaekit score`: anomaly.score_table written as CSV, with a threshold's verdicts
     calibration_data    held-out inliers to calibrate a threshold on (--calibrate-on, or the validation split)
     save_codes          `vaekit encode`: posterior means E[z|x] as .npy, (N, D)
-    save_samples / save_reconstructions / save_interpolation: the picture commands, one image grid each
+    save_samples / save_reconstructions / save_interpolation / save_restyle: the picture commands, one image
+                        grid each (save_samples and save_restyle: or a .npy array, save_images)
 
 These load a model folder and data and write files; the maths they call lives in evaluate.py, anomaly.py,
 models.py and latent.py, which work on a model and tensors and touch no files.
@@ -18,6 +19,7 @@ from pathlib import Path
 import torch
 
 from vaekit.errors import VaekitError
+from vaekit.models import NOT_CONDITIONAL
 
 
 def run_data(model, source: str | Path | None = None, split: str = "test", flag: str = "--data"):
@@ -194,15 +196,109 @@ def save_codes(run: str | Path, data: str | Path, output: str | Path, *, split: 
     return mu
 
 
-def save_samples(run: str | Path, output: str | Path | None = None, *, n: int = 64, seed: int = 0) -> Path:
-    """`n` decoded draws from the prior of the model in `run`, as one grid image at `output` (default
-    RUN/figures/samples.png). Returns the path written."""
-    import vaekit
+def parse_label(model, label) -> int | str | None:
+    """`--label` checked against the model: None, "all", or a label in 0..K-1; one-line errors for a label
+    given to an unconditional model or outside the model's classes."""
+    if label is None:
+        return None
+    if not model.conditional:
+        raise VaekitError(f"--label: {NOT_CONDITIONAL}")
+    if label == "all":
+        return label
+    if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < model.num_classes:
+        raise VaekitError(f"--label {label} is outside this model's classes 0..{model.num_classes - 1} (or 'all')")
+    return label
+
+
+def sample_images(model, n: int | None = None, seed: int = 0, label: int | str | None = None):
+    """The images of `vaekit sample`: (N, *shape) decoded means and the images per row of their grid.
+    Unconditional: n (default 64) prior draws. A conditional model: with label c, n (default 64) draws all
+    decoded with label c; with label "all" or None, n (default 10) draws per label, label-major (row c =
+    label c: image c*n + i), as conditional.label_grid."""
+    from vaekit.conditional import label_grid
+
+    label = parse_label(model, label)
+    g = torch.Generator().manual_seed(seed)
+    if model.conditional and label in (None, "all"):
+        n = n or 10
+        if n * model.num_classes > MAX_SAMPLES:
+            raise VaekitError(f"-n {n} per label x {model.num_classes} labels is over {MAX_SAMPLES} images")
+        return label_grid(model, n, g), n
+    n = n or 64
+    return model.sample(n, g, y=label), None
+
+
+MAX_SAMPLES = 10_000  # images one sample command decodes
+
+
+def save_images(images: torch.Tensor, output: str | Path, nrow: int | None = None) -> Path:
+    """Decoded means (N, *shape) as a grid picture at `output` (`nrow` images per row) or, for a path ending
+    in .npy, as a float32 array (N, *shape) (written atomically). Returns the path."""
+    import numpy as np
+
     from vaekit.figures import save_grid
+    from vaekit.io import atomic_write
+
+    output = Path(output)
+    if output.suffix.lower() != ".npy":
+        return save_grid(images, output, nrow=nrow)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    arr = images.detach().float().cpu().numpy()
+
+    def write(tmp):
+        with open(tmp, "wb") as f:  # a file object: numpy.save would add .npy to the temp name
+            np.save(f, arr)
+
+    atomic_write(output, write)
+    return output
+
+
+def save_samples(
+    run: str | Path,
+    output: str | Path | None = None,
+    *,
+    n: int | None = None,
+    seed: int = 0,
+    label: int | str | None = None,
+) -> Path:
+    """sample_images of the model in `run` as one grid image at `output` (default RUN/figures/samples.png;
+    one row per label for a conditional model without a single label), or a .npy array (save_images).
+    Returns the path written."""
+    import vaekit
+
+    images, nrow = sample_images(vaekit.load(run), n, seed, label)
+    return save_images(images, output or Path(run) / "figures" / "samples.png", nrow=nrow)
+
+
+def save_restyle(
+    run: str | Path,
+    indices: list[int],
+    output: str | Path | None = None,
+    *,
+    data: str | Path | None = None,
+    split: str = "test",
+) -> Path:
+    """For each test example i of `indices` (of run_data(data, split)): the example, then conditional.restyle's
+    K decodes of its code under labels 0..K-1, one row each, as a grid image at `output` (default
+    RUN/figures/restyle.png); for a .npy path, the decodes alone: float32 (len(indices) * K, *shape), row r's
+    label c at r * K + c. One-line errors: an unconditional model, data without labels, an index outside it."""
+    import vaekit
+    from vaekit.conditional import restyle
 
     model = vaekit.load(run)
-    x = model.sample(n, torch.Generator().manual_seed(seed))
-    return save_grid(x, output or Path(run) / "figures" / "samples.png")
+    if not model.conditional:
+        raise VaekitError(f"restyle: {run}: {NOT_CONDITIONAL}")
+    ds = run_data(model, data, split)
+    for i in indices:
+        if not 0 <= i < len(ds):
+            raise VaekitError(f"--index {i} is outside the data ({len(ds)} examples: 0..{len(ds) - 1})")
+    x = ds.batch(torch.as_tensor(indices, dtype=torch.int64))
+    out = restyle(model, x, ds.y[indices])  # (R, K, *shape)
+    output = Path(output or Path(run) / "figures" / "restyle.png")
+    if output.suffix.lower() == ".npy":
+        return save_images(out.flatten(0, 1), output)
+    rows = torch.cat([x[:, None], out], 1)  # (R, K + 1, *shape): the example first
+    return save_images(rows.flatten(0, 1), output, nrow=model.num_classes + 1)
 
 
 def save_reconstructions(
@@ -230,16 +326,27 @@ def save_interpolation(
     spherical: bool = False,
 ) -> Path:
     """`steps` frames decoded along the path (straight, or slerp if `spherical`) between the posterior means
-    of test examples `src` and `dst`, as one row at `output` (default RUN/figures/interpolation.png)."""
+    of test examples `src` and `dst`, as one row at `output` (default RUN/figures/interpolation.png). A
+    conditional model encodes each end with its own label and decodes frame t with the labels' one-hot codes
+    mixed as the codes are, (1 - t) c_src + t c_dst: the label moves from one end's to the other's."""
     import vaekit
     from vaekit.figures import save_grid
     from vaekit.latent import interpolate
+    from vaekit.models import Given
 
     model = vaekit.load(run)
     ds = run_data(model, None, "test")
     for i in (src, dst):
         if not 0 <= i < len(ds):
             raise VaekitError(f"--from/--to: index {i} is outside the test set (0..{len(ds) - 1})")
-    z = model.encode(ds.batch([src, dst])).mean  # (2, D)
-    frames = model.decode(interpolate(z[0], z[1], steps, spherical)).mean
+    y = ds.y[[src, dst]] if model.conditional else None
+    z = model.encode(ds.batch([src, dst]), y).mean  # (2, D)
+    path = interpolate(z[0], z[1], steps, spherical)  # (steps, D)
+    with torch.no_grad():
+        if model.conditional:
+            c = model.one_hot(y)  # (2, K)
+            t = torch.linspace(0, 1, steps, device=c.device)[:, None]
+            frames = Given(model, (1 - t) * c[0] + t * c[1]).decode(path).mean
+        else:
+            frames = model.decode(path).mean
     return save_grid(frames, output or Path(run) / "figures" / "interpolation.png", nrow=steps)

@@ -48,6 +48,7 @@ from vaekit.report_claims import (
     section_kl,
     section_reparam,
 )
+from vaekit.report_conditional import section_conditional
 from vaekit.report_sections import (
     esc,
     kind,
@@ -254,11 +255,39 @@ def build_report(
     t0 = time.perf_counter()
     s = settings or ReportSettings()
     entries, clf = load_runs(runs)
-    ds, where = test_set(entries, test_data)
+    cond = [e for e in entries if e.model.conditional]  # their own section; claims and sections 1-8 skip them
+    entries = [e for e in entries if not e.model.conditional]
+    ds, where = test_set(entries or cond, test_data)
+    page = Page(Path(fig_dir))
+    claims = _sections(page, entries, clf, ds, where, s) if entries else None
+    if cond:
+        section_conditional(page, cond, entries, clf, ds, s, 9)
+
+    seconds = time.perf_counter() - t0
+    runs_html = ", ".join(f"<code>{esc(e.path)}</code> ({esc(kind(e))})" for e in entries)
+    runs_html += "".join(f", <code>{esc(e.path)}</code> (conditional {esc(kind(e))})" for e in cond)
+    if clf is not None:
+        runs_html += f", <code>{esc(clf[0])}</code> (classifier)"
+    nav = "".join(f'<li><a href="#{a}">{t}</a></li>' for a, t in _nav(page))
+    settings_text = ", ".join(f"{k}={v}" for k, v in asdict(s).items())
+    doc = (
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>vaekit report</title>'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style></head><body>'
+        f'<h1>vaekit report</h1><p class="meta">Runs: {runs_html}. Measured on the {esc(where)}. '
+        f"Settings: {esc(settings_text)}. Computed in {seconds:.0f} s.</p>"
+        + (claims_html(page, claims) if claims else "")
+        + f"<nav><ul>{nav}</ul></nav>"
+        + "".join(page.parts)
+        + "</body></html>\n"
+    )
+    return Report(doc, page.metrics, page.figures, seconds, claims.rows if claims else [])
+
+
+def _sections(page: Page, entries, clf, ds, where: str, s: ReportSettings) -> Claims:
+    """The claims and sections 1-8 for the unconditional runs `entries`; returns the claims."""
     n = min(s.n_eval, len(ds))
     x_eval = ds.batch(slice(0, n))
     y_eval = None if ds.y is None else ds.y[:n]
-    page = Page(Path(fig_dir))
     c = None if clf is None else clf[1]
 
     main = [e for e in entries if e.latent_dim != 2] or entries
@@ -284,24 +313,7 @@ def build_report(
     section_kl(page, claims, 7)
     if vae is not None:
         _section_reparam(page, vae, claims, x_eval, s)
-
-    seconds = time.perf_counter() - t0
-    runs_html = ", ".join(f"<code>{esc(e.path)}</code> ({esc(kind(e))})" for e in entries)
-    if clf is not None:
-        runs_html += f", <code>{esc(clf[0])}</code> (classifier)"
-    nav = "".join(f'<li><a href="#{a}">{t}</a></li>' for a, t in _nav(page))
-    settings_text = ", ".join(f"{k}={v}" for k, v in asdict(s).items())
-    doc = (
-        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>vaekit report</title>'
-        f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style></head><body>'
-        f'<h1>vaekit report</h1><p class="meta">Runs: {runs_html}. Measured on the {esc(where)}. '
-        f"Settings: {esc(settings_text)}. Computed in {seconds:.0f} s.</p>"
-        + claims_html(page, claims)
-        + f"<nav><ul>{nav}</ul></nav>"
-        + "".join(page.parts)
-        + "</body></html>\n"
-    )
-    return Report(doc, page.metrics, page.figures, seconds, claims.rows)
+    return claims
 
 
 def _section_shift(page: Page, vae, claims: Claims, x_eval, y_eval, clf, s: ReportSettings) -> None:

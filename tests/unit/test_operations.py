@@ -33,6 +33,7 @@ from vaekit.operations import (
     save_codes,
     save_interpolation,
     save_reconstructions,
+    save_restyle,
     save_samples,
     save_scores,
 )
@@ -401,3 +402,99 @@ def test_a_conditional_run_refuses_data_without_labels_in_one_line(cruns, tmp_pa
     np.savez(beyond, x=np.zeros((3, 8, 8), np.uint8), y=np.array([0, 4, 1]))
     msg = one_line(pytest.raises(VaekitError, evaluate_run, f["vae"], data=beyond, iw_samples=0))
     assert msg == f"--data {beyond}: label 4 is outside the model's classes 0..3"
+
+
+def test_samples_of_a_conditional_run_one_label_or_one_row_per_label(cruns, tmp_path):
+    """--label c: every draw decoded with c; --label all (and no label): n per label, label-major, a row each;
+    .npy: the decoded means themselves, float32 (N, C, H, W)."""
+    _, f = cruns
+    model = vaekit.load(f["vae"])
+    path = save_samples(f["vae"], tmp_path / "s.npy", n=5, seed=3, label=2)
+    arr = np.load(path)
+    want = model.sample(5, torch.Generator().manual_seed(3), y=2)
+    assert arr.dtype == np.float32 and arr.shape == (5, 1, 8, 8) and np.array_equal(arr, want.numpy())
+    arr = np.load(save_samples(f["vae"], tmp_path / "all.npy", n=3, seed=3, label="all"))
+    want = model.sample(12, torch.Generator().manual_seed(3), y=torch.arange(4).repeat_interleave(3))
+    assert arr.shape == (12, 1, 8, 8) and np.array_equal(arr, want.numpy())
+    assert np.array_equal(np.load(save_samples(f["vae"], tmp_path / "d.npy", n=3, seed=3)), arr)  # the default
+    img = np.asarray(Image.open(save_samples(f["vae"], tmp_path / "all.png", seed=3)))  # 10 per row, 4 rows
+    assert img.shape == (2 * (4 * 10 + 2), 2 * (10 * 10 + 2))
+    assert np.load(save_samples(f["ae"], tmp_path / "ae.npy", n=2, label=3)).shape == (2, 1, 8, 8)
+
+
+@pytest.mark.parametrize(
+    "kind,label,message",
+    [
+        ("c", 4, "--label 4 is outside this model's classes 0..3 (or 'all')"),
+        ("c", -1, "--label -1 is outside this model's classes 0..3 (or 'all')"),
+        ("", 1, "--label: this model is not conditional: it takes no labels (train with --conditional)"),
+        ("", "all", "--label: this model is not conditional: it takes no labels (train with --conditional)"),
+    ],
+)
+def test_bad_labels_are_refused_before_anything_is_written(runs, cruns, tmp_path, kind, label, message):
+    folder = (cruns if kind else runs)[1]["vae"]
+    assert one_line(pytest.raises(VaekitError, save_samples, folder, tmp_path / "s.npy", label=label)) == message
+    assert not any(tmp_path.iterdir())
+
+
+def test_an_unconditional_run_samples_to_npy(runs, tmp_path):
+    _, f = runs
+    arr = np.load(save_samples(f["vae"], tmp_path / "u.npy", n=4, seed=1))
+    assert arr.dtype == np.float32 and arr.shape == (4, 1, 8, 8)
+    assert np.array_equal(arr, vaekit.load(f["vae"]).sample(4, torch.Generator().manual_seed(1)).numpy())
+
+
+def test_an_npy_write_that_fails_leaves_the_old_file_and_no_temp(runs, tmp_path, monkeypatch):
+    _, f = runs
+    out = tmp_path / "s.npy"
+    out.write_bytes(b"old")
+
+    def broken(file, arr, *a, **k):
+        file.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np, "save", broken)
+    with pytest.raises(VaekitError, match="no space left"):
+        save_samples(f["vae"], out, n=2)
+    assert out.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["s.npy"]
+
+
+def test_restyle_rows_and_refusals(runs, cruns, tmp_path):
+    """Each row: the example, then its code (encoded with its own label) decoded under labels 0..K-1; .npy: the
+    decodes alone, row r's label c at r * K + c."""
+    root, f = cruns
+    model = vaekit.load(f["vae"])
+    ds = vaekit.data.load(root / "imgs.npz")
+    arr = np.load(save_restyle(f["vae"], [5, 2], tmp_path / "r.npy"))
+    assert arr.shape == (8, 1, 8, 8) and arr.dtype == np.float32
+    z = model.encode(ds.batch([5]), ds.y[[5]]).mean
+    np.testing.assert_allclose(arr[3], model.decode(z, 3).mean[0].detach().numpy(), atol=1e-6)
+    img = np.asarray(Image.open(save_restyle(f["vae"], [5, 2], tmp_path / "r.png")))
+    assert img.shape == (2 * (2 * 10 + 2), 2 * (5 * 10 + 2))  # 2 rows of 1 + 4 images
+    first = img[2 * 2 : 2 * 10 : 2, 2 * 2 : 2 * 10 : 2]
+    assert np.array_equal(first, (ds.batch([5])[0, 0].numpy() * 255).round().astype(np.uint8))
+    assert save_restyle(f["vae"], [0]) == f["vae"] / "figures" / "restyle.png"
+    bad = {
+        (f["vae"], (N,)): f"--index {N} is outside the data ({N} examples: 0..{N - 1})",
+        (f["vae"], (-1,)): f"--index -1 is outside the data ({N} examples: 0..{N - 1})",
+        (runs[1]["vae"], (0,)): f"restyle: {runs[1]['vae']}: this model is not conditional: it takes no labels "
+        "(train with --conditional)",
+    }
+    for (folder, idx), message in bad.items():
+        assert one_line(pytest.raises(VaekitError, save_restyle, folder, list(idx), tmp_path / "x.png")) == message
+    msg = one_line(
+        pytest.raises(VaekitError, save_restyle, f["vae"], [0], tmp_path / "x.png", data=root / "nolabel.npy")
+    )
+    assert "needs the examples' labels" in msg and not (tmp_path / "x.png").exists()
+
+
+def test_interpolation_of_a_conditional_run_moves_the_label_along(cruns, tmp_path):
+    """The ends are encoded with their own labels and decoded with them: the last frame is example 7's
+    reconstruction under its label."""
+    root, f = cruns
+    model = vaekit.load(f["vae"])
+    ds = vaekit.data.load(root / "imgs.npz")
+    img = np.asarray(Image.open(save_interpolation(f["vae"], 2, 7, tmp_path / "i.png", steps=4)))
+    end = model.reconstruct(ds.batch([7]), ds.y[[7]])[0, 0]
+    tile = img[4:20:2, 2 * (3 * 10 + 2) : 2 * (3 * 10 + 10) : 2]
+    assert np.abs(tile.astype(int) - (end.numpy() * 255).round()).max() <= 1

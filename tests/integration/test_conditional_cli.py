@@ -2,7 +2,8 @@
 file) records the classes it took from the data, `eval` reports -log p(x|y), `encode`/`score` use the data's
 labels, bad labels are one-line errors with exit 2 and nothing left behind; marked slow: a conditional run
 resumes bit-identically after a real SIGTERM, and two torchrun processes train a conditional AE to the
-weights of one (each rank must take the labels of its own rows).
+weights of one (each rank must take the labels of its own rows). The commands: `sample --label`, `restyle`,
+.npy outputs, their bad labels and indices; and (slow, real MNIST) the report's conditional section.
 
 Data: 300 synthetic 28x28 digits with labels 0-9 (conftest.synthetic_digits), a tiny MLP: seconds a run.
 """
@@ -10,6 +11,7 @@ Data: 300 synthetic 28x28 digits with labels 0-9 (conftest.synthetic_digits), a 
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -19,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, assert_clean_error, synthetic_digits
+from conftest import ROOT, assert_clean_error, run_cli, synthetic_digits
+from PIL import Image
 from safetensors.torch import load_file
 from test_cli import cli
 from test_train import assert_same_run, ckpt_meta, run_driver
@@ -202,3 +205,101 @@ def test_num_classes_in_a_config_file_must_agree_with_the_data(files, tmp_path, 
     f.write_text("conditional: true\nnum_classes: 10\n")  # the data's own count: fine
     p = cli("train", "--config", f, "--data", files / "digits.npz", "--epochs", 1, *SMALL, "--out", tmp_path / "r")
     assert p.returncode == 0, p.stderr
+
+
+# ------------------------------------------------------------------ sample --label, restyle, .npy (the commands)
+
+
+def test_sample_with_a_label_or_a_row_per_label(crun, tmp_path):
+    p = cli("sample", crun, "--label", 7, "-n", 6, "-o", tmp_path / "seven.npy", "--seed", 2)
+    assert p.returncode == 0, p.stderr
+    arr = np.load(tmp_path / "seven.npy")
+    want = vaekit.load(crun).sample(6, torch.Generator().manual_seed(2), y=7)
+    assert arr.dtype == np.float32 and arr.shape == (6, 1, 28, 28) and np.array_equal(arr, want.numpy())
+    p = cli("sample", crun, "--label", "all", "-n", 3, "-o", tmp_path / "all.npy")
+    assert p.returncode == 0 and np.load(tmp_path / "all.npy").shape == (30, 1, 28, 28)
+    p = cli("sample", crun, "-o", tmp_path / "grid.png")  # no label: one row of 10 per label, and it says so
+    assert p.returncode == 0 and "one row per label (--label all)" in p.stderr
+    assert Image.open(tmp_path / "grid.png").size == (2 * (10 * 30 + 2), 2 * (10 * 30 + 2))
+
+
+def test_restyle_writes_one_row_per_index(crun, files, tmp_path):
+    p = cli("restyle", crun, "--index", 0, 3, "--data", files / "digits.npz", "-o", tmp_path / "r.png")
+    assert p.returncode == 0, p.stderr
+    assert Image.open(tmp_path / "r.png").size == (2 * (11 * 30 + 2), 2 * (2 * 30 + 2))  # the digit + 10 labels
+    p = cli("restyle", crun, "--index", 4, "--data", files / "digits.npz", "-o", tmp_path / "r.npy")
+    assert p.returncode == 0 and np.load(tmp_path / "r.npy").shape == (10, 1, 28, 28)
+
+
+@pytest.mark.parametrize(
+    "argv,needles",
+    [
+        (["sample", "{crun}", "--label", "10"], ["--label 10 is outside this model's classes 0..9"]),
+        (["sample", "{crun}", "--label", "x"], ["--label", "expected a label (an integer) or 'all', got 'x'"]),
+        (["sample", "{crun}", "--label", "all", "-n", "1001"], ["-n 1001 per label x 10 labels is over 10000"]),
+        (["sample", "{vae}", "--label", "3"], ["--label", "this model is not conditional"]),
+        (["restyle", "{vae}", "--index", "0"], ["restyle", "this model is not conditional"]),
+        (["restyle", "{crun}", "--index", "300", "--data", "{digits}"], ["--index 300 is outside the data"]),
+        (["restyle", "{crun}", "--index", "0", "--data", "{nolabel}"], ["nolabel.npy", "needs the examples' labels"]),
+        (["restyle", "{crun}", "--index", "x"], ["--index", "invalid int value"]),
+        (["restyle", "{crun}", "--index", "0", "-o", "{tmp}/r.txt"], ["cannot write images as '.txt'"]),
+    ],
+    ids=["label-10", "label-x", "too-many", "label-unconditional", "restyle-unconditional", "index", "no-labels",
+         "index-x", "txt"],
+)  # fmt: skip
+def test_bad_labels_and_indices_are_one_line_errors(crun, files, tmp_path, argv, needles):
+    vae = tmp_path / "vae"
+    if "{vae}" in argv:
+        assert cli("train", "--data", files / "digits.npz", "--epochs", 1, *SMALL, "--out", vae).returncode == 0
+    out = tmp_path / "out"
+    out.mkdir()
+    names = {"crun": crun, "vae": vae, "digits": files / "digits.npz", "nolabel": files / "nolabel.npy", "tmp": out}
+    p = cli(*[a.format(**names) for a in argv], *([] if "-o" in argv else ["-o", out / "s.npy"]))
+    assert_clean_error(p, *needles)
+    assert not any(out.iterdir())
+
+
+# ------------------------------------------------------------------ the report's section (real MNIST: slow)
+
+
+@pytest.fixture(scope="module")
+def mnist_cvae(tmp_path_factory, mnist_slice) -> Path:
+    """vae_run's conditional twin: a 784-400-20 VAE, 2 epochs on the same 3000 MNIST digits, --conditional."""
+    out = tmp_path_factory.mktemp("runs") / "cvae"
+    flags = ["--epochs", 2, "--batch-size", 100, "--quiet", "--conditional"]
+    run_cli("train", "--data", mnist_slice, *flags, "--out", out, check=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def small_classifier(tmp_path_factory, mnist_train) -> Path:
+    from vaekit.classifier import ClassifierConfig, train_classifier
+
+    out = tmp_path_factory.mktemp("runs") / "classifier"
+    train_classifier(ClassifierConfig(epochs=1, limit=5000), out)
+    return out
+
+
+def test_a_report_with_a_conditional_run_renders_its_section(mnist_cvae, vae_run, small_classifier, tmp_path):
+    """A conditional run beside its unconditional twin and a classifier: sections 1-8 and the claims for the
+    unconditional run, section 9 for the conditional one, every number finite; the label's information no
+    more than its bound, the gap its two parts."""
+    from test_report import parse
+
+    from vaekit.report import QUICK, write_report
+
+    path = write_report([mnist_cvae, vae_run, small_classifier], tmp_path / "report.html", settings=QUICK)
+    r = parse(path)
+    assert r.sections[-1] == 9 and 1 in r.sections and list(r.claims) == [f"C{i}" for i in range(1, 9)]
+    assert all(math.isfinite(v) for v in r.metrics.values())
+    m = {k.split(".", 2)[-1]: v for k, v in r.metrics.items() if k.startswith("cvae.cond.")}
+    assert {f"sample_acc.{c}" for c in range(10)} <= set(m) and {"restyle_acc", "real_acc", "bayes_acc"} <= set(m)
+    assert 0 <= m["sample_acc"] <= 100 and m["label_info"] <= m["info_bound"] + 1e-9
+    assert m["gap"] == pytest.approx(m["label_info"] + m["better_model"], abs=1e-6)
+    assert {"cvae_label_grid", "cvae_restyle"} <= set(r.figures)
+    assert "vae.nll" in r.metrics and not any(k.startswith("cvae.") and ".cond." not in k for k in r.metrics)
+    # alone (no unconditional run, no classifier): the section without the comparison, no claims table
+    path = write_report([mnist_cvae], tmp_path / "alone.html", settings=QUICK)
+    r = parse(path)
+    assert r.sections == [9] and not r.claims and "cvae.cond.gap" not in r.metrics
+    assert "cvae.cond.nll_given" in r.metrics and "No classifier among the runs" in path.read_text()

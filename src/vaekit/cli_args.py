@@ -1,0 +1,91 @@
+"""The values of the `vaekit` command's flags: argparse types, each a one-line error for a bad value."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def positive_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}")
+    return v
+
+
+def int_in(lo: int, hi: int):
+    """An argparse type: an integer in lo..hi (a bound keeps a typo from reaching torch as an overflow)."""
+
+    def parse(s: str) -> int:
+        try:
+            v = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {s!r}") from None
+        if not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"expected an integer in {lo}..{hi}, got {s[:40]!r}")
+        return v
+
+    return parse
+
+
+MAX_IMAGES = 10_000  # -n of sample/reconstruct, --steps of interpolate: one image grid
+MAX_IW_SAMPLES = 1_000_000
+NPY = "; .npy: the decoded means as a float32 array (N, C, H, W), in the grid's order"
+seed = int_in(0, 2**32 - 1)
+
+
+def image_path(s: str) -> Path:
+    """-o of the picture commands: a file Pillow can write (its format follows the extension)."""
+    from PIL import Image
+
+    p = Path(s)
+    if p.is_dir():
+        raise argparse.ArgumentTypeError(f"{s} is a folder; give a file name such as {p / 'grid.png'}")
+    if Image.registered_extensions().get(p.suffix.lower()) not in Image.SAVE:
+        raise argparse.ArgumentTypeError(
+            f"{s}: cannot write images as {p.suffix or 'a file without extension'!r}; use .png"
+        )
+    return p
+
+
+def array_or_image_path(s: str) -> Path:
+    """-o of sample/restyle: a .npy (the decoded means as float32 (N, C, H, W)) or a picture."""
+    return Path(s) if s.lower().endswith(".npy") and not Path(s).is_dir() else image_path(s)
+
+
+def label(s: str) -> int | str:
+    """--label: an integer class, or "all" (checked against the model's classes by operations.parse_label)."""
+    if s == "all":
+        return s
+    try:
+        return int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a label (an integer) or 'all', got {s[:40]!r}") from None
+
+
+def fpr(s: str) -> float:
+    """--fpr: a false-positive rate strictly between 0 and 1 (0 flags nothing, 1 everything)."""
+    try:
+        v = float(s)
+    except ValueError:
+        v = None
+    if v is None or not 0 < v < 1:  # NaN fails the comparison too
+        raise argparse.ArgumentTypeError(f"expected a false-positive rate in (0, 1), got {s[:40]!r}")
+    return v
+
+
+def out_file(s: str) -> Path:
+    p = Path(s)
+    if p.is_dir():
+        raise argparse.ArgumentTypeError(f"{s} is a folder; give a file name")
+    return p
+
+
+def int_list(s: str) -> list[int]:
+    try:
+        return [int(v) for v in s.replace(",", " ").split()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers like 400,200, got {s!r}") from None
