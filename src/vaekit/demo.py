@@ -29,7 +29,7 @@ from vaekit.report_claims import claims_json, holds_word
 from vaekit.train import train
 
 # Epochs sized so the full demo ends well inside 10 minutes on a 2-core CPU (timings: README, benchmarks/).
-FULL_EPOCHS = {"ae": 20, "vae": 30, "ae2d": 20, "vae2d": 20, "classifier": 5}
+FULL_EPOCHS = {"ae": 20, "vae": 30, "ae2d": 15, "vae2d": 15, "classifier": 5}
 QUICK_EPOCHS = {"ae": 1, "vae": 1, "ae2d": 1, "vae2d": 1, "classifier": 1}
 SNAPSHOT_N = 2000  # test digits whose codes the 2-D runs save after every epoch (the report's animation)
 
