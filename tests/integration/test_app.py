@@ -69,19 +69,29 @@ class Server:
             self.proc.wait()
 
 
-@pytest.fixture(scope="module")
-def server(vae_run, ae_run):
-    s = Server(vae_run, ae_run)
+def served(*runs):
+    """A Server of `runs` for a fixture: stopped afterwards, and no traceback in its log."""
+    s = Server(*runs)
     yield s
     s.stop()
     assert not any("Traceback" in line for line in s.errors), "".join(s.errors)
 
 
-@pytest.fixture
-def client(server):
+def client_of(server):
+    """An httpx client of `server` for a fixture; the server must still answer afterwards."""
     with httpx.Client(base_url=server.url, timeout=30) as c:
         yield c
     assert server.alive(), "the server stopped answering"
+
+
+@pytest.fixture(scope="module")
+def server(vae_run, ae_run):
+    yield from served(vae_run, ae_run)
+
+
+@pytest.fixture
+def client(server):
+    yield from client_of(server)
 
 
 def image(data_url: str) -> Image.Image:
@@ -612,17 +622,12 @@ def cond_runs(tmp_path_factory, mnist_slice, mnist_train):
 @pytest.fixture(scope="module")
 def cserver(cond_runs):
     """`vaekit serve CVAE2D AE2D CLASSIFIER`, the classifier folder among the runs as `vaekit report` takes it."""
-    s = Server(*cond_runs)
-    yield s
-    s.stop()
-    assert not any("Traceback" in line for line in s.errors), "".join(s.errors)
+    yield from served(*cond_runs)
 
 
 @pytest.fixture
 def cclient(cserver):
-    with httpx.Client(base_url=cserver.url, timeout=30) as c:
-        yield c
-    assert cserver.alive(), "the server stopped answering"
+    yield from client_of(cserver)
 
 
 def pixels_of(data_url: str):
