@@ -124,6 +124,13 @@ def _picture_args(sub) -> None:
         type=arg.label,
         help="a conditional model: decode every draw with this label, or 'all': one row per label (the default)",
     )
+    s.add_argument(
+        "--temperature",
+        type=arg.temperature,
+        default=1.0,
+        help="draw z from the prior with its spread times T (default 1: the prior; 0.5-0.7: fewer odd digits, "
+        "less variety)",
+    )
 
     rs = sub.add_parser("restyle", help="a conditional model: test digits' codes decoded under every label")
     rs.add_argument("run", type=Path)
@@ -257,7 +264,7 @@ def cmd_sample(args) -> int:
 
     if args.label is None and vaekit.io.load_config(args.run).model.num_classes:
         print("a conditional model: one row per label (--label all); --label C for label C alone", file=sys.stderr)
-    print(save_samples(args.run, args.output, n=args.n, seed=args.seed, label=args.label))
+    print(save_samples(args.run, args.output, n=args.n, seed=args.seed, label=args.label, temperature=args.temperature))
     return 0
 
 

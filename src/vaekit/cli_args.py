@@ -77,6 +77,17 @@ def fpr(s: str) -> float:
     return v
 
 
+def temperature(s: str) -> float:
+    """--temperature: the spread of prior draws, a number in (0, 10] (1 = the prior itself)."""
+    try:
+        v = float(s)
+    except ValueError:
+        v = None
+    if v is None or not 0 < v <= 10:  # NaN fails the comparison too
+        raise argparse.ArgumentTypeError(f"expected a temperature in (0, 10], got {s[:40]!r}")
+    return v
+
+
 def out_file(s: str) -> Path:
     p = Path(s)
     if p.is_dir():

@@ -39,10 +39,10 @@ def _check_conditional(model) -> int:
 
 
 @torch.inference_mode()
-def label_grid(model, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+def label_grid(model, n: int, generator: torch.Generator | None = None, temperature: float = 1.0) -> torch.Tensor:
     """n decoded prior draws per label, (K * n, *shape): draws c*n .. c*n + n - 1 have label c."""
     k = _check_conditional(model)
-    return model.sample(k * n, generator, y=torch.arange(k).repeat_interleave(n))
+    return model.sample(k * n, generator, y=torch.arange(k).repeat_interleave(n), temperature=temperature)
 
 
 @torch.inference_mode()
@@ -95,16 +95,61 @@ def _check_classifier(model, clf) -> int:
     return classes
 
 
-@torch.inference_mode()
-def label_accuracy(model, clf, n_per_label: int = 1000, seed: int = 0, batch: int = 2000) -> Agreement:
-    """The classifier's (any module with .config.classes and .predict(x) -> (B,) labels) agreement with the
-    requested label over n_per_label samples of each label (seeded by seeds.generated(seed))."""
+def _judged_samples(model, clf, n_per_label: int, seed: int, temperature: float, batch: int, features: bool):
+    """n_per_label samples of each label at `temperature` (seeded by seeds.generated(seed)), judged by the
+    classifier: (target (K * n,), pred (K * n,), the classifier's hidden features (K * n, F) or None)."""
     k = _check_conditional(model)
-    classes = _check_classifier(model, clf)
     g = torch.Generator().manual_seed(seeds.generated(seed))
     target = torch.arange(k).repeat_interleave(n_per_label)
-    pred = torch.cat([clf.predict(model.sample(len(t), g, y=t)).cpu() for t in target.split(batch)])  # (K * n,)
+    preds, feats = [], []
+    for t in target.split(batch):
+        x = model.sample(len(t), g, y=t, temperature=temperature)
+        preds.append(clf.predict(x).cpu())
+        if features:
+            feats.append(clf.embed(x).cpu())
+    return target, torch.cat(preds), torch.cat(feats) if features else None
+
+
+@torch.inference_mode()
+def label_accuracy(
+    model, clf, n_per_label: int = 1000, seed: int = 0, batch: int = 2000, temperature: float = 1.0
+) -> Agreement:
+    """The classifier's (any module with .config.classes and .predict(x) -> (B,) labels) agreement with the
+    requested label over n_per_label samples of each label (seeded by seeds.generated(seed)), drawn at
+    `temperature` (Prior.sample; 1 = the prior)."""
+    k, classes = _check_conditional(model), _check_classifier(model, clf)
+    target, pred, _ = _judged_samples(model, clf, n_per_label, seed, temperature, batch, False)
     return _agreement(target, pred, k, classes, n_per_label)
+
+
+@dataclass
+class TemperaturePoint:
+    """label_accuracy at one sampling temperature, and what the lower temperature costs in variety."""
+
+    temperature: float
+    accuracy: Agreement
+    frechet: float  # Frechet distance of the classifier's features of all K * n samples to those of real digits
+
+
+@torch.inference_mode()
+def temperature_sweep(
+    model, clf, x_real: torch.Tensor, temperatures=(1.0, 0.8, 0.7, 0.6, 0.5), n_per_label: int = 1000, seed: int = 0
+) -> list[TemperaturePoint]:
+    """label_accuracy at each temperature (the same draws eps, scaled), with the Frechet distance of the
+    samples to real digits x_real (M, *shape): a low temperature buys label accuracy with variety, which the
+    distance shows once the samples crowd around each label's typical digit. `clf` also needs .embed(x) ->
+    (B, F) features (classifier.Classifier has it)."""
+    from vaekit.classifier import feature_frechet
+
+    k, classes = _check_conditional(model), _check_classifier(model, clf)
+    real = clf.embed(x_real).cpu()
+    out = []
+    for t in temperatures:
+        target, pred, feats = _judged_samples(model, clf, n_per_label, seed, float(t), 2000, True)
+        out.append(
+            TemperaturePoint(float(t), _agreement(target, pred, k, classes, n_per_label), feature_frechet(feats, real))
+        )
+    return out
 
 
 @dataclass
@@ -255,6 +300,8 @@ class ConditionalSettings:
     k: int = 100  # importance samples per (digit, label)
     prior: str = "train"  # label_prior's kind
     seed: int = 0
+    temperatures: tuple[float, ...] = (1.0, 0.8, 0.7, 0.6, 0.5)  # temperature_sweep's (1.0 gives `accuracy`)
+    target: float = 0.95  # the label accuracy every label should reach (issue 16): chooses `cool`
 
     @classmethod
     def for_report(cls, s) -> ConditionalSettings:
@@ -276,7 +323,10 @@ class ConditionalStudy:
     labels: torch.Tensor  # (R,) their labels
     x: torch.Tensor  # (R, *shape) those digits
     restyled: torch.Tensor  # (R, K, *shape) their restyle
-    accuracy: Agreement | None  # label_accuracy; None without a classifier
+    accuracy: Agreement | None  # label_accuracy at temperature 1 (the prior); None without a classifier
+    sweep: list[TemperaturePoint] | None  # temperature_sweep; None without a classifier
+    cool: float | None  # the highest swept temperature at which every label reaches settings.target (else lowest)
+    cool_grid: torch.Tensor | None  # (K * grid, *shape): label_grid at `cool`
     consistency: Consistency | None  # restyle_consistency on the first n_restyle test digits
     real: torch.Tensor | None  # (K,) the classifier's own accuracy per label on those digits, as they are
     nats: LabelNats | None  # None for an autoencoder
@@ -305,9 +355,14 @@ def conditional_study(model, clf, ds, s: ConditionalSettings = ConditionalSettin
     grid = label_grid(model, s.grid, torch.Generator().manual_seed(s.seed))
     idx = first_of_labels(ds.y, s.rows)
     x = ds.batch(torch.as_tensor(idx, dtype=torch.int64))
-    acc = cons = real = None
+    acc = cons = real = sweep = cool = cool_grid = None
     if clf is not None:
-        acc = label_accuracy(model, clf, s.per_label, s.seed)
+        n = min(len(ds), s.per_label * k)
+        sweep = temperature_sweep(model, clf, ds.batch(slice(0, n)), s.temperatures, s.per_label, s.seed)
+        at_one = [p.accuracy for p in sweep if p.temperature == 1.0]
+        acc = at_one[0] if at_one else label_accuracy(model, clf, s.per_label, s.seed)
+        cool = coolest_needed(sweep, s.target)
+        cool_grid = label_grid(model, s.grid, torch.Generator().manual_seed(s.seed), cool)
         n = min(s.n_restyle, len(ds))
         xr, yr = ds.batch(slice(0, n)), ds.y[:n]
         cons = restyle_consistency(model, clf, xr, yr)
@@ -317,4 +372,12 @@ def conditional_study(model, clf, ds, s: ConditionalSettings = ConditionalSettin
     if model.is_vae:
         sub = ds.subset(slice(0, min(s.n_nats, len(ds))))
         nats = label_nats(model, sub, k=s.k, prior=s.prior, umodel=umodel, seed=s.seed)
-    return ConditionalStudy(grid, idx, ds.y[idx], x, restyle(model, x, ds.y[idx]), acc, cons, real, nats, s)
+    restyled = restyle(model, x, ds.y[idx])
+    return ConditionalStudy(grid, idx, ds.y[idx], x, restyled, acc, sweep, cool, cool_grid, cons, real, nats, s)
+
+
+def coolest_needed(sweep: list[TemperaturePoint], target: float) -> float:
+    """The highest temperature of the sweep at which every label's accuracy reaches `target`; the lowest
+    temperature swept when none does."""
+    ok = [p.temperature for p in sweep if float(p.accuracy.per_label.min()) >= target]
+    return max(ok) if ok else min(p.temperature for p in sweep)

@@ -112,8 +112,9 @@ class Prior:
         """(..., D) -> (...), in nats."""
         raise NotImplementedError
 
-    def sample(self, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
-        """(n, D) draws on `device`."""
+    def sample(self, n: int, generator: torch.Generator | None = None, device=None, temperature: float = 1.0):
+        """(n, D) draws on `device`; `temperature` t < 1 draws closer to the mode (a Gaussian's spread times t,
+        the usual reduced-temperature sampling: less variety, fewer draws from where q puts little mass)."""
         raise NotImplementedError
 
     def analytic_kl_per_dim(self, q) -> torch.Tensor | None:
@@ -141,9 +142,11 @@ class StandardNormal(Prior):
         """KL(q || N(0, I)) per dimension, (B, D), for a diagonal Normal q; None for any other q."""
         return q.kl_std_normal_per_dim() if isinstance(q, Normal) else None
 
-    def sample(self, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
-        """(n, D) draws on `device`; drawn where `generator` lives (a CPU generator can feed a CUDA model)."""
+    def sample(self, n: int, generator: torch.Generator | None = None, device=None, temperature: float = 1.0):
+        """(n, D) draws of N(0, t^2 I) on `device`; drawn where `generator` lives (a CPU generator can feed a
+        CUDA model)."""
         z = torch.randn(n, self.dim, generator=generator, device=generator.device if generator is not None else device)
+        z = z if temperature == 1.0 else z * temperature
         return z.to(device) if device is not None else z
 
 
@@ -166,9 +169,9 @@ class NormalPrior(Prior):
         """KL(q || p) per dimension, (B, D), for a diagonal Normal q; None for any other q."""
         return q.kl_per_dim(self.normal) if isinstance(q, Normal) else None
 
-    def sample(self, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
-        """(n, D) draws on `device`: mu + sigma * eps with eps drawn as StandardNormal draws it."""
-        eps = StandardNormal(self.dim).sample(n, generator, device=self.normal.mu.device)
+    def sample(self, n: int, generator: torch.Generator | None = None, device=None, temperature: float = 1.0):
+        """(n, D) draws on `device`: mu + sigma * eps with eps drawn as StandardNormal draws it (t * eps)."""
+        eps = StandardNormal(self.dim).sample(n, generator, device=self.normal.mu.device, temperature=temperature)
         z = self.normal.rsample(eps=eps)
         return z.to(device) if device is not None else z
 

@@ -191,10 +191,11 @@ class _LatentModel(nn.Module):
         return m.decode(m.encode(x).mean).mean
 
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None, y=None) -> torch.Tensor:
+    def sample(self, n: int, generator: torch.Generator | None = None, y=None, temperature: float = 1.0):
         """Decoded means of n draws from the prior (an AE: its code Gaussian), (n, *shape); a conditional
-        model decodes them with labels y: (n,) or one label for all."""
-        return self.decode(self.latent_sampler(n, generator), y).mean
+        model decodes them with labels y: (n,) or one label for all. `temperature` t scales the draws' spread
+        about the prior's centre (Prior.sample); 1 = the prior itself."""
+        return self.decode(self.latent_sampler(n, generator, temperature), y).mean
 
     def _repr_html_(self) -> str:
         """What Jupyter shows for a model: architecture, latent size, prior, likelihood (vaekit.display)."""
@@ -250,8 +251,8 @@ class Given:
         return self.decode(self.encode(x).mean).mean
 
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        return self.decode(self.model.latent_sampler(n, generator)).mean
+    def sample(self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0) -> torch.Tensor:
+        return self.decode(self.model.latent_sampler(n, generator, temperature)).mean
 
 
 class VAE(_LatentModel):
@@ -262,9 +263,9 @@ class VAE(_LatentModel):
         mu, logvar = out.chunk(2, dim=-1)
         return Normal(mu, logvar.clamp(*LOGVAR_RANGE))
 
-    def latent_sampler(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """n draws from the prior p(z), (n, D)."""
-        return self.prior.sample(n, generator, device=next(self.parameters()).device)
+    def latent_sampler(self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0):
+        """n draws from the prior p(z), (n, D) (at a temperature: Prior.sample)."""
+        return self.prior.sample(n, generator, device=next(self.parameters()).device, temperature=temperature)
 
 
 class Autoencoder(_LatentModel):
@@ -291,9 +292,10 @@ class Autoencoder(_LatentModel):
         self.code_mean.copy_(m)
         self.code_chol.copy_(torch.linalg.cholesky(cov))
 
-    def latent_sampler(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    def latent_sampler(self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0):
+        """n draws from the code Gaussian N(m, t^2 S), (n, D)."""
         eps = torch.randn(n, self.latent_dim, generator=generator).to(self.code_mean.device)
-        return self.code_mean + eps @ self.code_chol.T
+        return self.code_mean + (eps if temperature == 1.0 else eps * temperature) @ self.code_chol.T
 
 
 def build_model(cfg: ModelConfig) -> VAE | Autoencoder:

@@ -210,11 +210,11 @@ def parse_label(model, label) -> int | str | None:
     return label
 
 
-def sample_images(model, n: int | None = None, seed: int = 0, label: int | str | None = None):
+def sample_images(model, n: int | None = None, seed: int = 0, label: int | str | None = None, temperature: float = 1.0):
     """The images of `vaekit sample`: (N, *shape) decoded means and the images per row of their grid.
     Unconditional: n (default 64) prior draws. A conditional model: with label c, n (default 64) draws all
     decoded with label c; with label "all" or None, n (default 10) draws per label, label-major (row c =
-    label c: image c*n + i), as conditional.label_grid."""
+    label c: image c*n + i), as conditional.label_grid. `temperature`: Prior.sample's."""
     from vaekit.conditional import label_grid
 
     label = parse_label(model, label)
@@ -223,9 +223,9 @@ def sample_images(model, n: int | None = None, seed: int = 0, label: int | str |
         n = n or 10
         if n * model.num_classes > MAX_SAMPLES:
             raise VaekitError(f"-n {n} per label x {model.num_classes} labels is over {MAX_SAMPLES} images")
-        return label_grid(model, n, g), n
+        return label_grid(model, n, g, temperature), n
     n = n or 64
-    return model.sample(n, g, y=label), None
+    return model.sample(n, g, y=label, temperature=temperature), None
 
 
 MAX_SAMPLES = 10_000  # images one sample command decodes
@@ -260,13 +260,14 @@ def save_samples(
     n: int | None = None,
     seed: int = 0,
     label: int | str | None = None,
+    temperature: float = 1.0,
 ) -> Path:
     """sample_images of the model in `run` as one grid image at `output` (default RUN/figures/samples.png;
     one row per label for a conditional model without a single label), or a .npy array (save_images).
     Returns the path written."""
     import vaekit
 
-    images, nrow = sample_images(vaekit.load(run), n, seed, label)
+    images, nrow = sample_images(vaekit.load(run), n, seed, label, temperature)
     return save_images(images, output or Path(run) / "figures" / "samples.png", nrow=nrow)
 
 

@@ -216,6 +216,10 @@ def test_sample_with_a_label_or_a_row_per_label(crun, tmp_path):
     arr = np.load(tmp_path / "seven.npy")
     want = vaekit.load(crun).sample(6, torch.Generator().manual_seed(2), y=7)
     assert arr.dtype == np.float32 and arr.shape == (6, 1, 28, 28) and np.array_equal(arr, want.numpy())
+    p = cli("sample", crun, "--label", 7, "-n", 6, "-o", tmp_path / "cold.npy", "--seed", 2, "--temperature", 0.5)
+    cold = vaekit.load(crun).sample(6, torch.Generator().manual_seed(2), y=7, temperature=0.5)
+    assert p.returncode == 0 and np.array_equal(np.load(tmp_path / "cold.npy"), cold.numpy())
+    assert not np.array_equal(cold.numpy(), arr)
     p = cli("sample", crun, "--label", "all", "-n", 3, "-o", tmp_path / "all.npy")
     assert p.returncode == 0 and np.load(tmp_path / "all.npy").shape == (30, 1, 28, 28)
     p = cli("sample", crun, "-o", tmp_path / "grid.png")  # no label: one row of 10 per label, and it says so
@@ -238,13 +242,16 @@ def test_restyle_writes_one_row_per_index(crun, files, tmp_path):
         (["sample", "{crun}", "--label", "x"], ["--label", "expected a label (an integer) or 'all', got 'x'"]),
         (["sample", "{crun}", "--label", "all", "-n", "1001"], ["-n 1001 per label x 10 labels is over 10000"]),
         (["sample", "{vae}", "--label", "3"], ["--label", "this model is not conditional"]),
+        (["sample", "{crun}", "--temperature", "0"], ["--temperature", "expected a temperature in (0, 10], got '0'"]),
+        (["sample", "{crun}", "--temperature", "nan"], ["--temperature", "expected a temperature in (0, 10]"]),
         (["restyle", "{vae}", "--index", "0"], ["restyle", "this model is not conditional"]),
         (["restyle", "{crun}", "--index", "300", "--data", "{digits}"], ["--index 300 is outside the data"]),
         (["restyle", "{crun}", "--index", "0", "--data", "{nolabel}"], ["nolabel.npy", "needs the examples' labels"]),
         (["restyle", "{crun}", "--index", "x"], ["--index", "invalid int value"]),
         (["restyle", "{crun}", "--index", "0", "-o", "{tmp}/r.txt"], ["cannot write images as '.txt'"]),
     ],
-    ids=["label-10", "label-x", "too-many", "label-unconditional", "restyle-unconditional", "index", "no-labels",
+    ids=["label-10", "label-x", "too-many", "label-unconditional", "temperature-0", "temperature-nan",
+         "restyle-unconditional", "index", "no-labels",
          "index-x", "txt"],
 )  # fmt: skip
 def test_bad_labels_and_indices_are_one_line_errors(crun, files, tmp_path, argv, needles):
@@ -296,7 +303,10 @@ def test_a_report_with_a_conditional_run_renders_its_section(mnist_cvae, vae_run
     assert {f"sample_acc.{c}" for c in range(10)} <= set(m) and {"restyle_acc", "real_acc", "bayes_acc"} <= set(m)
     assert 0 <= m["sample_acc"] <= 100 and m["label_info"] <= m["info_bound"] + 1e-9
     assert m["gap"] == pytest.approx(m["label_info"] + m["better_model"], abs=1e-6)
-    assert {"cvae_label_grid", "cvae_restyle"} <= set(r.figures)
+    assert {"cvae_label_grid", "cvae_restyle", "cvae_label_grid_cool"} <= set(r.figures)
+    t = {k: v for k, v in m.items() if k.startswith("temperature.")}
+    assert {f"temperature.{x:g}.{f}" for x in (1, 0.8, 0.7, 0.6, 0.5) for f in ("sample_acc", "frechet")} <= set(t)
+    assert t["temperature.1.sample_acc"] == m["sample_acc"]
     assert "vae.nll" in r.metrics and not any(k.startswith("cvae.") and ".cond." not in k for k in r.metrics)
     # alone (no unconditional run, no classifier): the section without the comparison, no claims table
     path = write_report([mnist_cvae], tmp_path / "alone.html", settings=QUICK)

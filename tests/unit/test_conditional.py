@@ -19,6 +19,7 @@ from vaekit.conditional import (
     ConditionalSettings,
     conditional_study,
     confusion,
+    coolest_needed,
     first_of_labels,
     label_accuracy,
     label_grid,
@@ -28,6 +29,7 @@ from vaekit.conditional import (
     restyle,
     restyle_consistency,
     same_size,
+    temperature_sweep,
 )
 from vaekit.config import RunConfig, TrainConfig
 from vaekit.data import Dataset
@@ -43,10 +45,11 @@ class _Stamp:
     conditional, num_classes, is_vae = True, 3, True
     config = SimpleNamespace(input_shape=(1, 2, 2))
 
-    def sample(self, n, generator=None, y=None):
+    def sample(self, n, generator=None, y=None, temperature=1.0):
         x = torch.zeros(n, 1, 2, 2)
         x[:, 0, 0, 0] = torch.as_tensor(y).float()
         x[:, 0, 0, 1] = torch.arange(n).float()
+        x[:, 0, 1, 0] = temperature
         return x
 
 
@@ -78,6 +81,42 @@ def test_label_accuracy_of_known_verdicts():
     # batched: positions restart at every batch of 6, and the counts follow
     b = label_accuracy(_Stamp(), _Judge(), n_per_label=4, batch=6)
     assert b.confusion.sum().item() == 12 and b.confusion[1].tolist() == [0, 4, 0, 0]
+
+
+class _ColdJudge(_Judge):
+    """_Judge, but right about every draw made at a temperature of 0.6 or below; hidden features = the pixels."""
+
+    def predict(self, x):
+        out = super().predict(x)
+        cold = x[:, 0, 1, 0] <= 0.6
+        out[cold] = x[cold, 0, 0, 0].long()
+        return out
+
+    def embed(self, x):
+        return x.flatten(1)
+
+
+def test_temperature_sweep_and_the_coolest_temperature_needed():
+    real = torch.randn(50, 1, 2, 2, generator=torch.Generator().manual_seed(0))
+    sweep = temperature_sweep(_Stamp(), _ColdJudge(), real, (1.0, 0.8, 0.6, 0.4), n_per_label=4)
+    assert [p.temperature for p in sweep] == [1.0, 0.8, 0.6, 0.4]
+    assert sweep[0].accuracy.per_label.tolist() == [0.5, 1.0, 0.75]  # as label_accuracy at T = 1
+    assert sweep[2].accuracy.per_label.tolist() == [1.0, 1.0, 1.0] and sweep[3].accuracy.accuracy == 1.0
+    assert all(math.isfinite(p.frechet) and p.frechet > 0 for p in sweep)
+    assert coolest_needed(sweep, 0.95) == 0.6  # the highest temperature at which every label reaches 95%
+    assert coolest_needed(sweep, 0.7) == 0.6 and coolest_needed(sweep[:2], 0.95) == 0.8  # none: the lowest
+    assert coolest_needed(sweep, 0.5) == 1.0
+
+
+def test_label_grid_at_a_temperature_scales_the_same_draws(cmodel):
+    """A VAE with the N(0, I) prior: draws at T are T times the draws at 1 with the same generator."""
+    z1 = cmodel.latent_sampler(6, torch.Generator().manual_seed(2))
+    zt = cmodel.latent_sampler(6, torch.Generator().manual_seed(2), temperature=0.5)
+    torch.testing.assert_close(zt, 0.5 * z1, rtol=0, atol=0)
+    y = torch.arange(4).repeat_interleave(3)
+    want = cmodel.decode(0.5 * cmodel.latent_sampler(12, torch.Generator().manual_seed(5)), y).mean
+    got = label_grid(cmodel, 3, torch.Generator().manual_seed(5), temperature=0.5)
+    torch.testing.assert_close(got, want)
 
 
 def test_label_accuracy_refuses_a_classifier_that_does_not_fit():
@@ -210,16 +249,20 @@ def test_conditional_study_on_a_tiny_model(cmodel):
     ds = Dataset((torch.rand(40, 1, 6, 5, generator=g) * 255).to(torch.uint8), torch.arange(40) % 4, "d")
     cmodel.run_config = RunConfig(cmodel.config, TrainConfig(data="d.npz", binarize="dynamic"))
     judge = SimpleNamespace(
-        config=SimpleNamespace(classes=4, input_shape=(1, 6, 5)), predict=lambda imgs: imgs.flatten(1).argmax(1) % 4
+        config=SimpleNamespace(classes=4, input_shape=(1, 6, 5)),
+        predict=lambda imgs: imgs.flatten(1).argmax(1) % 4,
+        embed=lambda imgs: imgs.flatten(1),
     )
     s = ConditionalSettings(grid=3, rows=2, per_label=5, n_restyle=10, n_nats=8, k=4, prior="uniform")
     st = conditional_study(cmodel, judge, ds, s)
     assert st.grid.shape == (12, 1, 6, 5) and st.indices == [0, 1] and st.restyled.shape == (2, 4, 1, 6, 5)
     assert st.accuracy.confusion.sum() == 20 and st.consistency.confusion.sum() == 40
+    assert [p.temperature for p in st.sweep] == list(s.temperatures) and st.sweep[0].accuracy is st.accuracy
+    assert st.cool in s.temperatures and st.cool_grid.shape == st.grid.shape
     assert st.real.shape == (4,)
     assert st.nats.info_bound == pytest.approx(math.log(4))
     for v in (st.nats.nll_given, st.nats.nll_marginal, st.nats.label_info):
         assert math.isfinite(v)
     assert st.nats.nll_uncond is None
     bare = conditional_study(cmodel, None, ds, s)
-    assert bare.accuracy is None and bare.consistency is None and bare.real is None
+    assert bare.accuracy is None and bare.consistency is None and bare.real is None and bare.sweep is None

@@ -105,6 +105,17 @@ def test_standard_normal_sample_uses_the_generator_wherever_it_goes():
     assert m.device.type == "meta" and m.shape == (5, 3)
 
 
+def test_prior_samples_at_a_temperature_have_their_spread_scaled():
+    """T scales the draws about the prior's mean: exactly T * eps for the same generator, and the moments of
+    N(mu, T^2 sigma^2) by Monte Carlo."""
+    a, b = StandardNormal(3).sample(5, _gen(1)), StandardNormal(3).sample(5, _gen(1), temperature=0.3)
+    torch.testing.assert_close(b, 0.3 * a, rtol=0, atol=0)
+    _, prior, _, ref_p = _q_and_prior()
+    s = prior.sample(200_000, _gen(13), temperature=0.5)
+    torch.testing.assert_close(s.mean(0), ref_p.mean, atol=0.02, rtol=0)
+    torch.testing.assert_close(s.std(0), 0.5 * ref_p.stddev, rtol=0.01, atol=0)
+
+
 def test_standard_normal_log_prob_and_sample():
     z = torch.randn(4, 7, 3, generator=_gen(6), dtype=torch.float64) * 5
     ref = td.Independent(td.Normal(torch.zeros(3, dtype=torch.float64), 1.0), 1).log_prob(z)

@@ -120,6 +120,9 @@ def test_autoencoder_samples_from_its_fitted_code_gaussian():
     z = ae.latent_sampler(20_000, torch.Generator().manual_seed(1))
     torch.testing.assert_close(z.mean(0), codes.mean(0), atol=0.05, rtol=0)
     torch.testing.assert_close(torch.cov(z.T), torch.cov(codes.T), atol=0.1, rtol=0.05)
+    cold = ae.latent_sampler(20_000, torch.Generator().manual_seed(1), temperature=0.5)  # N(m, 0.25 S)
+    torch.testing.assert_close(cold.mean(0), codes.mean(0), atol=0.05, rtol=0)
+    torch.testing.assert_close(torch.cov(cold.T), 0.25 * torch.cov(codes.T), atol=0.03, rtol=0.05)
 
 
 def test_a_vae_samples_from_its_prior():
