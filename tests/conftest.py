@@ -1,6 +1,7 @@
 """Shared fixtures and helpers of tests/unit (one file per module of src/vaekit: synthetic tensors, seconds) and
-tests/integration (the CLI, training, the report, the explorer, the demo, torchrun, for real): the CLI as a
-subprocess, one-line error checks, synthetic digits, a slice of real MNIST, small trained runs, the quick demo.
+tests/integration (the CLI, training, the report, the explorer, the demo, torchrun, for real): the CLI (in this
+process or as a subprocess: run_cli), one-line error checks, synthetic digits, a slice of real MNIST, small
+trained runs, the quick demo.
 Test files import helpers as `from conftest import ...`, so this is the only conftest.py: pytest imports every
 conftest.py outside a package under the one module name `conftest`, and a second one would shadow this one.
 
@@ -36,17 +37,59 @@ CHROMIUM_ARGS = [
 
 
 def run_cli(
-    *args, check: bool = False, timeout: float = 600, env: dict | None = None, **kw
+    *args, check: bool = False, timeout: float = 600, env: dict | None = None, process: bool = False, **kw
 ) -> subprocess.CompletedProcess:
-    """`python -m vaekit ARGS` in a subprocess; returns the CompletedProcess (text mode)."""
-    e = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    e.update(env or {})
-    p = subprocess.run(
-        [sys.executable, "-m", "vaekit", *map(str, args)], capture_output=True, text=True, timeout=timeout, env=e, **kw
-    )
+    """`vaekit ARGS`; returns a CompletedProcess (text mode): returncode, stdout, stderr.
+
+    In this process by default (`vaekit.cli.main`, exactly what `python -m vaekit` calls, with stdout and stderr
+    captured and the process-wide state it may touch put back after), which saves the ~2 s of a fresh
+    interpreter and torch import per call. A real `python -m vaekit` subprocess with `process=True`, with `env`
+    or other subprocess.run arguments (cwd, input, ...), or everywhere with VAEKIT_TEST_PROCESS=1: for what
+    only a process shows (signals, exit on a real fd, the environment, the import of the package itself)."""
+    if process or env or kw or os.environ.get("VAEKIT_TEST_PROCESS") == "1":
+        e = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        e.update(env or {})
+        argv = [sys.executable, "-m", "vaekit", *map(str, args)]
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=e, **kw)
+    else:
+        p = _run_cli_here([str(a) for a in args])
     if check and p.returncode != 0:
         raise AssertionError(f"vaekit {' '.join(map(str, args))} failed ({p.returncode}):\n{p.stderr}")
     return p
+
+
+def _run_cli_here(argv: list[str]) -> subprocess.CompletedProcess:
+    """cli.main(argv) as `python -m vaekit` runs it: SystemExit's code (argparse's 2) is the return code, and
+    an uncaught exception prints its traceback to stderr and returns 1, as the interpreter would."""
+    import contextlib
+    import io
+    import signal
+    import traceback
+    import warnings
+
+    import torch
+
+    from vaekit import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    threads, rng = torch.get_num_threads(), torch.get_rng_state()
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
+        try:
+            rc = cli.main(argv)
+        except SystemExit as e:
+            rc = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+            if e.code is not None and not isinstance(e.code, int):
+                print(e.code, file=sys.stderr)
+        except BaseException:  # the interpreter's own behaviour: traceback, exit 1
+            traceback.print_exc()
+            rc = 1
+        finally:
+            torch.set_num_threads(threads)
+            torch.set_rng_state(rng)
+            for s, h in handlers.items():
+                signal.signal(s, h)
+    return subprocess.CompletedProcess(["vaekit", *argv], rc, out.getvalue(), err.getvalue())
 
 
 def assert_clean_error(p: subprocess.CompletedProcess, *needles: str) -> None:

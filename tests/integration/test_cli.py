@@ -7,10 +7,8 @@ Most bad-input cases call `vaekit.cli.main` in-process (the same code as the con
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import hashlib
-import io
 import json
 import shutil
 import subprocess
@@ -25,14 +23,8 @@ EVAL_KEYS = {"split", "n", "elbo", "recon", "kl", "nll", "iw_samples", "active_u
 
 
 def cli(*args) -> subprocess.CompletedProcess:
-    """`vaekit ARGS` in this process: exit code, stdout and stderr as a CompletedProcess."""
-    from vaekit.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    argv = [str(a) for a in args]
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main(argv)
-    return subprocess.CompletedProcess(["vaekit", *argv], rc, out.getvalue(), err.getvalue())
+    """`vaekit ARGS` in this process (conftest.run_cli's default): exit code, stdout and stderr."""
+    return run_cli(*args)
 
 
 def _tree_digest(folder: Path) -> dict[str, str]:

@@ -140,7 +140,7 @@ def test_case_in_a_real_process(case_id, corpus, shared_run, vae_run, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     before = snapshot(run)
-    p = run_cli(*argv_for(case, corpus, run, out), timeout=120)
+    p = run_cli(*argv_for(case, corpus, run, out), timeout=120, process=True)
     _check(case, p, run, before, out, shared_run, vae_run)
 
 

@@ -114,6 +114,19 @@ def test_idx_huge_header_is_refused_without_allocating(tmp_path, gz):
     assert "216000000000000" in one_line(e)
 
 
+@pytest.mark.parametrize("gz", [False, True])
+def test_idx_empty_array_with_overflowing_dimensions_is_one_line(tmp_path, gz):
+    """0 x 2^31 x 2^31 x 2^31 holds no bytes, but numpy cannot shape it (found by the fuzz test below)."""
+    data = b"\x00\x00\x08\x04" + (0).to_bytes(4, "big") + (1 << 31).to_bytes(4, "big") * 3
+    (tmp_path / "empty").write_bytes(gzip.compress(data) if gz else data)
+    with pytest.raises(VaekitError) as e:
+        idx.read_idx(tmp_path / "empty")
+    assert one_line(e) == (
+        f"{tmp_path / 'empty'}: the IDX header's shape 0x2147483648x2147483648x2147483648 uint8 is not one an "
+        "array can have"
+    )
+
+
 def test_idx_corrupt_gzip(tmp_path):
     good = gzip.compress(idx_bytes(mnist_header(2), 2 * 784))
     (tmp_path / "c").write_bytes(good[:12] + b"\xff" * 40 + good[52:])

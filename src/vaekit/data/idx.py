@@ -109,7 +109,10 @@ def _read_stream(f, path: Path, data_size: int | None, gz_size: int | None) -> n
         if len(buf) > expected:
             raise VaekitError(f"{path}: trailing data after the {described} array the header describes")
 
-    x = np.frombuffer(buf, dtype=dtype).reshape(shape)
+    try:
+        x = np.frombuffer(buf, dtype=dtype).reshape(shape)
+    except ValueError:  # an empty array whose other dimensions overflow numpy's size: (0, 2^31, 2^31, 2^31)
+        raise VaekitError(f"{path}: the IDX header's shape {described} is not one an array can have") from None
     if not x.dtype.isnative:  # swap in place: no second copy of a large array
         x = x.byteswap(inplace=True).view(x.dtype.newbyteorder("="))
     return x
