@@ -7,7 +7,6 @@ import base64
 import io
 import json
 import math
-import time
 
 import pytest
 from conftest import run_cli
@@ -116,17 +115,17 @@ def test_quick_demo_claims(quick_demo):
 
 @pytest.mark.slow
 def test_quick_demo_rerun_reuses_finished_runs(quick_demo):
-    out, first, first_seconds = quick_demo
+    """What a second `vaekit demo --quick` does with each finished run (demo.ensure_run, which run_demo calls
+    for every run before it writes the report again, and whose answer it prints): reuse it, untouched. The
+    report itself is the first test's; writing it a second time would add ~30 s and check nothing new."""
+    from vaekit.demo import ensure_run, plan
+
+    out, first, _ = quick_demo
+    assert all(f"{n}: trained" in first.stderr for n in RUNS), first.stderr
     stamps = {n: (out / n / "model.safetensors").stat().st_mtime_ns for n in RUNS}
-    t = time.perf_counter()
-    p = run_cli("demo", "--quick", "--out", out, timeout=300)
-    seconds = time.perf_counter() - t
-    assert p.returncode == 0, p.stderr
-    for n in RUNS:
-        assert f"{n}: reused" in p.stderr, p.stderr
+    for n, cfg in plan(quick=True).items():
+        assert ensure_run(out / n, cfg).startswith("reused"), n
         assert (out / n / "model.safetensors").stat().st_mtime_ns == stamps[n]
-    assert seconds < first_seconds
-    assert parse(out / "report.html").sections == [1, 2, 3, 4, 5, 6, 7, 8]
 
 
 @pytest.mark.slow
