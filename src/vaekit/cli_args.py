@@ -85,7 +85,11 @@ def out_file(s: str) -> Path:
 
 
 def int_list(s: str) -> list[int]:
+    """--hidden/--channels: integers separated by commas or spaces; nothing between two commas (`,,`, `400,`)
+    is refused rather than read as fewer layers (`--hidden ,,` used to build an MLP without hidden layers)."""
     try:
+        if any(not part.strip() for part in s.split(",")):
+            raise ValueError
         return [int(v) for v in s.replace(",", " ").split()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected integers like 400,200, got {s!r}") from None
+        raise argparse.ArgumentTypeError(f"expected integers like 400,200, got {s[:40]!r}") from None
