@@ -77,6 +77,17 @@ def fpr(s: str) -> float:
     return v
 
 
+def seconds(s: str) -> float:
+    """A positive, finite number of seconds, at most a day (serve --read-timeout)."""
+    try:
+        v = float(s)
+    except ValueError:
+        v = None
+    if v is None or not 0 < v <= 86400:  # NaN fails the comparison too
+        raise argparse.ArgumentTypeError(f"expected seconds in (0, 86400], got {s[:40]!r}")
+    return v
+
+
 def out_file(s: str) -> Path:
     p = Path(s)
     if p.is_dir():
