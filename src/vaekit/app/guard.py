@@ -18,6 +18,7 @@ from vaekit.app.schema import MAX_BODY
 
 MAX_CONNECTIONS = 256  # `vaekit serve --max-connections`: open connections, at most
 READ_TIMEOUT = 10.0  # `--read-timeout`: seconds for a request's headers, then as many for its body
+LOBBY_SECONDS = 1.0  # past the cap: seconds a new connection has for its first request's head
 LINGER_SECONDS = 5.0  # after refusing a body: how long, and how much of it, is read and dropped before closing
 LINGER_BYTES = 16 * MAX_BODY
 
@@ -171,11 +172,14 @@ class GuardedH11Protocol(H11Protocol):
       the connection's opening, for its first request), and its body within as many again. uvicorn times
       only the idle gap between requests (`timeout_keep_alive`), and any byte resets that, so a client that
       sends a header a byte at a time (slow-loris) holds its connection for ever. Late: a 408 and close.
-    - A cap on open connections: the connection that would pass `max_connections` closes the one waiting
-      longest for a request's headers (one that has sent part of them first, then an idle keep-alive one),
-      so clients that hold connections cannot lock others out; when every connection is busy with a
-      request, the newcomer gets a 503. uvicorn's `limit_concurrency` answers 503 to the newcomer's
-      request instead, while the connections that hold the slots stay open: the wrong side of a slow-loris.
+    - A cap on connections: past `max_connections` open, a new connection has LOBBY_SECONDS (not
+      `read_timeout`) to send its first request's head; once it has, it takes the place of the connection
+      that has waited longest for a head (one part-way through its head first, then an idle keep-alive one),
+      which is closed. So connections held open (slow-loris) cannot lock out a client that sends a request,
+      while the attackers past the cap are dropped within a second, not in a storm of reconnections (each
+      new connection closing an old one at once, 1700 a second here with 400 attackers). Past twice the
+      cap, a new connection gets a 503 at once. uvicorn's `limit_concurrency` answers 503 to the request of
+      a newcomer while the connections that hold the slots stay open: the wrong side of a slow-loris.
     """
 
     max_connections = MAX_CONNECTIONS
@@ -185,17 +189,25 @@ class GuardedH11Protocol(H11Protocol):
         super().connection_made(transport)
         self.read_timer, self.phase, self.since = None, None, self.loop.time()
         self.fresh, self.partial = True, False  # no request seen yet; bytes of a request's head received
-        if len(self.connections) > self.max_connections:
-            waiting = [c for c in self.connections if c is not self and c.waiting_for_a_request()]
-            if not waiting:
-                return self.hang_up(503, f"the server has {self.max_connections} connections open, all busy")
-            min(waiting, key=lambda c: (not c.partial, c.since)).hang_up()
+        self.lobby = len(self.connections) > self.max_connections  # past the cap, until its head is in
+        if len(self.connections) > 2 * self.max_connections:
+            return self.hang_up(503, f"the server has {2 * self.max_connections} connections open")
         self.set_timer()
 
     def data_received(self, data: bytes) -> None:
         self.partial = True
         super().data_received(data)
+        if self.lobby and self.conn.their_state is not h11.IDLE:
+            self.take_a_place()
         self.set_timer()
+
+    def take_a_place(self) -> None:
+        """A connection past the cap has sent a request's head: close the one waiting longest for one."""
+        self.lobby = False
+        if sum(not c.lobby for c in self.connections) > self.max_connections:
+            waiting = [c for c in self.connections if not c.lobby and c.waiting_for_a_request()]
+            if waiting:
+                min(waiting, key=lambda c: (not c.partial, c.since)).hang_up()
 
     def on_response_complete(self) -> None:
         self.partial = False
@@ -221,7 +233,8 @@ class GuardedH11Protocol(H11Protocol):
             self.cancel_timer()
             self.phase, self.since = phase, self.loop.time()
             if phase is not None:
-                self.read_timer = self.loop.call_later(self.read_timeout, self.timed_out)
+                wait = min(LOBBY_SECONDS, self.read_timeout) if self.lobby else self.read_timeout
+                self.read_timer = self.loop.call_later(wait, self.timed_out)
 
     def cancel_timer(self) -> None:
         if self.read_timer is not None:
@@ -231,7 +244,8 @@ class GuardedH11Protocol(H11Protocol):
     def timed_out(self) -> None:
         self.read_timer = None
         quiet = self.phase == "headers" and not self.partial  # opened, never sent a byte: just close
-        self.hang_up(None if quiet else 408, f"the request's {self.phase} took over {self.read_timeout:g} s")
+        wait = min(LOBBY_SECONDS, self.read_timeout) if self.lobby else self.read_timeout
+        self.hang_up(None if quiet else 408, f"the request's {self.phase} took over {wait:g} s")
 
     def hang_up(self, status: int | None = None, detail: str = "") -> None:
         """Close the connection, with a `status` answer first when no response has begun on it."""
