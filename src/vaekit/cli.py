@@ -198,7 +198,8 @@ def _shell_args(sub) -> None:
     sv.add_argument(
         "--max-connections",
         type=arg.int_in(1, 65536),
-        help="open connections at most; one more closes the one waiting longest for a request (default 256)",
+        help="open connections; one past them has 1 s to send a request, then closes the connection waiting "
+        "longest for one (default 256)",
     )
     sv.add_argument(
         "--read-timeout",
