@@ -197,8 +197,8 @@ class GuardedH11Protocol(H11Protocol):
     def data_received(self, data: bytes) -> None:
         self.partial = True
         super().data_received(data)
-        if self.lobby and self.conn.their_state is not h11.IDLE:
-            self.take_a_place()
+        if self.lobby and self.conn.their_state not in (h11.IDLE, h11.ERROR) and not self.transport.is_closing():
+            self.take_a_place()  # a request's head, well formed (a 400 has closed the connection)
         self.set_timer()
 
     def take_a_place(self) -> None:
