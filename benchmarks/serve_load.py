@@ -50,10 +50,10 @@ def fresh_run(folder: Path) -> Path:
     return folder
 
 
-def start_server(run: Path):
+def start_server(run: Path, *flags: str):
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "vaekit", "serve", str(run), "--port", "0"],
+        [sys.executable, "-m", "vaekit", "serve", str(run), "--port", "0", *flags],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,

@@ -490,6 +490,13 @@ def config_cases(out: Path) -> None:
     cfg(
         "bool-string.yaml", "epochs: 1\namp: 'yes'\n", "a quoted string where true/false goes", ["amp", "true or false"]
     )
+    cfg(
+        "duplicate-key.yaml",
+        "epochs: 1\nlr: 0.01\nepochs: 50\n",
+        "a key twice (was: the last one silently)",
+        ["epochs", "duplicate"],
+    )
+    cfg("duplicate-key.json", '{"epochs": 1, "epochs": 50}', "JSON: a key twice", ["epochs", "duplicate"])
 
 
 def flag_cases(out: Path) -> None:
@@ -500,6 +507,12 @@ def flag_cases(out: Path) -> None:
         case(id, about, ["train", "--data", good, "--epochs", 1, "--quiet", "--out", where, *more, *extra], needles)
 
     train("flag_nonnumeric_batch_size", "--batch-size ten", ["--batch-size", "ten"], ["--batch-size", "invalid int"])
+    train(
+        "flag_hidden_commas",
+        "--hidden ,, (was: an MLP without hidden layers)",
+        ["--hidden", ",,"],
+        ["--hidden", "expected integers"],
+    )
     train(
         "flag_negative_epochs_overwrite",
         "--epochs -1 with --overwrite on an existing run",

@@ -202,6 +202,17 @@ def _shell_args(sub) -> None:
     sv.add_argument("runs", type=Path, nargs="+")
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument(
+        "--max-connections",
+        type=arg.int_in(1, 65536),
+        help="open connections; one past them has 1 s to send a request, then closes the connection waiting "
+        "longest for one (default 256)",
+    )
+    sv.add_argument(
+        "--read-timeout",
+        type=arg.seconds,
+        help="seconds a client has to send a request's headers, then as many for its body (default 10)",
+    )
 
 
 # ------------------------------------------------------------------------------------------ commands
@@ -343,7 +354,7 @@ def cmd_demo(args) -> int:
 def cmd_serve(args) -> int:
     from vaekit.app import serve
 
-    return serve(args.runs, host=args.host, port=args.port)
+    return serve(args.runs, args.host, args.port, args.max_connections, args.read_timeout)
 
 
 COMMANDS = {

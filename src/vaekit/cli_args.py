@@ -77,15 +77,23 @@ def fpr(s: str) -> float:
     return v
 
 
-def temperature(s: str) -> float:
-    """--temperature: the spread of prior draws, a number in (0, 10] (1 = the prior itself)."""
-    try:
-        v = float(s)
-    except ValueError:
-        v = None
-    if v is None or not 0 < v <= 10:  # NaN fails the comparison too
-        raise argparse.ArgumentTypeError(f"expected a temperature in (0, 10], got {s[:40]!r}")
-    return v
+def float_in(lo: float, hi: float, what: str):
+    """An argparse type: a number in (lo, hi] (NaN and infinities refused), named `what` in the error."""
+
+    def parse(s: str) -> float:
+        try:
+            v = float(s)
+        except ValueError:
+            v = None
+        if v is None or not lo < v <= hi:  # NaN fails the comparison too
+            raise argparse.ArgumentTypeError(f"expected {what} in ({lo:g}, {hi:g}], got {s[:40]!r}")
+        return v
+
+    return parse
+
+
+temperature = float_in(0, 10, "a temperature")  # --temperature: the spread of prior draws (1 = the prior itself)
+seconds = float_in(0, 86400, "seconds")  # serve --read-timeout: positive, finite, at most a day
 
 
 def out_file(s: str) -> Path:
@@ -96,7 +104,11 @@ def out_file(s: str) -> Path:
 
 
 def int_list(s: str) -> list[int]:
+    """--hidden/--channels: integers separated by commas or spaces; nothing between two commas (`,,`, `400,`)
+    is refused rather than read as fewer layers (`--hidden ,,` used to build an MLP without hidden layers)."""
     try:
+        if any(not part.strip() for part in s.split(",")):
+            raise ValueError
         return [int(v) for v in s.replace(",", " ").split()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected integers like 400,200, got {s!r}") from None
+        raise argparse.ArgumentTypeError(f"expected integers like 400,200, got {s[:40]!r}") from None

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vaekit.errors import VaekitError
+from vaekit.unique_keys import DuplicateKey, unique_key_loader, unique_pairs
 
 LIKELIHOODS = ("bernoulli", "gaussian", "cbernoulli")
 LEARN_SIGMA = ("none", "global", "pixel")
@@ -307,7 +308,9 @@ class RunConfig:
     @classmethod
     def from_json_file(cls, path: Path) -> RunConfig:
         try:
-            d = json.loads(Path(path).read_text())
+            d = json.loads(Path(path).read_text(), object_pairs_hook=unique_pairs)
+        except DuplicateKey as e:
+            raise VaekitError(f"{path}: {e}") from None
         except FileNotFoundError:
             raise VaekitError(f"{path}: missing (not a vaekit model folder)") from None
         except (OSError, UnicodeDecodeError, ValueError) as e:  # ValueError: JSONDecodeError, a 5000-digit int
@@ -336,7 +339,9 @@ def load_config_file(path: Path) -> dict:
     except UnicodeDecodeError:
         raise VaekitError(f"{path}: config is not text") from None
     try:
-        d = yaml.safe_load(text)  # JSON is YAML
+        d = yaml.load(text, Loader=unique_key_loader())  # JSON is YAML; safe_load's loader, keys checked
+    except DuplicateKey as e:
+        raise VaekitError(f"{path}: {e}") from None
     except yaml.YAMLError as e:
         line = getattr(getattr(e, "problem_mark", None), "line", None)
         raise VaekitError(
@@ -350,6 +355,12 @@ def load_config_file(path: Path) -> dict:
         return {}
     if not isinstance(d, dict):
         raise VaekitError(f"{path}: expected a mapping of option: value, got {type(d).__name__}")
+    spelt: dict[str, object] = {}
+    for key in d:  # `latent-dim` and `latent_dim` are one option
+        name = str(key).replace("-", "_")
+        if name in spelt:
+            raise VaekitError(f"{path}: duplicate key {_show(name)} (given as {_show(spelt[name])} and {_show(key)})")
+        spelt[name] = key
     return d
 
 

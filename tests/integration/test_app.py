@@ -32,12 +32,12 @@ POSTS = ["/api/decode", "/api/encode", "/api/sample", "/api/interpolate"]
 
 
 class Server:
-    """`vaekit serve RUNS --port 0` in a subprocess: .url once it listens; its stderr is kept in .errors."""
+    """`vaekit serve RUNS --port 0 [ARGS]` in a subprocess: .url once it listens; its stderr is kept in .errors."""
 
-    def __init__(self, *runs, timeout: float = 120):
+    def __init__(self, *runs, args: tuple = (), timeout: float = 120):
         env = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "vaekit", "serve", *map(str, runs), "--port", "0"],
+            [sys.executable, "-m", "vaekit", "serve", *map(str, runs), "--port", "0", *map(str, args)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

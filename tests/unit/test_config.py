@@ -353,3 +353,86 @@ def test_num_classes_without_conditional_is_refused():
         TrainConfig().validate(ModelConfig(num_classes=4))
     assert e.value.option == "num_classes"
     TrainConfig(conditional=True).validate(ModelConfig(num_classes=4))  # fine together
+
+
+# ------------------------------------------------------------------------------ silent leftovers (issue 18)
+
+
+@pytest.mark.parametrize("flag", ["--hidden", "--channels"])
+@pytest.mark.parametrize("value", [",,", "", " ", "400,,200", "400,", ",400"])
+def test_an_int_list_flag_without_a_value_between_commas_is_refused(flag, value):
+    """`--hidden ,,` used to give an MLP with no hidden layer; now a one-line error naming the flag (which
+    `vaekit` prints as `error: ...`, exit 2: tests/integration/test_cli_corpus.py, flag_hidden_commas)."""
+    from vaekit.cli import build_parser
+
+    msg = one_line(pytest.raises(VaekitError, build_parser().parse_args, ["train", flag, value, "--out", "x"]))
+    assert flag in msg and "integers" in msg, msg
+
+
+def test_int_list_flags_still_take_commas_and_spaces():
+    from vaekit.cli_args import int_list
+
+    assert int_list("400") == [400] and int_list("512,256") == [512, 256] and int_list("512, 256") == [512, 256]
+    assert int_list("512 256") == [512, 256]
+
+
+@pytest.mark.parametrize(
+    "name, text, key",
+    [
+        ("run.yaml", "epochs: 1\nlr: 0.1\nepochs: 2\n", "epochs"),
+        ("run.json", '{"epochs": 1, "lr": 0.1, "epochs": 2}', "epochs"),
+        ("run.yaml", "latent-dim: 4\nlatent_dim: 8\n", "latent_dim"),  # two spellings of one option
+        ("run.yaml", "hidden: {a: 1, a: 2}\n", "a"),  # a nested mapping (refused later anyway, but not as last-wins)
+    ],
+)
+def test_a_config_file_with_a_key_twice_is_refused(tmp_path, name, text, key):
+    path = tmp_path / name
+    path.write_text(text)
+    msg = one_line(pytest.raises(VaekitError, load_config_file, path))
+    assert str(path) in msg and "duplicate" in msg and repr(key) in msg, msg
+
+
+def test_yaml_merge_keys_may_still_be_overridden(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("base: &b {epochs: 1, lr: 0.1}\nrun:\n  <<: *b\n  epochs: 2\n")
+    assert load_config_file(path)["run"] == {"epochs": 2, "lr": 0.1}
+
+
+def test_a_config_json_with_a_key_twice_is_refused(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text(RunConfig().to_json().replace('"epochs": 10,', '"epochs": 10, "epochs": 3,'))
+    msg = one_line(pytest.raises(VaekitError, RunConfig.from_json_file, path))
+    assert "config.json" in msg and "duplicate" in msg and "'epochs'" in msg
+
+
+@pytest.mark.parametrize("device", ["cpu", "auto"])
+def test_amp_in_a_config_file_is_refused_like_the_flag(tmp_path, monkeypatch, capsys, device):
+    """`amp: yes` in --config and --amp: both refused on a CPU without native bf16, with the same message (the
+    file's named first). config.cpu_has_bf16 decides; patched here, so the test does not depend on this CPU."""
+    import numpy as np
+
+    from vaekit.cli import main
+
+    monkeypatch.setattr("vaekit.config.cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # --device auto: the CPU
+    data = tmp_path / "d.npy"
+    np.save(data, np.random.default_rng(0).integers(0, 256, (40, 4, 4), dtype=np.uint8))
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("amp: yes\n")
+    common = ["train", "--data", str(data), "--device", device, "--epochs", "1", "--hidden", "8", "--quiet"]
+    errs = []
+    for how, extra in (("flag", ["--amp"]), ("file", ["--config", str(cfg)])):
+        assert main([*common, *extra, "--out", str(tmp_path / how)]) == 2
+        errs.append(capsys.readouterr().err)
+        assert not (tmp_path / how / "config.json").exists()
+    assert errs[0].startswith("error: --amp on CPU needs native bf16") and errs[0].count("\n") == 1, errs
+    assert errs[1] == errs[0].replace("error: ", f"error: {cfg}: "), errs
+
+
+def test_amp_in_a_config_file_is_the_flag(tmp_path):
+    """`amp: yes` (YAML 1.1 reads yes/on/true as booleans) sets the option as --amp does."""
+    path = tmp_path / "run.yaml"
+    for text in ("amp: yes", "amp: on", "amp: true", '{"amp": true}'):
+        path.write_text(text)
+        assert Options.gather(path, {}).run_config() == Options.gather(None, {"amp": True}).run_config()
+    assert split_options({"amp": True}, "x").train.amp is True

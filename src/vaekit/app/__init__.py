@@ -34,15 +34,23 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(runs: list[str | Path], host: str = "127.0.0.1", port: int = 8000) -> int:
+def serve(
+    runs: list[str | Path],
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    max_connections: int | None = None,
+    read_timeout: float | None = None,
+) -> int:
     """Load the runs (safetensors only), then serve the explorer until interrupted. Returns the exit code.
 
+    max_connections: open connections at most (default guard.MAX_CONNECTIONS, 256); read_timeout: seconds
+    a client has for a request's headers, then as many for its body (default guard.READ_TIMEOUT, 10 s).
     Bad runs, or a host/port that cannot be listened on, raise VaekitError (the CLI: exit 2, one line).
     """
     import torch
     import uvicorn
 
-    from vaekit.app.guard import is_loopback
+    from vaekit.app.guard import MAX_CONNECTIONS, READ_TIMEOUT, guarded_protocol, is_loopback
     from vaekit.app.server import create_app, load_entries
 
     # Requests are answered one at a time (server.py says why), each a few small matrix products, too small
@@ -62,7 +70,9 @@ def serve(runs: list[str | Path], host: str = "127.0.0.1", port: int = 8000) -> 
         names = ", ".join(f"{i}: {e.name}" for i, e in enumerate(entries))
         print(f"vaekit explorer on http://{shown}:{sock.getsockname()[1]}/  (models {names}; Ctrl-C stops)", flush=True)
         app = create_app(entries, loopback_only=is_loopback(host))
-        config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=3)
+        # uvicorn's own h11 connection, with the connection cap and read timeouts it lacks (guard.py)
+        http = guarded_protocol(max_connections or MAX_CONNECTIONS, read_timeout or READ_TIMEOUT)
+        config = uvicorn.Config(app, http=http, log_level="warning", access_log=False, timeout_graceful_shutdown=3)
         uvicorn.Server(config).run(sockets=[sock])
     finally:
         sock.close()
