@@ -4,8 +4,8 @@
 would take more than MEMORY_FRACTION of the memory available; then the Dataset holds a `Rows` instead of
 a tensor, for a .npy file (`NpyRows`), a folder of .npy shards (`NpyRows`, rows concatenated in file-name
 order) or a folder of images (`ImageRows`). `Rows.read(idx)` returns, bit for bit, what indexing the
-in-memory tensor would, so the training order (one permutation per epoch), exact resume and each DDP rank
-taking its rows of the global batch work the same.
+in-memory tensor would, so the training order (one permutation per epoch), exact resume and DDP sharding
+work the same, and a rank reads only the rows distributed.shard_batch asks of it.
 
 The threshold: in memory while the examples (uint8, or float32 for float data) take at most 1/8 of
 MemAvailable (/proc/meminfo), shared by the ranks of a node (LOCAL_WORLD_SIZE). Small on purpose: loading a
@@ -14,11 +14,14 @@ again, every rank of a node loads its own, and the memory is shared with the res
 reading from disk costs little (benchmarks/RESULTS.md, "Data bigger than memory"). $VAEKIT_IN_MEMORY
 (auto | yes | no) overrides it for every command.
 
-Why pread and not a memory map: the pages of an np.memmap that an epoch touches count in the process's
-resident set (RssFile) until they are unmapped, so a plain map of a 4 GB file ends its first epoch with
-~4 GB RSS. Rows are read with os.pread into a fresh buffer instead (a batch's rows sorted so that the
-reads go forward, consecutive rows merged into one read): the kernel's page cache still keeps hot data,
-and the process holds one batch.
+Why pread and not a memory map (measured: benchmarks/RESULTS.md, "Data bigger than memory"): the pages of
+an np.memmap that training touches count in the process's resident set (RssFile) until they are unmapped,
+and the kernel maps far more than the rows read (fault-around, large page-cache folios): shuffled batches
+over 4% of a 4.2 GB file's rows already put 4 GB in RSS, with MADV_RANDOM too. A map stays small only with
+madvise(MADV_DONTNEED) after every batch, and then it is no faster than pread; and a map kills the process
+with SIGBUS when the file is cut short, where pread gives a one-line error. So rows are read with os.pread
+into a fresh buffer: a batch's rows sorted so that the reads go forward, consecutive rows merged into one
+read. The kernel's page cache still keeps hot data; the process holds one batch.
 """
 
 from __future__ import annotations
