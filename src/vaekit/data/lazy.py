@@ -75,7 +75,10 @@ def keep_in_memory(setting: str, nbytes: int) -> bool:
     if setting != "auto":
         return setting == "yes"
     avail = available_memory()
-    ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    try:
+        ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:  # not set by torchrun: one process
+        ranks = 1
     return avail is None or nbytes <= MEMORY_FRACTION * avail / ranks
 
 
