@@ -78,7 +78,9 @@ def write_tiled(path: Path, rows: int) -> None:
 def read_pass(file: str, reader: str, batch: int, max_batches: int) -> dict:
     """The child of `readers`: a pass over `file` in shuffled batches (at most max_batches); seconds per batch."""
     torch.set_num_threads(1)  # as the trainings below
-    perm = torch.randperm(np.load(file, mmap_mode="r").shape[0], generator=torch.Generator().manual_seed(0))
+    # each reader its own rows: none of them finds rows another one has just brought into the page cache
+    g = torch.Generator().manual_seed(READERS.index(reader))
+    perm = torch.randperm(np.load(file, mmap_mode="r").shape[0], generator=g)
     if reader in ("memory", "pread"):
         ds = vaekit.data.load(file, in_memory="yes" if reader == "memory" else "no")
         get = ds.batch
