@@ -1,9 +1,11 @@
-"""Datasets in memory: one tensor of examples, batched by indexing.
+"""Datasets: one tensor of examples in memory, batched by indexing, or rows read from disk on demand.
 
 `load(source, split)` takes a built-in name (`mnist`, `fashion-mnist`) or a path
-(.npy/.npz, IDX, a folder of images) and returns a `Dataset`. Pixel values are
+(.npy/.npz, IDX, a folder of images or of .npy shards) and returns a `Dataset`. Pixel values are
 kept as uint8 where the source is 8-bit (4x less memory than float) and turned
-into float32 in [0, 1] one batch at a time by `Dataset.batch`.
+into float32 in [0, 1] one batch at a time by `Dataset.batch`. Data too big for memory (lazy.py says
+when; $VAEKIT_IN_MEMORY overrides) stays on disk: `Dataset.x` is then a `lazy.Rows`, and `batch` and
+`subset` give the same examples as they would in memory.
 """
 
 from __future__ import annotations
@@ -18,12 +20,14 @@ from vaekit.errors import VaekitError
 
 from .files import load_file
 from .idx import read_idx, write_idx
+from .lazy import Rows, in_memory_setting
 from .sources import DATASETS, cache_dir, fetch, load_builtin
 
 BINARIZE = ("dynamic", "static", "none")
 
 __all__ = [
     "Dataset",
+    "Rows",
     "load",
     "fetch",
     "read_idx",
@@ -41,9 +45,10 @@ __all__ = [
 
 @dataclass
 class Dataset:
-    """x: (N, *shape) uint8 in [0, 255] or float32 in [0, 1]; y: (N,) int64 labels or None."""
+    """x: (N, *shape) uint8 in [0, 255] or float32 in [0, 1], a tensor in memory or a lazy.Rows read from
+    disk on demand (the same values either way); y: (N,) int64 labels or None."""
 
-    x: torch.Tensor
+    x: torch.Tensor | Rows
     y: torch.Tensor | None
     name: str
 
@@ -55,9 +60,16 @@ class Dataset:
         """The shape of one example: (C, H, W) for images, (D,) for vectors."""
         return tuple(self.x.shape[1:])
 
+    @property
+    def on_disk(self) -> bool:
+        """Whether the examples are read from disk on demand (a lazy.Rows) rather than held in memory."""
+        return isinstance(self.x, Rows)
+
     def batch(self, idx: torch.Tensor | slice, device: torch.device | str = "cpu") -> torch.Tensor:
         """Examples `idx` as float32 in [0, 1] on `device`."""
-        if (
+        if self.on_disk:
+            xb = self.x.read(idx)
+        elif (
             isinstance(idx, torch.Tensor)
             and idx.dim() == 1
             and idx.dtype == torch.int64
@@ -73,11 +85,19 @@ class Dataset:
             return xb.float().div_(255.0)
         return xb.float()
 
-    def subset(self, idx: torch.Tensor) -> Dataset:
-        return Dataset(self.x[idx], None if self.y is None else self.y[idx], self.name)
+    def subset(self, idx: torch.Tensor | slice) -> Dataset:
+        """Examples `idx`; on disk, a view that reads nothing until it is used."""
+        x = self.x.take(idx) if self.on_disk else self.x[idx]
+        return Dataset(x, None if self.y is None else self.y[idx], self.name)
 
     def binarized(self, seed: int) -> Dataset:
         """One fixed Bernoulli draw of every pixel (static binarization), kept as uint8 {0, 255}."""
+        if self.on_disk:
+            raise VaekitError(
+                f"--binarize static keeps a binarized copy of all of {self.name} in memory, and it is read from "
+                f"disk ({len(self)} examples, {self.x.nbytes / 2**30:.1f} GiB); use --binarize dynamic",
+                option="binarize",
+            )
         g = torch.Generator().manual_seed(seed)
         out = torch.empty_like(self.x, dtype=torch.uint8)
         step = 8192  # bounded float memory for large datasets
@@ -93,11 +113,15 @@ def binarize(x: torch.Tensor, generator: torch.Generator | None = None) -> torch
     return torch.lt(torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device), x).to(x.dtype)
 
 
-def load(source: str | Path, split: str = "train") -> Dataset:
+def load(source: str | Path, split: str = "train", in_memory: str | None = None) -> Dataset:
     """A built-in dataset by name, or a file/folder of the user's (the whole file; `split` is ignored).
 
+    in_memory: yes | no | auto (None: $VAEKIT_IN_MEMORY, else auto): whether a .npy, a folder of .npy
+    shards or of images is loaded into memory or read from disk on demand; auto chooses by size (lazy.py).
+    Built-in datasets, .npz and IDX files are always loaded into memory.
     Raises VaekitError with one line naming the source and the problem.
     """
+    in_memory = in_memory_setting(in_memory)
     if split not in ("train", "test"):
         raise VaekitError(f"unknown split {split!r}: use train or test")
     name = str(source)
@@ -108,9 +132,9 @@ def load(source: str | Path, split: str = "train") -> Dataset:
     if not path.exists():
         known = ", ".join(DATASETS)
         raise VaekitError(f"unknown dataset {name!r}: not a built-in ({known}) and no such file or folder")
-    images, labels = load_file(path)
+    images, labels = load_file(path, in_memory)
     y = None if labels is None else torch.from_numpy(labels.astype(np.int64))
-    return Dataset(torch.from_numpy(images), y, path.name)
+    return Dataset(images if isinstance(images, Rows) else torch.from_numpy(images), y, path.name)
 
 
 def expect_shape(ds: Dataset, shape, what: str) -> Dataset:

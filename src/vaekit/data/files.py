@@ -1,4 +1,4 @@
-"""The user's own data: a .npy/.npz array, an IDX file, or a folder of images.
+"""The user's own data: a .npy/.npz array, an IDX file, a folder of images or of .npy shards.
 
 Everything comes out as images (N, C, H, W) with C in 1..4, or vectors (N, D);
 uint8 in [0, 255] or float32 in [0, 1]. Bad data is refused with one line naming
@@ -13,6 +13,7 @@ import zipfile
 import zlib
 from math import prod
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -20,25 +21,35 @@ from vaekit.errors import VaekitError
 
 from .idx import GZIP_MAGIC, MAX_GZIP_RATIO, check_size, read_idx
 
+if TYPE_CHECKING:
+    from .lazy import Rows
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 IMAGE_KEYS = ("x", "images")
 LABEL_KEYS = ("y", "labels")
+GREY_MODES = ("1", "L", "LA", "La")  # Pillow modes read as grey (C = 1); any other 8-bit mode as colour (C = 3)
+WIDE_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")  # 16-bit and float images: refused
 
 
-def load_file(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
+def load_file(path: str | Path, in_memory: str = "yes") -> tuple[np.ndarray | Rows, np.ndarray | None]:
     """Examples and labels from a file or folder of the user's.
 
     Returns x: (N, C, H, W) or (N, D), uint8 in [0, 255] or float32 in [0, 1];
     y: (N,) integer labels (an .npz with `y`/`labels`, or one sub-folder per label), else None.
+    `in_memory` (yes | no | auto, lazy.keep_in_memory): with "no", or "auto" and examples too big for
+    memory, a .npy, a folder of .npy shards or a folder of images comes back as a lazy.Rows read on demand.
     """
     path = Path(path)
     if path.is_dir():
-        return load_image_folder(path)
+        shards = npy_shards(path)
+        if shards:
+            return _load_shards(path, shards, in_memory), None
+        return load_image_folder(path, in_memory)
     if not path.is_file():
         raise VaekitError(f"{path}: no such file or folder")
     suffix = path.suffix.lower()
-    if suffix in (".npy", ".npz"):
-        return _load_numpy(path)
+    if suffix == ".npy" or suffix == ".npz":
+        return _load_numpy(path, in_memory)
     if suffix in IMAGE_SUFFIXES:
         raise VaekitError(f"{path}: a single image; give the folder that holds the images")
     try:
@@ -54,29 +65,35 @@ def load_file(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
     return as_examples(read_idx(path), path), None
 
 
-def _load_numpy(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+def npy_shards(folder: Path) -> list[Path]:
+    """The .npy files directly in `folder`, sorted by name, when it holds no images (else [])."""
+    found = _files_in(folder, (".npy",))
+    return found if found and not _images_in(folder) else []
+
+
+def _load_shards(folder: Path, shards: list[Path], in_memory: str) -> np.ndarray | Rows:
+    """One dataset of the shards' rows concatenated in file-name order: kept on disk, or read into memory."""
+    from . import lazy
+
+    rows = lazy.NpyRows(shards, folder)
+    return rows if not lazy.keep_in_memory(in_memory, rows.nbytes) else rows.read_all()
+
+
+def _load_numpy(path: Path, in_memory: str = "yes") -> tuple[np.ndarray | Rows, np.ndarray | None]:
     try:
         with open(path, "rb") as f:
             head = f.read(6)
     except OSError as e:
         raise VaekitError(f"{path}: cannot read ({e.strerror or e})") from None
     if head == b"\x93NUMPY":
-        try:
-            # Memory-mapped: checked where it lies, then copied once into memory.
-            x = np.load(path, mmap_mode="r", allow_pickle=False)
-        except OSError as e:
-            raise VaekitError(f"{path}: cannot read ({e.strerror or e})") from None
-        except Exception as e:  # numpy parses the header with ast and tokenize: ValueError, SyntaxError...
-            if "Python objects" in str(e):
-                raise VaekitError(
-                    f"{path}: holds Python objects (pickled data), which vaekit does not load; save a numeric array"
-                ) from None
-            raise VaekitError(f"{path}: corrupt or truncated .npy file ({_first_line(e)})") from None
-        extra = path.stat().st_size - x.offset - x.nbytes if isinstance(x, np.memmap) else 0
-        if extra:  # np.save twice into one file: numpy would read the first array and say nothing
-            raise VaekitError(
-                f"{path}: {extra} bytes of trailing data after the {x.shape} {x.dtype} array the header describes"
-            )
+        x = open_npy(path)
+        if in_memory != "yes" and isinstance(x, np.memmap):
+            from . import lazy
+
+            nbytes = x.size * (4 if np.issubdtype(x.dtype, np.floating) else 1)  # as held in memory
+            if not lazy.keep_in_memory(in_memory, nbytes):
+                del x  # the rows are read with pread, never through a map (lazy.py says why)
+                return lazy.NpyRows([path], path), None
         return as_examples(x, path), None
     if head.startswith(b"PK"):  # .npz is a zip archive
         try:
@@ -96,6 +113,28 @@ def _load_numpy(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
         except MemoryError:
             raise VaekitError(f"{path}: the arrays do not fit in memory") from None
     raise VaekitError(f"{path}: not a NumPy .npy/.npz file (it starts with {head!r})")
+
+
+def open_npy(path: Path) -> np.ndarray:
+    """The array of a .npy file, memory-mapped (no page read yet; a plain array when numpy maps none, e.g. an
+    empty one), its header checked: one-line errors for a corrupt or truncated file, pickled objects and
+    trailing data after the array."""
+    try:
+        x = np.load(path, mmap_mode="r", allow_pickle=False)
+    except OSError as e:
+        raise VaekitError(f"{path}: cannot read ({e.strerror or e})") from None
+    except Exception as e:  # numpy parses the header with ast and tokenize: ValueError, SyntaxError...
+        if "Python objects" in str(e):
+            raise VaekitError(
+                f"{path}: holds Python objects (pickled data), which vaekit does not load; save a numeric array"
+            ) from None
+        raise VaekitError(f"{path}: corrupt or truncated .npy file ({_first_line(e)})") from None
+    extra = path.stat().st_size - x.offset - x.nbytes if isinstance(x, np.memmap) else 0
+    if extra:  # np.save twice into one file: numpy would read the first array and say nothing
+        raise VaekitError(
+            f"{path}: {extra} bytes of trailing data after the {x.shape} {x.dtype} array the header describes"
+        )
+    return x
 
 
 def _from_npz(npz, path: Path) -> tuple[np.ndarray, np.ndarray | None]:
@@ -222,16 +261,27 @@ def _as_pixels(x: np.ndarray, source) -> np.ndarray:
     raise VaekitError(f"{source}: unsupported dtype {x.dtype}; give uint8 0..255 or floats in [0, 1]")
 
 
-def load_image_folder(folder: Path) -> tuple[np.ndarray, np.ndarray | None]:
+def load_image_folder(folder: Path, in_memory: str = "yes") -> tuple[np.ndarray | Rows, np.ndarray | None]:
     """Images (N, C, H, W) uint8 from a folder: images inside it, else one sub-folder per label.
 
     Labelled layout: sub-folder names sorted -> labels 0..K-1. Grey (L, 1, LA) -> C=1;
     colour (RGB, RGBA, P, CMYK...) -> C=3, alpha dropped; a mix of grey and colour is
-    promoted to colour.
+    promoted to colour. `in_memory`: as in load_file (a lazy.ImageRows decodes on demand).
     """
+    paths, labels = image_paths(folder)
+    if in_memory != "yes":
+        from . import lazy
+
+        if not lazy.keep_in_memory(in_memory, lazy.image_bytes(paths)):
+            return lazy.ImageRows(paths, folder), labels
+    return _read_images(paths), labels
+
+
+def image_paths(folder: Path) -> tuple[list[Path], np.ndarray | None]:
+    """The images of a folder in reading order, and their labels (N,) int64 for the labelled layout."""
     flat = _images_in(folder)
     if flat:
-        return _read_images(flat), None
+        return flat, None
     classes = sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
     paths, labels = [], []
     for label, sub in enumerate(classes):
@@ -242,41 +292,30 @@ def load_image_folder(folder: Path) -> tuple[np.ndarray, np.ndarray | None]:
         labels += [label] * len(found)
     if not paths:
         raise VaekitError(f"{folder}: no images found (PNG, JPEG, BMP), neither in the folder nor in sub-folders")
-    return _read_images(paths), np.array(labels, dtype=np.int64)
+    return paths, np.array(labels, dtype=np.int64)
 
 
 def _images_in(folder: Path) -> list[Path]:
+    return _files_in(folder, IMAGE_SUFFIXES)
+
+
+def _files_in(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
     try:
         return sorted(
-            p
-            for p in folder.iterdir()
-            if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not p.name.startswith(".")
+            p for p in folder.iterdir() if p.suffix.lower() in suffixes and p.is_file() and not p.name.startswith(".")
         )
     except OSError as e:
         raise VaekitError(f"{folder}: cannot list ({e.strerror or e})") from None
 
 
 def _read_images(paths: list[Path]) -> np.ndarray:
-    from PIL import Image  # only image folders need Pillow
-
     pixels, first = [], None
     for p in paths:
-        try:
-            with warnings.catch_warnings():
-                # Pillow only warns between 1x and 2x its pixel limit: a second stderr line, then a huge image
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                with Image.open(p) as im:
-                    im.load()
-                    a = _to_grey_or_rgb(im, p)
-        except VaekitError:
-            raise
-        except Exception as e:  # Pillow raises OSError, ValueError, SyntaxError, DecompressionBombError...
-            raise VaekitError(f"{p}: not a readable image ({type(e).__name__}: {e})") from None
+        a = read_image(p)
         if first is None:
             first = (p, a.shape)
         elif a.shape[:2] != first[1][:2]:
-            (h0, w0), (h, w) = first[1][:2], a.shape[:2]
-            raise VaekitError(f"mixed image sizes: {first[0]} is {w0}x{h0}, {p} is {w}x{h}; resize them to one size")
+            raise mixed_sizes(first[0], first[1][:2], p, a.shape[:2])
         pixels.append(a)
     c = max(a.shape[2] for a in pixels)
     x = np.empty((len(pixels), c, *first[1][:2]), dtype=np.uint8)  # (N, C, H, W)
@@ -285,11 +324,33 @@ def _read_images(paths: list[Path]) -> np.ndarray:
     return x
 
 
+def read_image(p: Path) -> np.ndarray:
+    """One image's pixels (H, W, 1) grey or (H, W, 3) colour, uint8; a one-line error naming it if unreadable."""
+    from PIL import Image  # only image folders need Pillow
+
+    try:
+        with warnings.catch_warnings():
+            # Pillow only warns between 1x and 2x its pixel limit: a second stderr line, then a huge image
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(p) as im:
+                im.load()
+                return _to_grey_or_rgb(im, p)
+    except VaekitError:
+        raise
+    except Exception as e:  # Pillow raises OSError, ValueError, SyntaxError, DecompressionBombError...
+        raise VaekitError(f"{p}: not a readable image ({type(e).__name__}: {e})") from None
+
+
+def mixed_sizes(first: Path, hw0: tuple[int, int], p: Path, hw: tuple[int, int]) -> VaekitError:
+    (h0, w0), (h, w) = hw0, hw
+    return VaekitError(f"mixed image sizes: {first} is {w0}x{h0}, {p} is {w}x{h}; resize them to one size")
+
+
 def _to_grey_or_rgb(im, path: Path) -> np.ndarray:
     """(H, W, 1) for grey images, (H, W, 3) for colour ones, uint8."""
-    if im.mode in ("1", "L", "LA", "La"):
+    if im.mode in GREY_MODES:
         return np.asarray(im.convert("L"))[:, :, None]
-    if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+    if im.mode in WIDE_MODES:
         raise VaekitError(f"{path}: a {im.mode} image (16-bit or float); vaekit reads 8-bit grey or colour images")
     if im.mode == "P" and "transparency" in im.info:
         im = im.convert("RGBA")  # so the palette's transparency is handled, then dropped
