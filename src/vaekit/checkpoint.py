@@ -4,7 +4,7 @@
     save(path, model, opt, meta, rngs, ...)  one safetensors file, written atomically
     load(path, model, opt) -> (meta, rngs, extra tensors)
     resume_config(saved, given_cfg, given)   what a resumed run may change (RESUMABLE) and what it may not
-    after_restart(out, resume, overwrite)    torchrun's agent restarted the group: resume by itself
+    after_restart(out, resume, overwrite)    under torchrun, a checkpoint of this torchrun run resumes by itself
     Spacing(every, rank)                     when the loop checkpoints mid-epoch: every N steps or T seconds
 
 A checkpoint holds the weights (`model.*`), Adam's state (`optim.{param}.{name}`), every RNG state the
@@ -284,26 +284,27 @@ def _show(v) -> str:
 
 
 def after_restart(out: Path, resume: bool, overwrite: bool) -> tuple[bool, bool]:
-    """(resume, overwrite) for this process. When torchrun's elastic agent has restarted the group after a
-    failure (TORCHELASTIC_RESTART_COUNT > 0; `torchrun --max-restarts N`), the run continues by itself: from
-    its checkpoint when that was written under the same torchrun run id (TORCHELASTIC_RUN_ID: unique under
-    --standalone, the --rdzv-id otherwise); from the start when the folder holds nothing trained yet (the
-    failure came before the first checkpoint). Otherwise, and outside a restart, as asked: a first attempt's
-    error (a run folder already there) is the restart's too."""
-    restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT") or 0)
-    out = Path(out)
-    if restarts == 0 or resume:
+    """(resume, overwrite) for this process. Under torchrun a run folder whose checkpoint was written under
+    this torchrun run's id (TORCHELASTIC_RUN_ID: a fresh one per --standalone launch, else the --rdzv-id) is
+    continued by itself: the elastic agent has restarted the group after a failure (`--max-restarts N`), on
+    this node or another (the restart count is each node's own, the id is everyone's), or the same job id
+    was launched again. Otherwise, and outside torchrun or under its default id "none", as asked."""
+    run = os.environ.get("TORCHELASTIC_RUN_ID")
+    if resume or run in (None, "", "none") or not exists(out):
         return resume, overwrite
-    if exists(out):
-        meta = saved_meta(path(out))
-        if meta.get(ELASTIC_RUN) is None or meta.get(ELASTIC_RUN) != os.environ.get("TORCHELASTIC_RUN_ID"):
-            return resume, overwrite
-        if int(os.environ.get("RANK") or 0) == 0:
-            where = f"epoch {meta.get('epoch', 0) + 1}, step {meta.get('step')}"
-            print(f"torchrun restart {restarts}: resuming {out} from its checkpoint ({where})", file=sys.stderr)
-        return True, False
-    trained = any((out / name).exists() for name in (io.WEIGHTS, "metrics.jsonl"))
-    return (False, True) if out.is_dir() and not trained else (resume, overwrite)
+    meta = saved_meta(path(out))
+    if meta.get(ELASTIC_RUN) != run:
+        return resume, overwrite
+    if int(os.environ.get("RANK") or 0) == 0:
+        where = f"epoch {meta.get('epoch', 0) + 1}, step {meta.get('step')}"
+        print(f"torchrun run {run}: resuming {out} from its checkpoint ({where})", file=sys.stderr, flush=True)
+    return True, False
+
+
+def restarts_possible() -> bool:
+    """Whether torchrun's agent may restart this group (--max-restarts > 0): the loop then writes a checkpoint
+    before its first step, so that a failure at any point is resumed, never refused as a run folder in the way."""
+    return int(os.environ.get("TORCHELASTIC_MAX_RESTARTS") or 0) > 0
 
 
 def saved_meta(file: Path) -> dict:

@@ -50,9 +50,20 @@ def process_group(device_name: str, world: int):
     if resolve_device(device_name).type == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         device_name = "cuda"
-    dist.init_process_group("nccl" if device_name == "cuda" else "gloo")
+    backend = "nccl" if device_name == "cuda" else "gloo"
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True" and os.environ.get("GROUP_WORLD_SIZE") == "1":
+        # One node: torchrun's agent keeps its store across restarts, with the keys a killed group wrote (its
+        # peers' addresses: pytorch#135712); a prefix per restart (the same count on every rank) hides them.
+        store, rank, world = next(dist.rendezvous("env://"))
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        dist.init_process_group(
+            backend, store=dist.PrefixStore(f"vaekit/restart{attempt}", store), rank=rank, world_size=world
+        )
+    else:
+        dist.init_process_group(backend)
     try:
         yield device_name
+        dist.barrier()  # a finished rank waits for rank 0's last writes before the group is torn down
     finally:
         dist.destroy_process_group()
 

@@ -173,6 +173,8 @@ class Loop:
         self.log = RunLog(self.out, self.rank, cfg.quiet, cfg.epochs)
         self.bad_steps, self.t_start = 0, time.perf_counter() - self.state.seconds
         self.spacing = ckpt.Spacing(cfg.checkpoint_every, self.rank)
+        if self.last_ckpt is None and ckpt.restarts_possible():  # a restart always finds this run's checkpoint
+            self.save_checkpoint(torch.zeros(5, dtype=torch.float64, device=self.device))
 
     @property
     def sync(self) -> tuple[int, torch.device]:
@@ -407,7 +409,7 @@ def train(
     `given` names the options the user set (flags or config file); on --resume only those are checked
     against the saved run (None: any value that differs from the default counts as given)."""
     out = Path(out)
-    resume, overwrite = ckpt.after_restart(out, resume, overwrite)  # torchrun's agent restarted the group
+    resume, overwrite = ckpt.after_restart(out, resume, overwrite)  # e.g. torchrun's agent restarted the group
     if resume:
         run_config = ckpt.resume_config(out, run_config, given)
     cfg = run_config.train

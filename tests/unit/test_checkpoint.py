@@ -161,25 +161,26 @@ def test_spacing_by_steps_is_the_same_on_every_rank_and_by_time_is_rank_0s_clock
     assert s0.vote(3) == 0.0
 
 
-def test_after_a_torchrun_restart_the_run_resumes_its_own_checkpoint(tmp_path, monkeypatch, capsys):
-    """TORCHELASTIC_RESTART_COUNT > 0: resume a checkpoint written under this TORCHELASTIC_RUN_ID, start a
-    folder with nothing trained again, and leave anything else to the usual policy (its errors)."""
+def test_under_torchrun_a_checkpoint_of_the_same_torchrun_run_resumes_by_itself(tmp_path, monkeypatch, capsys):
+    """A checkpoint written under this TORCHELASTIC_RUN_ID (the agent restarted the group, on any node) is
+    resumed with no --resume; another run's, or any under torchrun's default id "none", is left to the usual
+    policy (its errors), as outside torchrun."""
     out = tmp_path / "run"
     model = _model()
     opt = _trained_step(model)
     meta = {**ckpt.LoopState(epoch=1, step=17).to_meta(), ckpt.ELASTIC_RUN: "job-1"}
     ckpt.save(ckpt.path(out), model, opt, meta, {})
-    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-1")
     monkeypatch.delenv("RANK", raising=False)
-    monkeypatch.delenv("TORCHELASTIC_RESTART_COUNT", raising=False)
-    assert ckpt.after_restart(out, False, True) == (False, True)  # the first attempt: as asked
-    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    assert ckpt.after_restart(out, False, True) == (False, True)  # not under torchrun: as asked
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-1")
     assert ckpt.after_restart(out, False, True) == (True, False)
-    assert "torchrun restart 1: resuming" in capsys.readouterr().err  # rank 0 says so, with where (epoch 2, step 17)
-    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-2")  # another job's checkpoint: not resumed by itself
-    assert ckpt.after_restart(out, False, False) == (False, False)
-    ckpt.path(out).unlink()
-    (out / "config.json").write_text("{}")
-    assert ckpt.after_restart(out, False, False) == (False, True)  # nothing trained yet: start again
-    (out / "metrics.jsonl").write_text("{}\n")
-    assert ckpt.after_restart(out, False, False) == (False, False)
+    assert "resuming" in capsys.readouterr().err  # rank 0 says so, with where: epoch 2, step 17
+    assert ckpt.after_restart(tmp_path / "elsewhere", False, False) == (False, False)
+    for other in ("job-2", "none"):
+        monkeypatch.setenv("TORCHELASTIC_RUN_ID", other)
+        assert ckpt.after_restart(out, False, False) == (False, False)
+    monkeypatch.setenv("TORCHELASTIC_MAX_RESTARTS", "0")
+    assert not ckpt.restarts_possible()
+    monkeypatch.setenv("TORCHELASTIC_MAX_RESTARTS", "3")
+    assert ckpt.restarts_possible()
