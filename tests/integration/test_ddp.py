@@ -184,12 +184,13 @@ def free_port() -> int:
 
 
 def test_two_nodes_train_what_one_node_does(tmp_path, data, vae):
-    """Two torchrun agents, one process each, meeting by c10d rendezvous on 127.0.0.1, as two machines would."""
+    """Two torchrun agents, one process each, meeting by c10d rendezvous on 127.0.0.1, as two machines would;
+    checkpoints spaced by time (every 50 ms of rank 0's clock: many in a run) keep the ranks in step."""
     rdzv = [
         *("--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d"),
         *("--rdzv-endpoint", f"127.0.0.1:{free_port()}", "--rdzv-id", "vaekit-two-nodes"),
     ]
-    cmd = command(tmp_path / "nodes", ["--data", data, "--epochs", 2, *VAE], rdzv)
+    cmd = command(tmp_path / "nodes", ["--data", data, "--epochs", 2, *VAE, "--checkpoint-every", "0.05s"], rdzv)
     logs = [tmp_path / f"agent{i}.log" for i in range(2)]  # files, not pipes: an undrained pipe can block an agent
     agents = [subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=_env()) for log in logs]
     try:
