@@ -4,6 +4,8 @@
     save(path, model, opt, meta, rngs, ...)  one safetensors file, written atomically
     load(path, model, opt) -> (meta, rngs, extra tensors)
     resume_config(saved, given_cfg, given)   what a resumed run may change (RESUMABLE) and what it may not
+    after_restart(out, resume, overwrite)    under torchrun, a checkpoint of this torchrun run resumes by itself
+    Spacing(every, rank)                     when the loop checkpoints mid-epoch: every N steps or T seconds
 
 A checkpoint holds the weights (`model.*`), Adam's state (`optim.{param}.{name}`), every RNG state the
 loop draws from (`rng.*`: torch, the data generators, numpy; python's in the metadata), any extra tensors
@@ -14,20 +16,25 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import os
 import random
 import shutil
-from dataclasses import replace
+import sys
+import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from vaekit import io
-from vaekit.config import ModelConfig, RunConfig, TrainConfig
+from vaekit.config import ModelConfig, RunConfig, TrainConfig, checkpoint_seconds
 from vaekit.distributed import gather_states
 from vaekit.errors import VaekitError
 
 CKPT_DIR, CKPT_FILE = "checkpoint", "state.safetensors"
+ELASTIC_RUN = "elastic_run"  # metadata key: the torchrun run id (TORCHELASTIC_RUN_ID) the checkpoint was written under
 # What may change on --resume: more epochs, how it runs, and lr/clip (the way on after a divergence).
 NEW_RUN = "; start a new run with another --out instead"
 RESUMABLE = (
@@ -82,6 +89,33 @@ def remove_stray_temps(out: Path) -> None:
     for folder in (Path(out), Path(out) / CKPT_DIR):
         for p in folder.glob(".*.tmp"):
             p.unlink(missing_ok=True)
+
+
+@dataclass
+class LoopState:
+    """Where the training loop is; saved as the checkpoint's metadata (the field names are its JSON keys).
+
+    sums: this rank's (loss, elbo, recon, kl, examples) over the good steps of the current epoch."""
+
+    epoch: int = 0
+    step_in_epoch: int = 0
+    step: int = 0
+    best_val: float = -math.inf
+    bad_epochs: int = 0
+    metrics_lines: int = 0
+    seconds: float = 0.0
+    sums: list[float] = field(default_factory=lambda: [0.0] * 5)
+    world: int = 1
+
+    def to_meta(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_meta(cls, meta: dict, file: Path) -> LoopState:
+        try:
+            return cls(**{f.name: meta[f.name] for f in dataclasses.fields(cls)})
+        except KeyError as e:
+            raise VaekitError(f"{file}: checkpoint does not match this model (no {e.args[0]!r})") from None
 
 
 # ------------------------------------------------------------------------------------------ save / load
@@ -247,3 +281,61 @@ def _resume_train(saved: TrainConfig, wanted: TrainConfig, given: set[str] | Non
 
 def _show(v) -> str:
     return ",".join(map(str, v)) if isinstance(v, tuple) else repr(v)
+
+
+def after_restart(out: Path, resume: bool, overwrite: bool) -> tuple[bool, bool]:
+    """(resume, overwrite) for this process. Under torchrun a run folder whose checkpoint was written under
+    this torchrun run's id (TORCHELASTIC_RUN_ID: a fresh one per --standalone launch, else the --rdzv-id) is
+    continued by itself: the elastic agent has restarted the group after a failure (`--max-restarts N`), on
+    this node or another (the restart count is each node's own, the id is everyone's), or the same job id
+    was launched again. Otherwise, and outside torchrun or under its default id "none", as asked."""
+    run = os.environ.get("TORCHELASTIC_RUN_ID")
+    if resume or run in (None, "", "none") or not exists(out):
+        return resume, overwrite
+    meta = saved_meta(path(out))
+    if meta.get(ELASTIC_RUN) != run:
+        return resume, overwrite
+    if int(os.environ.get("RANK") or 0) == 0:
+        where = f"epoch {meta.get('epoch', 0) + 1}, step {meta.get('step')}"
+        print(f"torchrun run {run}: resuming {out} from its checkpoint ({where})", file=sys.stderr, flush=True)
+    return True, False
+
+
+def restarts_possible() -> bool:
+    """Whether torchrun's agent may restart this group (--max-restarts > 0): the loop then writes a checkpoint
+    before its first step, so that a failure at any point is resumed, never refused as a run folder in the way."""
+    return int(os.environ.get("TORCHELASTIC_MAX_RESTARTS") or 0) > 0
+
+
+def saved_meta(file: Path) -> dict:
+    """A checkpoint's scalar metadata (LoopState's fields, the run id), without loading its tensors; {} for
+    a file that is not a readable checkpoint."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(file), "pt") as f:
+            return json.loads(f.metadata()["state"])
+    except Exception:  # a damaged or foreign file: the resume proper reports it in one line
+        return {}
+
+
+class Spacing:
+    """When the loop writes a mid-epoch checkpoint: every `every` steps (an int; 0: never), or once a time
+    (`every` "30s", "5m", "1h") has passed since the last checkpoint by rank 0's clock. `vote(step)` is this
+    rank's say for the step just taken (1.0: checkpoint now); the loop takes the max over ranks
+    (distributed.agree), so under torchrun rank 0 decides and every rank checkpoints at the same step."""
+
+    def __init__(self, every: int | str, rank: int):
+        self.seconds = checkpoint_seconds(every)
+        self.steps = every if self.seconds is None else 0
+        self.rank = rank
+        self.saved()
+
+    def saved(self) -> None:
+        """A checkpoint was just written (mid-epoch or at an epoch's end): the time counts from now."""
+        self.last = time.monotonic()
+
+    def vote(self, step: int) -> float:
+        if self.seconds is None:
+            return float(self.steps > 0 and step % self.steps == 0)
+        return float(self.rank == 0 and time.monotonic() - self.last >= self.seconds)

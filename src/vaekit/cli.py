@@ -45,7 +45,11 @@ TRAIN_FLAGS = [
     ("--seed", int, "random seed (default 0)"),
     ("--device", str, "auto, cpu or cuda (default auto)"),
     ("--threads", int, "torch CPU threads, 0 = torch's default"),
-    ("--checkpoint-every", int, "steps between mid-epoch checkpoints, 0 = epoch ends only (default 500)"),
+    (
+        "--checkpoint-every",
+        arg.checkpoint_every,
+        "mid-epoch checkpoints every N steps or a time (30s, 5m, 1h); 0 = off (default 500)",
+    ),
     ("--patience", int, "early stopping: epochs without validation improvement, 0 = off"),
     ("--max-bad-steps", int, "consecutive non-finite steps before stopping (default 20)"),
 ]

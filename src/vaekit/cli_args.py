@@ -96,6 +96,15 @@ temperature = float_in(0, 10, "a temperature")  # --temperature: the spread of p
 seconds = float_in(0, 86400, "seconds")  # serve --read-timeout: positive, finite, at most a day
 
 
+def checkpoint_every(text: str) -> int | str:
+    """--checkpoint-every: an integer is a number of steps, anything else a time ("30s", "5m": checked by
+    TrainConfig.validate through config.checkpoint_seconds)."""
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
 def out_file(s: str) -> Path:
     p = Path(s)
     if p.is_dir():

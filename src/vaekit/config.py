@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import re
 import reprlib
 import typing
 from dataclasses import dataclass, field
@@ -135,7 +136,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # torch CPU threads; 0 = torch's default
-    checkpoint_every: int = 500  # steps between mid-epoch checkpoints; 0 = epoch ends only
+    checkpoint_every: int | str = 500  # steps between mid-epoch checkpoints, or a time ("30s", "5m", "1h"); 0 = off
     patience: int = 0  # early stopping on validation ELBO; 0 = off
     max_bad_steps: int = 20  # consecutive non-finite steps before training stops
     amp: bool = False  # bf16 autocast: CUDA, or a CPU with native bf16 (AVX512-BF16/AMX)
@@ -164,7 +165,8 @@ class TrainConfig:
                 raise VaekitError(
                     f"--{name.replace('_', '-')} must be >= 0 and finite, got {getattr(self, name)}", option=name
                 )
-        for name in ("threads", "checkpoint_every", "patience"):
+        checkpoint_seconds(self.checkpoint_every)  # a one-line error unless steps >= 0 or a time
+        for name in ("threads", "patience"):
             if getattr(self, name) < 0:
                 raise VaekitError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}", option=name)
         if not 0 <= self.val_fraction < 1:
@@ -201,6 +203,21 @@ class TrainConfig:
                 option="iw_k",
             )
         return self
+
+
+def checkpoint_seconds(every: int | str) -> float | None:
+    """The seconds between time-spaced checkpoints ("30s", "5m", "1.5h"), or None for a number of steps;
+    a one-line error for anything else (a negative number, "5 minutes", a bool)."""
+    if isinstance(every, int) and not isinstance(every, bool) and every >= 0:
+        return None
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([smh])", every.strip()) if isinstance(every, str) else None
+    if m is None or float(m[1]) <= 0:
+        raise VaekitError(
+            f"--checkpoint-every must be a number of steps >= 0 (0: at epoch ends only) or a time such as "
+            f"30s, 5m, 1h; got {_show(every)}",
+            option="checkpoint_every",
+        )
+    return float(m[1]) * {"s": 1, "m": 60, "h": 3600}[m[2]]
 
 
 def _choice(flag: str, value, choices) -> None:
@@ -262,6 +279,8 @@ def from_dict(cls, d: dict, where: str = "config"):
 
 def _coerce(value, hint, where: str):
     origin = typing.get_origin(hint)
+    if hint == int | str:  # --checkpoint-every: steps or a time
+        return value if isinstance(value, str) else _coerce(value, int, where)
     if origin is tuple:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             value = [value]

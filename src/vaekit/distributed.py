@@ -1,9 +1,13 @@
 """Devices, processes and sharding: what the training loop needs to run the same under torchrun.
 
 Every rank draws the same permutation; global batch s is perm[s*B:(s+1)*B] and rank r takes the r-th of
-`world` equal slices of it, so the ranks together see exactly the batches a single process would. DDP
-averages the gradients, which makes a step the same mean over the global batch (only the noise and the
-summation order differ). Outside torchrun (world = 1) every helper here is a no-op.
+`world` slices of it (tensor_split: sizes differ by at most one), so the ranks together see exactly the
+batches a single process would. The random draws of a step are made for the whole global batch from a
+stream every rank shares (the binarization from a shared generator, the reparameterization noise from
+torch's global one, seeded alike on every rank), and each rank keeps its rows. DDP averages the gradients
+and each rank weights its shard's mean by its share of the global batch (`shard_weight`), so a step is the
+same mean over the global batch as in one process: only the floating-point summation order differs.
+Outside torchrun (world = 1) every helper here is a no-op.
 """
 
 from __future__ import annotations
@@ -46,9 +50,20 @@ def process_group(device_name: str, world: int):
     if resolve_device(device_name).type == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         device_name = "cuda"
-    dist.init_process_group("nccl" if device_name == "cuda" else "gloo")
+    backend = "nccl" if device_name == "cuda" else "gloo"
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True" and os.environ.get("GROUP_WORLD_SIZE") == "1":
+        # One node: torchrun's agent keeps its store across restarts, with the keys a killed group wrote (its
+        # peers' addresses: pytorch#135712); a prefix per restart (the same count on every rank) hides them.
+        store, rank, world = next(dist.rendezvous("env://"))
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        dist.init_process_group(
+            backend, store=dist.PrefixStore(f"vaekit/restart{attempt}", store), rank=rank, world_size=world
+        )
+    else:
+        dist.init_process_group(backend)
     try:
         yield device_name
+        dist.barrier()  # a finished rank waits for rank 0's last writes before the group is torn down
     finally:
         dist.destroy_process_group()
 
@@ -112,6 +127,32 @@ def shard_batch(
     lo = sum(len(p) for p in parts[:rank])
     x = draw_binary(ds.batch(global_idx if world > 1 else parts[rank]), gen)  # CPU generator, CPU draw
     return x[lo : lo + len(parts[rank])].to(device, non_blocking=True)
+
+
+def rank_rows(n: int, rank: int, world: int) -> slice:
+    """The rows of rank `rank` among `n` split into `world` parts as torch.tensor_split does (the first n % world
+    parts one row longer)."""
+    q, r = divmod(n, world)
+    lo = rank * q + min(rank, r)
+    return slice(lo, lo + q + (rank < r))
+
+
+def shard_weight(n: int, rank: int, world: int) -> float:
+    """What this rank multiplies its shard's mean loss by so that DDP's average over ranks is the mean over
+    the global batch of `n`: world * (its rows) / n; exactly 1.0 when the shards are equal."""
+    rows = rank_rows(n, rank, world)
+    return 1.0 if n % world == 0 else world * (rows.stop - rows.start) / n
+
+
+def shard_noise(n: int, latent_dim: int, k: int, rows: slice, world: int, dtype, device) -> torch.Tensor | None:
+    """Rows `rows` (this rank's: rank_rows, or every world-th) of the reparameterization noise of a global
+    batch of `n` examples, (rows, D) or (k, rows, D) for k > 1 importance samples: the standard normal draw a
+    single process makes for the whole batch (torch's global generator, the same shape and dtype), sliced.
+    None for one process, which lets the model draw it itself: the same numbers at no cost."""
+    if world == 1:
+        return None
+    eps = torch.randn((n, latent_dim) if k == 1 else (k, n, latent_dim), dtype=dtype, device=device)
+    return eps[..., rows, :]
 
 
 def shard_labels(ds: Dataset, global_idx: torch.Tensor, rank: int, world: int, device) -> torch.Tensor | None:

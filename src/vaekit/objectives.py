@@ -98,9 +98,12 @@ def free_bits_kl(kl_per_dim: torch.Tensor, nats: float) -> torch.Tensor:
 
 
 def training_loss(
-    model, x: torch.Tensor, *, beta: float = 1.0, free_bits: float = 0.0, iw_k: int = 1
+    model, x: torch.Tensor, *, beta: float = 1.0, free_bits: float = 0.0, iw_k: int = 1, eps=None
 ) -> tuple[torch.Tensor, Terms]:
     """The per-example loss to minimise (B,) and the terms to report.
+
+    eps: the reparameterization noise, (B, D) or (iw_k, B, D) for iw_k > 1; None draws it from torch's global
+    generator (what a DDP rank passes instead: its rows of the global batch's noise, distributed.shard_noise).
 
     Free bits need the KL per latent dimension: analytic, or Monte Carlo when the prior factorises over the
     dimensions (the per-dimension estimates sum to the KL's). A prior that does neither has no per-dimension
@@ -111,10 +114,10 @@ def training_loss(
         return -t.recon, t
     if iw_k > 1:
         q = model.encode(x)
-        bound = iwae_bound(model, x, iw_k, q=q)
+        bound = iwae_bound(model, x, iw_k, eps, q=q)
         kl = kl_divergence(model.prior, q)[0].detach()  # reported only; the bound has no separate KL term
         return -bound, Terms(bound, bound + kl, kl)  # reported recon is the bound plus the KL
-    t = elbo(model, x)
+    t = elbo(model, x, eps)
     if free_bits <= 0:
         return -(t.recon - beta * t.kl), t
     if t.kl_per_dim is None:

@@ -11,14 +11,10 @@ def weights(seed: int) -> int:
     return seed
 
 
-def noise(seed: int, rank: int = 0) -> int:
-    """The reparameterization noise of training, different per rank."""
-    return seed + rank
-
-
-def resumed_noise(seed: int, rank: int, step: int) -> int:
-    """The noise of a rank that resumes without a saved state of its own (another number of processes)."""
-    return seed + rank + 7919 * step
+def noise(seed: int) -> int:
+    """The reparameterization noise of training: one stream, the same on every rank (each draws the global
+    batch's noise and keeps its rows, so DDP draws what one process does)."""
+    return seed
 
 
 def order(seed: int) -> int:
@@ -41,9 +37,9 @@ def static_val(seed: int) -> int:
     return seed + 1
 
 
-def val_noise(seed: int, rank: int = 0) -> int:
-    """The ELBO's sample in validation (fixed, so epochs are comparable)."""
-    return seed + 12345 + rank
+def val_noise(seed: int) -> int:
+    """The ELBO's sample in validation (fixed, so epochs are comparable; one stream shared by the ranks)."""
+    return seed + 12345
 
 
 def val_binarize(seed: int) -> int:

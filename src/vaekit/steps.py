@@ -14,7 +14,7 @@ from vaekit import seeds
 from vaekit.config import ModelConfig, TrainConfig
 from vaekit.data import Dataset
 from vaekit.data import load as load_data
-from vaekit.distributed import all_sum
+from vaekit.distributed import all_sum, shard_noise
 from vaekit.errors import VaekitError, is_compile_error
 
 
@@ -105,12 +105,13 @@ def compiled(net):
     return call
 
 
-def forward_backward(net, opt, params, x, cfg: TrainConfig, beta: float, device, y=None):
+def forward_backward(net, opt, params, x, cfg: TrainConfig, beta: float, device, y=None, eps=None, weight=1.0):
     """Loss, gradients (clipped if cfg.clip) and whether both are finite, as a tensor (no sync here).
-    y (B,): the batch's labels, for a conditional model."""
+    y (B,): the batch's labels, for a conditional model; eps: the reparameterization noise (None: the model
+    draws it); weight: the factor on the batch's mean loss (a DDP shard's share, distributed.shard_weight)."""
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp):
-        loss_vec, terms = net(x, y=y, beta=beta, free_bits=cfg.free_bits, iw_k=cfg.iw_k)  # (B,), Terms
-    loss = loss_vec.mean()
+        loss_vec, terms = net(x, y=y, beta=beta, free_bits=cfg.free_bits, iw_k=cfg.iw_k, eps=eps)  # (B,), Terms
+    loss = loss_vec.mean() if weight == 1.0 else loss_vec.mean() * weight
     opt.zero_grad(set_to_none=True)
     loss.backward()
     if cfg.clip > 0:
@@ -123,7 +124,8 @@ def forward_backward(net, opt, params, x, cfg: TrainConfig, beta: float, device,
 @torch.inference_mode()
 def validate(model, ds: Dataset, cfg: TrainConfig, device, rank: int = 0, world: int = 1) -> list[float]:
     """Mean (elbo, recon, kl) per example in nats on `ds`, binarized with a fixed seed so epochs are comparable
-    (conditional on the labels of `ds` for a conditional model)."""
+    (conditional on the labels of `ds` for a conditional model). Under DDP each rank takes every world-th
+    example of a batch and its rows of the noise drawn for the whole batch: the numbers of one process."""
     from vaekit.evaluate import eval_batches
     from vaekit.models import conditioned
     from vaekit.objectives import elbo
@@ -131,12 +133,14 @@ def validate(model, ds: Dataset, cfg: TrainConfig, device, rank: int = 0, world:
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=device)
     state = torch.get_rng_state()
-    torch.manual_seed(seeds.val_noise(cfg.seed, rank))
+    torch.manual_seed(seeds.val_noise(cfg.seed))
     for x, y in eval_batches(ds, 1000, cfg.binarize, seeds.val_binarize(cfg.seed), device, labels=True):
-        x = x[rank::world]  # this rank's share of a batch binarized as in a single process
+        mine = slice(rank, None, world)  # this rank's share of a batch binarized (and its noise drawn) as in 1 process
+        eps = shard_noise(len(x), model.latent_dim, 1, mine, world, torch.float32, device) if model.is_vae else None
+        x = x[mine]
         if not len(x):
             continue
-        t = elbo(conditioned(model, None if y is None else y[rank::world]), x)
+        t = elbo(conditioned(model, None if y is None else y[rank::world]), x, eps)
         sums += torch.stack([t.elbo.sum(), t.recon.sum(), t.kl.sum(), t.elbo.new_tensor(float(len(x)))]).double()
     torch.set_rng_state(state)  # validation must not perturb the training noise (exact resume)
     all_sum(sums, world)

@@ -13,14 +13,14 @@ Exact resume: the checkpoint holds the weights, Adam's state, the torch RNG stat
 noise), the data generators' states (order and binarization), the current epoch's permutation, the step
 within it and the epoch's running sums. Resuming on CPU with the same thread count replays the same
 arithmetic, so the final weights are bit-identical to a run that was never interrupted. Under torchrun
-every rank's RNG states are gathered into rank 0's checkpoint, so a resumed DDP run picks up each rank's
-own noise stream.
+the ranks share every random stream (each draws the global batch's noise and keeps its rows), so a DDP
+run trains the weights one process does (up to summation order) and resumes from rank 0's states.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
+import os
 import random
 import signal
 import time
@@ -32,6 +32,7 @@ import torch
 
 from vaekit import checkpoint as ckpt
 from vaekit import io, seeds, steps
+from vaekit.checkpoint import LoopState
 from vaekit.config import RunConfig, TrainConfig, check_cpu_bf16
 from vaekit.data import expect_labels, expect_shape, split_validation
 from vaekit.data import load as load_data
@@ -41,9 +42,12 @@ from vaekit.distributed import (
     barrier,
     dist_info,
     process_group,
+    rank_rows,
     resolve_device,
     shard_batch,
     shard_labels,
+    shard_noise,
+    shard_weight,
     wrap,
 )
 from vaekit.errors import VaekitError
@@ -78,33 +82,6 @@ class Interrupted(Exception):
 
 class Diverged(VaekitError):
     """cfg.max_bad_steps consecutive steps had a non-finite loss or gradient."""
-
-
-@dataclass
-class LoopState:
-    """Where the loop is; saved as the checkpoint's metadata (the field names are its JSON keys).
-
-    sums: this rank's (loss, elbo, recon, kl, examples) over the good steps of the current epoch."""
-
-    epoch: int = 0
-    step_in_epoch: int = 0
-    step: int = 0
-    best_val: float = -math.inf
-    bad_epochs: int = 0
-    metrics_lines: int = 0
-    seconds: float = 0.0
-    sums: list[float] = field(default_factory=lambda: [0.0] * 5)
-    world: int = 1
-
-    def to_meta(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_meta(cls, meta: dict, file: Path) -> LoopState:
-        try:
-            return cls(**{f.name: meta[f.name] for f in dataclasses.fields(cls)})
-        except KeyError as e:
-            raise VaekitError(f"{file}: checkpoint does not match this model (no {e.args[0]!r})") from None
 
 
 # -------------------------------------------------------------------------------------------- the loop
@@ -173,7 +150,9 @@ class Loop:
             ckpt.remove_stray_temps(self.out)
         if self.out is not None:
             barrier(self.world)
-        torch.manual_seed(seeds.noise(cfg.seed, self.rank))
+            if agree([float(resume), float(not resume)], self.world, self.device) == [1.0, 1.0]:
+                raise VaekitError(f"{out}: some processes see its checkpoint and some do not: put it where all can")
+        torch.manual_seed(seeds.noise(cfg.seed))  # one noise stream: each rank keeps its rows (distributed.py)
         np.random.seed(cfg.seed)
         random.seed(cfg.seed)
         self.gens = {
@@ -193,10 +172,17 @@ class Loop:
             io.atomic_write_text(self.out / io.CONFIG, (run_config or RunConfig(model.config, cfg)).to_json() + "\n")
         self.log = RunLog(self.out, self.rank, cfg.quiet, cfg.epochs)
         self.bad_steps, self.t_start = 0, time.perf_counter() - self.state.seconds
+        self.spacing = ckpt.Spacing(cfg.checkpoint_every, self.rank)
+        if self.last_ckpt is None and ckpt.restarts_possible():  # a restart always finds this run's checkpoint
+            self.save_checkpoint(torch.zeros(5, dtype=torch.float64, device=self.device))
 
     @property
     def sync(self) -> tuple[int, torch.device]:
         return self.world, self.device
+
+    @property
+    def dist(self) -> tuple[int, int]:
+        return self.rank, self.world
 
     def _datasets(self, model, data, val):
         train_ds, val = as_dataset(data), as_dataset(val, "val")
@@ -231,6 +217,7 @@ class Loop:
                 option="batch_size",
             )
         self.steps_per_epoch = n // self.batch
+        self.rows, self.weight = rank_rows(self.batch, self.rank, self.world), shard_weight(self.batch, *self.dist)
         self.total_steps = self.steps_per_epoch * self.cfg.epochs
 
     def run_epoch(self, flag: SignalFlag) -> torch.Tensor:
@@ -243,13 +230,16 @@ class Loop:
         self.log.start_epoch(epoch, self.steps_per_epoch, st.step_in_epoch, self.batch)
         self.t_epoch = time.perf_counter()
         for s in range(st.step_in_epoch, self.steps_per_epoch):
-            x, y = self._batch(s)  # (B/world, *shape), labels (B/world,) or None
+            x, y, eps = self._batch(s)  # (B/world, *shape), labels (B/world,) or None, noise or None
             lr = steps.learning_rate(cfg, st.step, self.total_steps, epoch)
             for g in self.opt.param_groups:
                 g["lr"] = lr
             beta = kl_weight(cfg.beta, cfg.kl_warmup, epoch + s / self.steps_per_epoch)
-            loss_vec, terms, finite = forward_backward(self.net, self.opt, self.params, x, cfg, beta, self.device, y)
-            bad, stop = map(bool, agree([float(not finite.item()), float(flag.signum is not None)], *self.sync))
+            loss_vec, terms, finite = forward_backward(
+                self.net, self.opt, self.params, x, cfg, beta, self.device, y, eps, self.weight
+            )
+            votes = [float(not finite.item()), float(flag.signum is not None), self.spacing.vote(st.step + 1)]
+            bad, stop, due = map(bool, agree(votes, *self.sync))
             if bad:  # skip the update: weights and Adam's moments stay as they were
                 self._bad_step(epoch, st.step + 1)
             else:
@@ -262,16 +252,16 @@ class Loop:
                     ).double()
             st.step, st.step_in_epoch = st.step + 1, s + 1
             self.log.step(s, sums)
-            every = cfg.checkpoint_every
-            if stop or (every and st.step % every == 0 and s + 1 < self.steps_per_epoch):
+            if stop or (due and s + 1 < self.steps_per_epoch):
                 self.save_checkpoint(sums)
             if stop:
                 raise self.interrupted(flag.signum or signal.SIGTERM, f"at epoch {epoch + 1}, step {st.step}")
         self.log.close_bar()
         return all_sum(sums, self.world)
 
-    def _batch(self, s: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """This rank's examples of global batch s, and their labels when the model is conditional."""
+    def _batch(self, s: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """This rank's examples of global batch s, their labels when the model is conditional, and under DDP
+        its rows of the batch's reparameterization noise (None: the model draws it, as one process does)."""
         global_idx = self.perm[s * self.batch : (s + 1) * self.batch]
         gen = self.gens["binarize"] if self.cfg.binarize == "dynamic" else None
         x = shard_batch(self.train_ds, global_idx, self.rank, self.world, gen, self.device)
@@ -280,7 +270,13 @@ class Loop:
             if self.cfg.conditional
             else None
         )
-        return x, y
+        eps = None
+        if self.model.is_vae:
+            dtype = torch.bfloat16 if self.cfg.amp else torch.float32  # what the model would draw (its mu's dtype)
+            eps = shard_noise(
+                self.batch, self.model.latent_dim, self.cfg.iw_k, self.rows, self.world, dtype, self.device
+            )
+        return x, y, eps
 
     def end_epoch(self, sums: torch.Tensor) -> bool:
         """Validate, keep the best weights, write the metrics row, checkpoint; True to stop early."""
@@ -336,8 +332,10 @@ class Loop:
         if self.writer:
             self.state.sums, self.state.seconds = sums.tolist(), time.perf_counter() - self.t_start
             perm = self.perm if self.perm is not None else torch.empty(0, dtype=torch.int64)
-            ckpt.save(ckpt.path(self.out), self.model, self.opt, self.state.to_meta(), rngs, {"perm": perm})
+            meta = {**self.state.to_meta(), ckpt.ELASTIC_RUN: os.environ.get("TORCHELASTIC_RUN_ID")}
+            ckpt.save(ckpt.path(self.out), self.model, self.opt, meta, rngs, {"perm": perm})
         self.last_ckpt = self.state.step
+        self.spacing.saved()
 
     def _restore(self) -> int:
         """Load the checkpoint into the model, optimizer, RNGs and loop state; returns its step."""
@@ -347,9 +345,9 @@ class Loop:
         if "perm" not in extra:
             raise VaekitError(f"{file}: checkpoint does not match this model (no 'perm')")
         self.perm = extra["perm"] if extra["perm"].numel() else None
-        ckpt.restore_rngs(rngs, self.gens, self.rank, self.world, self.device)
-        if ckpt.rank_state(rngs, self.rank, self.world) is None:  # resumed with another number of processes
-            torch.manual_seed(seeds.resumed_noise(self.cfg.seed, self.rank, self.state.step))
+        saved_world, self.state.world = self.state.world, self.world
+        # every stream is shared by the ranks: rank 0's saved states continue them on any number of processes
+        ckpt.restore_rngs(rngs, self.gens, 0, saved_world, self.device)
         if self.rank != 0:  # the saved sums are the global ones; rank 0 carries them on
             self.state.sums = [0.0] * 5
         self.metrics = io.read_metrics(self.out)[: self.state.metrics_lines]
@@ -411,6 +409,7 @@ def train(
     `given` names the options the user set (flags or config file); on --resume only those are checked
     against the saved run (None: any value that differs from the default counts as given)."""
     out = Path(out)
+    resume, overwrite = ckpt.after_restart(out, resume, overwrite)  # e.g. torchrun's agent restarted the group
     if resume:
         run_config = ckpt.resume_config(out, run_config, given)
     cfg = run_config.train

@@ -145,3 +145,42 @@ def test_rngs_of_each_rank_and_of_a_rank_that_was_not_there():
     gens = {"order": torch.Generator()}
     ckpt.restore_rngs(states, gens, 2, 3, torch.device("cpu"))
     assert torch.equal(torch.get_rng_state(), before) and torch.equal(gens["order"].get_state(), states["order.r0"])
+
+
+def test_spacing_by_steps_is_the_same_on_every_rank_and_by_time_is_rank_0s_clock(monkeypatch):
+    assert [ckpt.Spacing(5, r).vote(s) for r in (0, 1) for s in (4, 5, 10)] == [0, 1, 1] * 2
+    assert ckpt.Spacing(0, 0).vote(5) == 0.0  # epoch ends only
+    now = [100.0]
+    monkeypatch.setattr(ckpt.time, "monotonic", lambda: now[0])
+    s0, s1 = ckpt.Spacing("30s", 0), ckpt.Spacing("30s", 1)
+    now[0] = 129.9
+    assert s0.vote(1) == 0.0
+    now[0] = 130.0
+    assert (s0.vote(2), s1.vote(2)) == (1.0, 0.0)  # rank 0 decides; the loop takes the max over ranks
+    s0.saved()
+    assert s0.vote(3) == 0.0
+
+
+def test_under_torchrun_a_checkpoint_of_the_same_torchrun_run_resumes_by_itself(tmp_path, monkeypatch, capsys):
+    """A checkpoint written under this TORCHELASTIC_RUN_ID (the agent restarted the group, on any node) is
+    resumed with no --resume; another run's, or any under torchrun's default id "none", is left to the usual
+    policy (its errors), as outside torchrun."""
+    out = tmp_path / "run"
+    model = _model()
+    opt = _trained_step(model)
+    meta = {**ckpt.LoopState(epoch=1, step=17).to_meta(), ckpt.ELASTIC_RUN: "job-1"}
+    ckpt.save(ckpt.path(out), model, opt, meta, {})
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    assert ckpt.after_restart(out, False, True) == (False, True)  # not under torchrun: as asked
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-1")
+    assert ckpt.after_restart(out, False, True) == (True, False)
+    assert "resuming" in capsys.readouterr().err  # rank 0 says so, with where: epoch 2, step 17
+    assert ckpt.after_restart(tmp_path / "elsewhere", False, False) == (False, False)
+    for other in ("job-2", "none"):
+        monkeypatch.setenv("TORCHELASTIC_RUN_ID", other)
+        assert ckpt.after_restart(out, False, False) == (False, False)
+    monkeypatch.setenv("TORCHELASTIC_MAX_RESTARTS", "0")
+    assert not ckpt.restarts_possible()
+    monkeypatch.setenv("TORCHELASTIC_MAX_RESTARTS", "3")
+    assert ckpt.restarts_possible()

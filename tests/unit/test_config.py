@@ -15,12 +15,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import vaekit
+from vaekit.cli_args import checkpoint_every
 from vaekit.config import (
     LIKELIHOODS,
     ModelConfig,
     Options,
     RunConfig,
     TrainConfig,
+    checkpoint_seconds,
     from_dict,
     load_config_file,
     split_options,
@@ -270,7 +272,7 @@ def run_configs(draw) -> RunConfig:
         seed=draw(st.integers(0, 2**32 - 1)),
         device=draw(st.sampled_from(["auto", "cuda"])),
         threads=draw(st.integers(0, 64)),
-        checkpoint_every=draw(st.integers(0, 10**6)),
+        checkpoint_every=draw(st.integers(0, 10**6) | st.sampled_from(["30s", "5m", "1.5h"])),
         patience=draw(st.integers(0, 10)),
         max_bad_steps=draw(POS),
         amp=draw(st.booleans()),
@@ -436,3 +438,25 @@ def test_amp_in_a_config_file_is_the_flag(tmp_path):
         path.write_text(text)
         assert Options.gather(path, {}).run_config() == Options.gather(None, {"amp": True}).run_config()
     assert split_options({"amp": True}, "x").train.amp is True
+
+
+@pytest.mark.parametrize("every, seconds", [(0, None), (500, None), ("30s", 30.0), ("5m", 300.0), ("1.5h", 5400.0)])
+def test_checkpoint_every_is_steps_or_a_time(tmp_path, every, seconds):
+    """An integer is a number of steps, a string a time; either round-trips through config.json and the flag."""
+    assert checkpoint_seconds(every) == seconds
+    rc = RunConfig(ModelConfig(), TrainConfig(checkpoint_every=every).validate())
+    (tmp_path / "config.json").write_text(rc.to_json())
+    assert RunConfig.from_json_file(tmp_path / "config.json").train.checkpoint_every == every
+    assert checkpoint_every(str(every)) == every
+    assert split_options({"checkpoint-every": every}, "run.yaml").train.checkpoint_every == every
+
+
+@pytest.mark.parametrize("bad", [-1, "5min", "0s", "-3m", "m", True, 2.5, [5]])
+def test_checkpoint_every_of_neither_kind_is_a_one_line_error(bad):
+    with pytest.raises(VaekitError) as e:
+        TrainConfig(checkpoint_every=bad).validate()
+    assert e.value.option == "checkpoint_every" and "30s, 5m, 1h" in str(e.value)
+    one_line(e.value)
+    with pytest.raises(VaekitError) as e:  # from a config file (a wrong type is refused as such)
+        from_dict(TrainConfig, {"checkpoint_every": bad}, "run.yaml").validate()
+    one_line(e.value)
