@@ -1,6 +1,6 @@
 """Seconds per training epoch: vaekit vs the PyTorch-examples reference, same model, batch and data.
 
-    python benchmarks/train_speed.py [--rounds 3] [--epochs 3]
+    python benchmarks/train_speed.py [--rounds 3] [--epochs 3] [--device cpu|cuda]
 
 Every trainer runs as a fresh subprocess, alternating (vaekit, reference, vaekit --amp, ...), so machine
 noise hits all alike. The model is the 784-400-20 MLP VAE at batch 128 on the 60k MNIST training images
@@ -8,7 +8,8 @@ with the reference's objective (BCE on grey pixels + analytic KL: vaekit `--bina
 default dynamic binarization is timed as well. The first epoch of every run is left out of the median
 (it holds torch.compile's one-off compile; its length is reported separately). The roofline is the FLOPs
 of an epoch over the fp32 matmul throughput measured here (the issue's definition); bf16 rows also
-give the fraction of the bf16 roofline.
+give the fraction of the bf16 roofline. With --device cuda everything runs on the GPU, the reference as the
+example does there (DataLoader with one worker and pinned memory), and the peaks are the GPU's.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import torch
 from common import (
     REFERENCE,
     append_results,
+    gpu,
     matmul_gflops,
     mlp_vae_flops_per_example,
     mnist_dir,
@@ -59,7 +61,7 @@ def vaekit_epochs(epochs: int, batch: int, flags: list[str]) -> list[float]:
     return [r["epoch_seconds"] for r in rows]
 
 
-def reference_epochs(epochs: int, batch: int) -> list[float]:
+def reference_epochs(epochs: int, batch: int, device: str = "cpu") -> list[float]:
     rows = run_json_lines(
         [
             sys.executable,
@@ -70,6 +72,8 @@ def reference_epochs(epochs: int, batch: int) -> list[float]:
             str(epochs),
             "--batch-size",
             str(batch),
+            "--device",
+            device,
         ]
     )
     return [r["train_seconds"] for r in rows]
@@ -80,34 +84,47 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where everything trains (default cpu)")
     args = ap.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        ap.exit(2, "error: --device cuda: torch.cuda.is_available() is False on this machine\n")
     if args.epochs < 2:
         raise SystemExit("--epochs must be at least 2 (the first epoch of each run is not timed)")
     mnist_dir()
-    grey = ["--binarize", "none"]
+    grey = ["--binarize", "none", "--device", args.device]
     trainers = {
         "vaekit (fp32)": grey,
-        "vaekit (dynamic binarization, fp32)": ["--binarize", "dynamic"],
+        "vaekit (dynamic binarization, fp32)": ["--binarize", "dynamic", "--device", args.device],
         "vaekit --compile (fp32)": grey + ["--compile"],
     }
-    if cpu_has_bf16():
+    bf16 = torch.cuda.is_bf16_supported() if args.device == "cuda" else cpu_has_bf16()
+    if bf16:
         trainers.update(
             {"vaekit --amp (bf16)": grey + ["--amp"], "vaekit --amp --compile (bf16)": grey + ["--amp", "--compile"]}
         )
     times = {name: [] for name in ["reference", *trainers]}
     first = {name: [] for name in times}
+    failed = {}  # a trainer that cannot run here (--compile without a C compiler, say): its row says why
     for r in range(args.rounds):
-        for name in times:
-            ts = (
-                reference_epochs(args.epochs, args.batch_size)
-                if name == "reference"
-                else vaekit_epochs(args.epochs, args.batch_size, trainers[name])
-            )
+        for name in [n for n in times if n not in failed]:
+            try:
+                ts = (
+                    reference_epochs(args.epochs, args.batch_size, args.device)
+                    if name == "reference"
+                    else vaekit_epochs(args.epochs, args.batch_size, trainers[name])
+                )
+            except SystemExit as e:
+                failed[name] = (str(e).strip().splitlines() or ["?"])[-1][:160].replace("|", "/")
+                print(f"{name} failed: {failed[name]}", flush=True)
+                continue
             first[name].append(ts[0])
             times[name] += ts[1:]
-        print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items()), flush=True)
-    peak = matmul_gflops()
-    peak_bf16 = matmul_gflops(dtype=torch.bfloat16) if cpu_has_bf16() else None
+        done = ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items() if k not in failed)
+        print(f"round {r + 1}/{args.rounds}: {done}", flush=True)
+    if "reference" in failed:
+        raise SystemExit(f"the reference failed: {failed['reference']}")
+    peak = matmul_gflops(device=args.device)
+    peak_bf16 = matmul_gflops(dtype=torch.bfloat16, device=args.device) if bf16 else None
     flops = mlp_vae_flops_per_example() * 60000
     roof_s = flops / (peak * 1e9)
     ref = statistics.median(times["reference"])
@@ -117,6 +134,9 @@ def main():
         "|---|---|---|---|---|---|---|",
     ]
     for name, ts in times.items():
+        if name in failed:
+            lines.append(f"| {name} | failed: {failed[name]} | - | - | - | - | - |")
+            continue
         med = statistics.median(ts)
         bf = f"{flops / (peak_bf16 * 1e9) / med:.0%}" if "bf16" in name else "-"
         lines.append(
@@ -129,10 +149,13 @@ def main():
         + (f"; bf16 peak {peak_bf16:.0f} GFLOP/s = {flops / (peak_bf16 * 1e9):.2f} s/epoch" if peak_bf16 else "")
         + ".\n"
     )
+    on = f" on the GPU ({gpu()})" if args.device == "cuda" else ""
     append_results(
-        "Training speed: seconds per epoch, batch 128",
-        f"python benchmarks/train_speed.py --rounds {args.rounds} --epochs {args.epochs}",
+        f"Training speed{on}: seconds per epoch, batch {args.batch_size}",
+        f"python benchmarks/train_speed.py --rounds {args.rounds} --epochs {args.epochs}"
+        + (f" --device {args.device}" if args.device != "cpu" else ""),
         body,
+        args.device,
     )
 
 
