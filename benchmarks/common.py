@@ -78,6 +78,25 @@ def mnist_dir() -> Path:
     return fetch("mnist", quiet=True)
 
 
+def mnist_subset(n: int, folder: Path) -> tuple[Path, Path]:
+    """The first n MNIST training digits (and the first min(n, 10000) test digits), for a short run: as an .npz
+    (x uint8 (n, 28, 28), y) for vaekit --data, and as the four IDX files for the reference's --idx-dir.
+    Returns (the .npz, the IDX folder)."""
+    import numpy as np
+
+    from vaekit.data import load
+    from vaekit.data.idx import write_idx
+
+    folder.mkdir(parents=True, exist_ok=True)
+    train, test = load("mnist", "train"), load("mnist", "test")
+    npz = folder / f"mnist-{n}.npz"
+    np.savez(npz, x=train.x[:n, 0].numpy(), y=train.y[:n].numpy())
+    for prefix, ds in (("train", train), ("t10k", test)):
+        write_idx(folder / f"{prefix}-images-idx3-ubyte", ds.x[:n, 0].numpy())
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte", ds.y[:n].numpy().astype(np.uint8))
+    return npz, folder
+
+
 def vaekit_cmd(*args) -> list[str]:
     return [sys.executable, "-m", "vaekit", *map(str, args)]
 

@@ -19,7 +19,8 @@
 # build on Linux x86-64 (or the build VAEKIT_TORCH_INDEX names, installed first). Offline, give VAEKIT_PYTHON an
 # interpreter that has torch with CUDA and the dev packages (pip install -e '.[dev]' or the list it names), and
 # MNIST in the data cache ($VAEKIT_DATA or ~/.cache/vaekit: copy the mnist/ folder from a machine that has it).
-# Sizes: GPU_CHECK_ROUNDS (2), GPU_CHECK_EPOCHS (3), GPU_CHECK_K (5000), GPU_CHECK_LIMIT (2000); --quick: 1, 2, 20, 200.
+# Sizes: GPU_CHECK_ROUNDS (2), GPU_CHECK_EPOCHS (3), GPU_CHECK_K (5000), GPU_CHECK_LIMIT (2000 test digits),
+# GPU_CHECK_TRAIN_LIMIT (0: all 60k training digits); --quick: 1, 2, 20, 200, 1000.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
 ROOT=$PWD
@@ -28,15 +29,15 @@ QUICK=0
 for a in "$@"; do
     case $a in
         --quick) QUICK=1 ;;
-        -h | --help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h | --help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "error: gpu_check.sh: unknown argument $a (only --quick)" >&2; exit 2 ;;
     esac
 done
 die() { echo "error: $*" >&2; exit 2; }
 [[ $DEVICE == cuda || $DEVICE == cpu ]] || die "GPU_CHECK_DEVICE must be cuda or cpu, got '$DEVICE'"
-if ((QUICK)); then d=(1 2 20 200); else d=(2 3 5000 2000); fi
+if ((QUICK)); then d=(1 2 20 200 1000); else d=(2 3 5000 2000 0); fi
 ROUNDS=${GPU_CHECK_ROUNDS:-${d[0]}} EPOCHS=${GPU_CHECK_EPOCHS:-${d[1]}} K=${GPU_CHECK_K:-${d[2]}}
-LIMIT=${GPU_CHECK_LIMIT:-${d[3]}}
+LIMIT=${GPU_CHECK_LIMIT:-${d[3]}} TRAIN_LIMIT=${GPU_CHECK_TRAIN_LIMIT:-${d[4]}}
 
 # ------------------------------------------------------------------------------------------ the interpreter
 if [[ -n ${VAEKIT_PYTHON:-} ]]; then
@@ -95,7 +96,7 @@ ROWS=()
 step() {  # step NAME COMMAND...: run it, time it, keep a summary row
     local name=$1 t0=$SECONDS rc
     shift
-    echo "== $name: $*"
+    if [[ $(type -t "$1") == function ]]; then echo "== $name"; else echo "== $name: $*"; fi
     "$@"
     rc=$?
     ROWS+=("| $name | $([[ $rc == 0 ]] && echo ok || echo "failed (exit $rc)") | $((SECONDS - t0)) |")
@@ -111,7 +112,7 @@ run_tests() {
     "$PY" -m pytest "${sel[@]}" -ra -q -p no:cacheprovider tests/integration/test_cuda.py 2>&1 | tee "$LOG"
     return "${PIPESTATUS[0]}"
 }
-step "pytest ${sel[*]} -ra" run_tests
+step "pytest ${sel[*]}${sel:+ }-ra tests/integration/test_cuda.py" run_tests
 TESTS=$(grep -E '(passed|failed|skipped|error|deselected|no tests ran)' "$LOG" | tail -1 | sed 's/=//g; s/^ *//; s/ *$//')
 if [[ $DEVICE == cuda ]] && grep -q 'needs a CUDA device' "$LOG"; then
     STATUS=1  # torch saw the GPU above, so a skip here is a failure of the check
@@ -119,8 +120,10 @@ fi
 
 # ------------------------------------------------------------------------------------------- the benchmarks
 if step "MNIST in the data cache" "$PY" -m vaekit data fetch mnist; then
-    step "train speed" "$PY" benchmarks/train_speed.py --device "$DEVICE" --rounds "$ROUNDS" --epochs "$EPOCHS"
-    step "eval speed" "$PY" benchmarks/eval_speed.py --device "$DEVICE" --k "$K" --limit "$LIMIT"
+    step "train speed" "$PY" benchmarks/train_speed.py --device "$DEVICE" --rounds "$ROUNDS" --epochs "$EPOCHS" \
+        --limit "$TRAIN_LIMIT"
+    step "eval speed" "$PY" benchmarks/eval_speed.py --device "$DEVICE" --k "$K" --limit "$LIMIT" \
+        --train-limit "$TRAIN_LIMIT"
 else
     echo "error: MNIST is not in the data cache and cannot be fetched: copy ~/.cache/vaekit/mnist from a machine" \
         "that has it and set VAEKIT_DATA to its parent folder; the speed benchmarks were not run" >&2
