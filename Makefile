@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 CORE   := $(VENV)/.installed-core
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-quick lint bench bench-quality data system clean help
+.PHONY: demo test test-quick lint bench bench-quality gpu-check data system clean help
 
 help:
 	@echo "make demo   - fetch MNIST, train, evaluate, write the report (runs/demo)"
@@ -14,6 +14,7 @@ help:
 	@echo "make lint   - ruff check and ruff format --check"
 	@echo "make bench  - speed benchmarks (results appended to benchmarks/RESULTS.md)"
 	@echo "make bench-quality - test NLL of configs/mnist-best.yaml within 60 minutes of training"
+	@echo "make gpu-check - on a CUDA machine: the cuda tests, train and eval speed on the GPU (benchmarks/gpu_check.sh)"
 
 # The demo needs only the package; the tests, lint and benchmarks also its dev extras (a minute more to install).
 $(CORE): pyproject.toml constraints.txt
@@ -54,6 +55,10 @@ bench: data $(STAMP)
 
 bench-quality: data $(STAMP)
 	$(PY) benchmarks/quality.py
+
+# Bootstraps .venv itself (or uses $$VAEKIT_PYTHON); results appended to benchmarks/RESULTS.md. Under 8 minutes.
+gpu-check:
+	PYTHON=$(PYTHON) bash benchmarks/gpu_check.sh
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

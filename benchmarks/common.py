@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "RESULTS.md"
+RESULTS = Path(os.environ.get("VAEKIT_RESULTS") or ROOT / "benchmarks" / "RESULTS.md")  # a dry run writes elsewhere
 REFERENCE = ROOT / "benchmarks" / "reference.py"  # the PyTorch examples VAE, re-implemented
 
 
@@ -34,18 +34,35 @@ def machine() -> str:
     )
 
 
-def matmul_gflops(n: int = 1024, seconds: float = 2.0, dtype: torch.dtype = torch.float32) -> float:
-    """Measured matmul throughput of this machine, GFLOP/s (best of repeated n x n products)."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+def matmul_gflops(
+    n: int = 1024, seconds: float = 2.0, dtype: torch.dtype = torch.float32, device: str = "cpu"
+) -> float:
+    """Measured matmul throughput of this machine (of its GPU with device="cuda": n x 4), GFLOP/s (best of
+    repeated n x n products)."""
+    cuda = torch.device(device).type == "cuda"
+    n = n * 4 if cuda else n
+    sync = torch.cuda.synchronize if cuda else lambda: None
+    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
     for _ in range(3):
         a @ b
+    sync()
     best, t_end = 0.0, time.perf_counter() + seconds
     while time.perf_counter() < t_end:
         t0 = time.perf_counter()
         for _ in range(5):
             a @ b
+        sync()
         best = max(best, 5 * 2 * n**3 / (time.perf_counter() - t0) / 1e9)
     return best
+
+
+def gpu() -> str:
+    """The CUDA device torch sees: name, memory, CUDA version ("" without one)."""
+    if not torch.cuda.is_available():
+        return ""
+    p = torch.cuda.get_device_properties(0)
+    mem = p.total_memory / 2**30
+    return f"{p.name} ({mem:.0f} GiB, compute capability {p.major}.{p.minor}), CUDA {torch.version.cuda}"
 
 
 def mlp_vae_flops_per_example(d_in: int = 784, h: int = 400, d: int = 20) -> float:
@@ -61,6 +78,25 @@ def mnist_dir() -> Path:
     return fetch("mnist", quiet=True)
 
 
+def mnist_subset(n: int, folder: Path) -> tuple[Path, Path]:
+    """The first n MNIST training digits (and the first min(n, 10000) test digits), for a short run: as an .npz
+    (x uint8 (n, 28, 28), y) for vaekit --data, and as the four IDX files for the reference's --idx-dir.
+    Returns (the .npz, the IDX folder)."""
+    import numpy as np
+
+    from vaekit.data import load
+    from vaekit.data.idx import write_idx
+
+    folder.mkdir(parents=True, exist_ok=True)
+    train, test = load("mnist", "train"), load("mnist", "test")
+    npz = folder / f"mnist-{n}.npz"
+    np.savez(npz, x=train.x[:n, 0].numpy(), y=train.y[:n].numpy())
+    for prefix, ds in (("train", train), ("t10k", test)):
+        write_idx(folder / f"{prefix}-images-idx3-ubyte", ds.x[:n, 0].numpy())
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte", ds.y[:n].numpy().astype(np.uint8))
+    return npz, folder
+
+
 def vaekit_cmd(*args) -> list[str]:
     return [sys.executable, "-m", "vaekit", *map(str, args)]
 
@@ -74,9 +110,13 @@ def run_json_lines(cmd: list[str], env: dict | None = None) -> list[dict]:
     return [json.loads(line) for line in p.stdout.splitlines() if line.startswith("{")]
 
 
-def append_results(title: str, command: str, body: str) -> None:
+def append_results(title: str, command: str, body: str, device: str = "cpu") -> None:
+    """Append a section to RESULTS.md ($VAEKIT_RESULTS if set): title, command, date, machine (and GPU), body."""
     stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
-    text = f"\n## {title}\n\n- command: `{command}`\n- date: {stamp}\n- machine: {machine()}\n\n{body.rstrip()}\n"
+    where = f"- GPU: {gpu()}\n" if torch.device(device).type == "cuda" else ""
+    text = (
+        f"\n## {title}\n\n- command: `{command}`\n- date: {stamp}\n- machine: {machine()}\n{where}\n{body.rstrip()}\n"
+    )
     if not RESULTS.exists():
         RESULTS.write_text("# Benchmark results\n\nEach section is appended by the script it names.\n")
     with open(RESULTS, "a") as f:

@@ -10,11 +10,13 @@ tensor in [0, 1], one example per `__getitem__`, batched by the default collate.
 is part of what the benchmarks time, so it is kept as it is.
 
 Left out: the example's progress prints and PNG files, hence also its 64-sample draw after each
-epoch (which would advance the RNG); it runs on the CPU only. With the same --seed it prints the
-same losses, to the last digit, as the baseline script the benchmarks used to run from outside the
-repository (the check is recorded in benchmarks/RESULTS.md).
+epoch (which would advance the RNG). With the same --seed it prints the same losses, to the last digit, as the
+baseline script the benchmarks used to run from outside the repository (the check is recorded in
+benchmarks/RESULTS.md). It runs on the CPU unless --device cuda, where it does what the example does on a GPU:
+the model and each batch on the device, DataLoaders with one worker and pinned memory.
 
     python benchmarks/reference.py --idx-dir DIR [--epochs 10] [--batch-size 128] [--seed 1] [--threads 0]
+                                   [--device cpu|cuda]
 
 DIR holds the uncompressed MNIST IDX files (train-images-idx3-ubyte, t10k-labels-idx1-ubyte, ...).
 Prints one JSON line per epoch: {"epoch", "train_seconds", "test_seconds", "train_loss", "test_loss"};
@@ -100,11 +102,12 @@ def loss_function(recon_x, x, mu, logvar):
     return bce + kld
 
 
-def train(model: VAE, optimizer: optim.Optimizer, loader: torch.utils.data.DataLoader) -> float:
+def train(model: VAE, optimizer: optim.Optimizer, loader: torch.utils.data.DataLoader, device="cpu") -> float:
     """One epoch; the mean loss per example, in nats."""
     model.train()
     train_loss = 0.0
     for data, _ in loader:
+        data = data.to(device)
         optimizer.zero_grad()
         recon_batch, mu, logvar = model(data)
         loss = loss_function(recon_batch, data, mu, logvar)
@@ -114,12 +117,13 @@ def train(model: VAE, optimizer: optim.Optimizer, loader: torch.utils.data.DataL
     return train_loss / len(loader.dataset)
 
 
-def test(model: VAE, loader: torch.utils.data.DataLoader) -> float:
+def test(model: VAE, loader: torch.utils.data.DataLoader, device="cpu") -> float:
     """The mean loss per test example, in nats (one posterior sample each)."""
     model.eval()
     test_loss = 0.0
     with torch.no_grad():
         for data, _ in loader:
+            data = data.to(device)
             recon_batch, mu, logvar = model(data)
             test_loss += loss_function(recon_batch, data, mu, logvar).item()
     return test_loss / len(loader.dataset)
@@ -132,7 +136,12 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--threads", type=int, default=0, help="torch threads; 0 keeps torch's default")
+    ap.add_argument(
+        "--device", default="cpu", choices=["cpu", "cuda"], help="as the example's --no-accel (default cpu)"
+    )
     args = ap.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        ap.exit(2, "error: --device cuda: torch.cuda.is_available() is False on this machine\n")
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -140,15 +149,16 @@ def main() -> None:
         train_set, test_set = MNIST(args.idx_dir, train=True), MNIST(args.idx_dir, train=False)
     except VaekitError as e:
         ap.exit(2, f"error: {e}\n")
-    train_loader = torch.utils.data.DataLoader(train_set, batch_size=args.batch_size, shuffle=True)
-    test_loader = torch.utils.data.DataLoader(test_set, batch_size=args.batch_size, shuffle=False)
-    model = VAE()
+    kwargs = {"num_workers": 1, "pin_memory": True} if args.device == "cuda" else {}  # the example's, on a GPU
+    train_loader = torch.utils.data.DataLoader(train_set, batch_size=args.batch_size, shuffle=True, **kwargs)
+    test_loader = torch.utils.data.DataLoader(test_set, batch_size=args.batch_size, shuffle=False, **kwargs)
+    model = VAE().to(args.device)
     optimizer = optim.Adam(model.parameters(), lr=1e-3)
     for epoch in range(1, args.epochs + 1):
         t0 = time.perf_counter()
-        train_loss = train(model, optimizer, train_loader)
+        train_loss = train(model, optimizer, train_loader, args.device)
         t1 = time.perf_counter()
-        test_loss = test(model, test_loader)
+        test_loss = test(model, test_loader, args.device)
         t2 = time.perf_counter()
         row = {
             "epoch": epoch,

@@ -9,6 +9,7 @@ Tiers: `pytest -m "not slow and not browser"` (make test-quick) needs no network
 Every test that uses real MNIST through `mnist_train` (so also mnist_slice, vae_run, ae_run and any fixture
 built on them) is marked `slow` here at collection; a test that loads real data by itself carries the mark.
 Quick tests that need images use `synthetic_digits`.
+Tests marked `cuda` are skipped, with the reason, where torch sees no CUDA device (skip_without_cuda).
 """
 
 from __future__ import annotations
@@ -133,6 +134,22 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if REAL_DATA_FIXTURE in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
+    skip_without_cuda(items)
+
+
+def skip_without_cuda(items) -> None:
+    """Tests marked `cuda` run where torch sees a CUDA device and are skipped elsewhere, the reason shown by -ra."""
+    marked = [item for item in items if item.get_closest_marker("cuda")]
+    if not marked:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+    reason = f"needs a CUDA device: torch.cuda.is_available() is False (torch {torch.__version__}, {build})"
+    for item in marked:
+        item.add_marker(pytest.mark.skip(reason=reason))
 
 
 def loopback_works() -> bool:

@@ -132,17 +132,18 @@ def validate(model, ds: Dataset, cfg: TrainConfig, device, rank: int = 0, world:
 
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=device)
-    state = torch.get_rng_state()
-    torch.manual_seed(seeds.val_noise(cfg.seed))
-    for x, y in eval_batches(ds, 1000, cfg.binarize, seeds.val_binarize(cfg.seed), device, labels=True):
-        mine = slice(rank, None, world)  # this rank's share of a batch binarized (and its noise drawn) as in 1 process
-        eps = shard_noise(len(x), model.latent_dim, 1, mine, world, torch.float32, device) if model.is_vae else None
-        x = x[mine]
-        if not len(x):
-            continue
-        t = elbo(conditioned(model, None if y is None else y[rank::world]), x, eps)
-        sums += torch.stack([t.elbo.sum(), t.recon.sum(), t.kl.sum(), t.elbo.new_tensor(float(len(x)))]).double()
-    torch.set_rng_state(state)  # validation must not perturb the training noise (exact resume)
+    # validation must not perturb the training noise (exact resume): manual_seed reseeds every device, so the
+    # device's generator is put back too (else on CUDA each epoch's training noise restarted from one state)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seeds.val_noise(cfg.seed))
+        for x, y in eval_batches(ds, 1000, cfg.binarize, seeds.val_binarize(cfg.seed), device, labels=True):
+            mine = slice(rank, None, world)  # this rank's share of a batch binarized (its noise drawn) as in 1 process
+            eps = shard_noise(len(x), model.latent_dim, 1, mine, world, torch.float32, device) if model.is_vae else None
+            x = x[mine]
+            if not len(x):
+                continue
+            t = elbo(conditioned(model, None if y is None else y[rank::world]), x, eps)
+            sums += torch.stack([t.elbo.sum(), t.recon.sum(), t.kl.sum(), t.elbo.new_tensor(float(len(x)))]).double()
     all_sum(sums, world)
     model.train()
     return (sums[:3] / sums[3]).tolist()
