@@ -7,6 +7,7 @@ the file and the problem (VaekitError), never a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import lzma
 import warnings
 import zipfile
@@ -324,17 +325,25 @@ def _read_images(paths: list[Path]) -> np.ndarray:
     return x
 
 
-def read_image(p: Path) -> np.ndarray:
-    """One image's pixels (H, W, 1) grey or (H, W, 3) colour, uint8; a one-line error naming it if unreadable."""
+@contextlib.contextmanager
+def strict_pillow():
+    """Pillow only warns between 1x and 2x its pixel limit (a second stderr line, then a huge image): inside,
+    that warning is an error, which the callers turn into a one-line refusal naming the image."""
     from PIL import Image  # only image folders need Pillow
 
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        yield
+
+
+def read_image(p: Path) -> np.ndarray:
+    """One image's pixels (H, W, 1) grey or (H, W, 3) colour, uint8; a one-line error naming it if unreadable."""
+    from PIL import Image
+
     try:
-        with warnings.catch_warnings():
-            # Pillow only warns between 1x and 2x its pixel limit: a second stderr line, then a huge image
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(p) as im:
-                im.load()
-                return _to_grey_or_rgb(im, p)
+        with strict_pillow(), Image.open(p) as im:
+            im.load()
+            return _to_grey_or_rgb(im, p)
     except VaekitError:
         raise
     except Exception as e:  # Pillow raises OSError, ValueError, SyntaxError, DecompressionBombError...

@@ -40,7 +40,7 @@ import torch
 
 from vaekit.errors import VaekitError
 
-from .files import GREY_MODES, WIDE_MODES, _as_nchw, _as_pixels, mixed_sizes, open_npy, read_image
+from .files import GREY_MODES, WIDE_MODES, _as_nchw, _as_pixels, mixed_sizes, open_npy, read_image, strict_pillow
 
 ENV = "VAEKIT_IN_MEMORY"
 CHOICES = ("auto", "yes", "no")
@@ -310,7 +310,7 @@ def _header(p: Path) -> tuple[tuple[int, int], int]:
     from PIL import Image
 
     try:
-        with Image.open(p) as im:
+        with strict_pillow(), Image.open(p) as im:
             size, mode = im.size, im.mode
     except Exception as e:  # Pillow raises OSError, ValueError, SyntaxError...
         raise VaekitError(f"{p}: not a readable image ({type(e).__name__}: {e})") from None
