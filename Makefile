@@ -41,7 +41,7 @@ lint: $(STAMP)
 
 test: system data lint
 	$(VENV)/bin/vaekit data fetch fashion-mnist
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 # The quick tier: no network, no dataset download (synthetic data), under a minute; it prints its time.
 test-quick: lint
