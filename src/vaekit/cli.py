@@ -52,6 +52,8 @@ TRAIN_FLAGS = [
     ),
     ("--patience", int, "early stopping: epochs without validation improvement, 0 = off"),
     ("--max-bad-steps", int, "consecutive non-finite steps before stopping (default 20)"),
+    ("--prior", str, "p(z): standard (N(0, I)), vamp (VampPrior) or mog (mixture of Gaussians) (default standard)"),
+    ("--prior-components", int, "vamp: pseudo-inputs K; mog: Gaussians K (default 500)"),
 ]
 # Training switches: (flag, help); store_true with default None, for the same reason.
 SWITCHES = [

@@ -22,10 +22,12 @@ from vaekit.unique_keys import DuplicateKey, unique_key_loader, unique_pairs
 LIKELIHOODS = ("bernoulli", "gaussian", "cbernoulli")
 LEARN_SIGMA = ("none", "global", "pixel")
 SCHEDULES = ("constant", "cosine", "step")
+PRIORS = ("standard", "vamp", "mog")  # N(0, I); VampPrior (Tomczak & Welling 2018); a mixture of K Gaussians
 # Sanity bounds: beyond them a value is a typo or a hostile file, and torch or numpy would fail with a
 # traceback (an integer overflow, an allocation of terabytes) instead of this one-line error.
 MAX_WIDTH = 1 << 16  # latent-dim, hidden and conv channel widths
 MAX_IW_K = 5000  # importance samples per example in training (eval's default k)
+MAX_COMPONENTS = 1 << 20  # a learned prior's components (a VampPrior's are also checked against the data's size)
 MAX_THREADS = 1024
 MAX_SEED = 2**32 - 1  # numpy's seeds are 32-bit
 FLOAT32_MAX = 3.4028234e38  # weights are float32: a larger hyperparameter overflows on the way in
@@ -45,6 +47,8 @@ class ModelConfig:
     learn_sigma: str = "none"  # gaussian: none | global | pixel
     min_sigma: float = 1e-3  # a learned sigma never goes below this
     num_classes: int = 0  # a conditional model's label classes (set by --conditional from the data); 0 = none
+    prior: str = "standard"  # standard | vamp | mog (priors.py)
+    prior_components: int = 500  # vamp: pseudo-inputs K; mog: Gaussians K
 
     def validate(self) -> ModelConfig:
         from vaekit.networks import ACTIVATIONS
@@ -55,6 +59,10 @@ class ModelConfig:
         _choice("learn-sigma", self.learn_sigma, LEARN_SIGMA)
         _choice("activation", self.activation, tuple(ACTIVATIONS))
         _positive("latent-dim", self.latent_dim, MAX_WIDTH)
+        _choice("prior", self.prior, PRIORS)
+        _positive("prior-components", self.prior_components, MAX_COMPONENTS)
+        if self.prior != "standard" and self.model == "ae":
+            raise VaekitError(f"--prior {self.prior} applies to a VAE only (an autoencoder has none)", option="prior")
         for h in self.hidden:
             _positive("hidden", h, MAX_WIDTH)
         for c in self.channels:
@@ -96,6 +104,11 @@ class ModelConfig:
                         f"(this model's likelihood is {self.likelihood})",
                         option=name,
                     )
+        if self.prior == "standard" and self.prior_components != defaults.prior_components:
+            raise VaekitError(
+                "--prior-components applies only to --prior vamp or mog (this model's prior is standard)",
+                option="prior_components",
+            )
         if self.arch == "mlp" and tuple(self.channels) != defaults.channels:
             raise VaekitError("--channels applies only to --arch conv (this model is an MLP)", option="channels")
         return self
@@ -195,6 +208,12 @@ class TrainConfig:
                 f"num_classes {model.num_classes} applies only to a conditional model: --conditional "
                 f"(conditional: true) sets it from the data's labels",
                 option="num_classes",
+            )
+        if model is not None and model.prior != "standard" and self.free_bits:
+            raise VaekitError(
+                f"--free-bits needs a KL per latent dimension, which --prior {model.prior} (a mixture) does not "
+                "have: drop --free-bits",
+                option="free_bits",
             )
         if self.iw_k > 1 and (self.free_bits or self.kl_warmup or self.beta != 1.0):
             raise VaekitError(

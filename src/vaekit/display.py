@@ -83,7 +83,9 @@ def model_rows(model) -> list[tuple[str, str]]:
     dec_out = [f"deconv {'-'.join(chans[::-1])} -> {n_in}"] if chans else [str(n_in)]
     out = f"{2 * d} = mu and log sigma^2, {d} each" if model.is_vae else f"{d} = the code z"
     if model.is_vae:
-        prior = "N(0, I)" if type(model.prior).__name__ == "StandardNormal" else type(model.prior).__name__
+        from vaekit.priors import describe
+
+        prior = describe(model.prior)
     else:
         prior = "none (sample() draws from a Gaussian fitted to the training codes)"
     rows = [

@@ -22,10 +22,11 @@ import torch
 from torch import nn
 
 from vaekit.config import ModelConfig
-from vaekit.distributions import Bernoulli, ContinuousBernoulli, Gaussian, Normal, PointMass, Prior, StandardNormal
+from vaekit.distributions import Bernoulli, ContinuousBernoulli, Gaussian, Normal, PointMass, Prior
 from vaekit.errors import VaekitError
 from vaekit.networks import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
 from vaekit.objectives import training_loss
+from vaekit.priors import make_prior
 
 NOT_CONDITIONAL = "this model is not conditional: it takes no labels (train with --conditional)"
 LOGVAR_RANGE = (-14.0, 8.0)  # sigma in [9e-4, 55]: exp() never overflows, KL stays finite
@@ -103,8 +104,9 @@ class _LatentModel(nn.Module):
         super().__init__()
         self.config = config
         self.encoder, self.decoder, self.likelihood = encoder, decoder, likelihood
-        # p(z): the objectives ask it for log_prob, samples and (when it has one) an analytic KL; N(0, I) by default
-        self.prior = prior if prior is not None else StandardNormal(config.latent_dim)
+        # p(z): the objectives ask it for log_prob, samples and (when it has one) an analytic KL; config.prior
+        # names it (N(0, I) by default); a learned one is a submodule (priors.py)
+        self.prior = prior if prior is not None else make_prior(self)
 
     @property
     def latent_dim(self) -> int:
@@ -158,6 +160,10 @@ class _LatentModel(nn.Module):
         else:
             out = self.decoder(flat, _broadcast(c, lead, "codes", z.shape).reshape(-1, c.shape[-1]))
         return self.likelihood(out.view(*lead, *self.shape))
+
+    def _q(self, x: torch.Tensor, c: torch.Tensor | None):
+        """q(z|x, c) for x (B, *shape) and one-hot labels c (B, K) or None: what a VampPrior encodes."""
+        return self._posterior(self._encode(x, c))
 
     def decode(self, z: torch.Tensor, y=None):
         """p(x|z) (p(x|z, y) for a conditional model) for z (..., D): the distribution's parameters have shape

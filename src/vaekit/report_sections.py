@@ -14,6 +14,8 @@ import math
 from typing import TYPE_CHECKING
 
 from vaekit import figures
+from vaekit.distributions import StandardNormal
+from vaekit.priors import describe
 from vaekit.studies import (
     SHIFTS,
     Entry,
@@ -43,7 +45,16 @@ def label(e: Entry) -> str:
 
 
 def sampler_text(e: Entry) -> str:
-    return "draws from the prior N(0, I)" if e.is_vae else "draws from a Gaussian N(m, S) fitted to its training codes"
+    if e.is_vae:
+        return f"draws from the prior {describe(e.model.prior)}"
+    return "draws from a Gaussian N(m, S) fitted to its training codes"
+
+
+def prior_note(e: Entry) -> str:
+    """A sentence for a VAE whose prior is not N(0, I), where a figure or number assumes N(0, I); else ""."""
+    if not e.is_vae or isinstance(e.model.prior, StandardNormal):
+        return ""
+    return f" This model's prior is {describe(e.model.prior)}, not N(0, I): the grid and the 81% refer to N(0, I)."
 
 
 # ------------------------------------------------------------------------------------------- section 3
@@ -95,7 +106,7 @@ def section_latent(
             samples,
             "Generated digits: decoded means of latent draws. The AE has no prior, "
             "so its draws come from a Gaussian fitted to its own training codes (the usual fair "
-            "stand-in); the VAE's come from its prior N(0, I).",
+            "stand-in); a VAE's come from its prior (N(0, I) unless the row's label names another).",
         ),
     ]
     if clf is not None:
@@ -301,7 +312,7 @@ def section_manifold(page: Page, e: Entry, study: ManifoldStudy, y_eval, s: Repo
             ),
             f"<p>{page.num(f'{e.name}.manifold_inside', 100 * study.inside, 1, '%')} of the test codes fall inside "
             f"the plotted square (the prior puts 81% there). Test NLL of this model: "
-            f"{page.metrics.get(f'{e.name}.nll', float('nan')):.2f} nats.</p>",
+            f"{page.metrics.get(f'{e.name}.nll', float('nan')):.2f} nats.{esc(prior_note(e))}</p>",
         ],
     )
 

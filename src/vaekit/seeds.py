@@ -56,3 +56,8 @@ def importance(seed: int) -> int:
 def generated(seed: int) -> int:
     """The report's generated digits (prior draws of every model, the same for each)."""
     return seed + 1
+
+
+def pseudo_inputs(seed: int) -> int:
+    """Which training examples a VampPrior's pseudo-inputs start from, and their noise (priors.py)."""
+    return seed * 7919 + 101

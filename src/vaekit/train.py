@@ -53,6 +53,7 @@ from vaekit.distributed import (
 from vaekit.errors import VaekitError
 from vaekit.models import build_model
 from vaekit.objectives import kl_weight
+from vaekit.priors import init_pseudo_inputs
 from vaekit.runlog import RunLog, truncate_metrics
 from vaekit.signals import SignalFlag
 from vaekit.steps import as_dataset, compiled, fit_ae_codes, forward_backward, make_optimizer, resolve_binarize
@@ -426,6 +427,8 @@ def train(
         train_ds, val_ds = split_validation(ds, cfg.val_fraction, seeds.weights(cfg.seed))
         torch.manual_seed(seeds.weights(cfg.seed))  # the initial weights follow --seed (the same on every rank)
         model = build_model(model_cfg)
+        if not resume:  # a VampPrior starts from training examples (resume restores its pseudo-inputs)
+            init_pseudo_inputs(model, train_ds, seeds.pseudo_inputs(cfg.seed))
         return fit(
             model,
             train_ds,

@@ -357,6 +357,23 @@ def test_claims_table_missing_runs_and_classifier():
     check_rows(claims_table(measure_claims({}, None, x, None, SMALL)))
 
 
+def test_claims_on_a_vae_with_a_learned_prior_sample_it_and_skip_the_closed_form():
+    """C3 decodes draws of the VAE's own prior (here a VampPrior, not N(0, I)); C6 compares the closed-form
+    KL with the Monte Carlo one, so a prior without a closed form is left out of it; C7 and C8 still run."""
+    runs, clf, x, y = small_runs()
+    torch.manual_seed(0)
+    cfg = ModelConfig(input_shape=SHAPE, latent_dim=4, hidden=(16,), prior="vamp", prior_components=5)
+    vamp = build_model(cfg).eval()
+    vamp.run_config = RunConfig(cfg, TrainConfig(binarize="none"))
+    res = measure_claims({"vae": vamp}, clf, x, y, SMALL)
+    assert "vae" not in res.elbo and "vae" in res.grads and "vae" in res.prior_kl
+    with torch.no_grad():
+        own = generation_scores(
+            clf, vamp.decode(vamp.latent_sampler(20, torch.Generator().manual_seed(0))).mean, x[:20]
+        )
+    assert res.sampling["vae"]["prior"] == own
+
+
 def results(**kw) -> ClaimResults:
     runs = {k: {} for k in ("ae", "vae", "ae2d", "vae2d")}
     return ClaimResults(runs, ClaimSettings(), True, **kw)

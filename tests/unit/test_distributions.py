@@ -14,6 +14,7 @@ from vaekit.distributions import (
     Bernoulli,
     ContinuousBernoulli,
     Gaussian,
+    MixtureNormal,
     Normal,
     NormalPrior,
     PointMass,
@@ -194,6 +195,97 @@ def test_a_prior_by_default_claims_no_closed_form_and_no_factorisation():
     assert Bare().log_prob_per_dim(torch.zeros(3, 2)) is None
     with pytest.raises(NotImplementedError):
         Bare().log_prob(torch.zeros(3, 2))
+
+
+# ------------------------------------------------------------------------------- a mixture of Normals
+
+
+def _mixture_oracle(mu, logvar):
+    """torch's 1/K sum_k N(mu_k, diag exp(logvar_k)), in float64."""
+    mu, logvar = mu.double(), logvar.double()
+    cat = td.Categorical(logits=torch.zeros(mu.shape[0], dtype=torch.float64))
+    return td.MixtureSameFamily(cat, td.Independent(td.Normal(mu, torch.exp(0.5 * logvar)), 1))
+
+
+def _mixture_params(k=7, d=5, scale=3.0, lv=(-14.0, 8.0), seed=60):
+    g = _gen(seed)
+    mu = torch.randn(k, d, generator=g, dtype=torch.float64) * scale
+    return mu, torch.empty(k, d, dtype=torch.float64).uniform_(*lv, generator=g)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("scale", [1.0, 1e3], ids=["unit", "huge-means"])
+def test_mixture_normal_log_prob_matches_torch(dtype, scale):
+    """Against MixtureSameFamily of Independent Normals (float64), at draws of the mixture itself (near one
+    component: where the expansion into matrix products cancels most), of a wider Gaussian, and far away;
+    logvar over the whole clamped range [-14, 8], means up to 1e3."""
+    mu, logvar = _mixture_params(scale=scale)
+    oracle = _mixture_oracle(mu, logvar)
+    g = _gen(61)
+    z = torch.cat(
+        [oracle.sample((40,)), mu.mean(0) + 10 * scale * torch.randn(20, 5, generator=g, dtype=torch.float64)]
+    ).view(4, 15, 5)  # (k, B, D): any leading shape
+    ours = MixtureNormal(mu.to(dtype), logvar.to(dtype)).log_prob(z.to(dtype))
+    assert ours.shape == (4, 15) and ours.dtype == dtype
+    ref = _mixture_oracle(mu.to(dtype), logvar.to(dtype)).log_prob(z.to(dtype).double())  # the same inputs
+    # float64 expansion error ~1e-16 (|z - c|^2 + |mu_k - c|^2) / sigma^2: 1e-3 nats for codes 3e3 from the
+    # centre at sigma 9e-4 (the docstring's bound), far below the float32 output's own rounding otherwise
+    atol = 1e-3 if dtype == torch.float32 or scale > 1 else 1e-8
+    torch.testing.assert_close(ours.double(), ref, rtol=1e-6 if dtype == torch.float32 else 1e-12, atol=atol)
+
+
+def test_mixture_normal_of_identical_components_is_that_normal_and_chunks_agree(monkeypatch):
+    """K copies of one Normal is that Normal (log K cancels); the (N, K) table computed a few rows at a time
+    gives the same numbers as in one piece."""
+    mu, logvar = _mixture_params(k=1, d=4, lv=(-3.0, 2.0))
+    z = torch.randn(50, 4, generator=_gen(62), dtype=torch.float64) * 2
+    mix = MixtureNormal(mu.expand(9, 4), logvar.expand(9, 4))
+    torch.testing.assert_close(mix.log_prob(z), Normal(mu[0], logvar[0]).log_prob(z), rtol=1e-12, atol=1e-10)
+    mix = MixtureNormal(*_mixture_params(k=9, d=4))
+    whole = mix.log_prob(z)
+    monkeypatch.setattr(MixtureNormal, "CHUNK", 9 * 7)  # 7 rows at a time
+    torch.testing.assert_close(mix.log_prob(z), whole, rtol=1e-13, atol=1e-12)
+    assert mix.log_prob(z[:0]).shape == (0,)
+
+
+def test_mixture_normal_gradients_match_torch():
+    """d log p(z) / d(z, mu, logvar) against torch's mixture (autograd through both)."""
+    mu, logvar = _mixture_params(k=4, d=3, lv=(-2.0, 1.0))
+    z = torch.randn(6, 3, generator=_gen(63), dtype=torch.float64)
+    grads = []
+    for f in (lambda m, lv, z: MixtureNormal(m, lv).log_prob(z), lambda m, lv, z: _mixture_oracle(m, lv).log_prob(z)):
+        args = [t.clone().requires_grad_() for t in (mu, logvar, z)]
+        f(*args).sum().backward()
+        grads.append([a.grad for a in args])
+    for ours, ref in zip(*grads):
+        torch.testing.assert_close(ours, ref, rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("t", [1.0, 0.5])
+def test_mixture_normal_samples_have_the_mixtures_moments(t):
+    """Mean and covariance of 200k draws against the mixture's, mean_k mu_k and mean_k (t^2 diag s_k^2 +
+    mu_k mu_k^T) - m m^T, within 4.5 standard errors (each entry's own, from the draws)."""
+    mu, logvar = _mixture_params(k=4, d=3, scale=2.0, lv=(-1.5, 0.5))
+    n = 200_000
+    z = MixtureNormal(mu, logvar).sample(n, _gen(64), temperature=t)
+    m = mu.mean(0)
+    cov = torch.diag((t**2 * logvar.exp()).mean(0)) + mu.T @ mu / len(mu) - torch.outer(m, m)
+    assert ((z.mean(0) - m).abs() < 4.5 * z.std(0) / math.sqrt(n)).all()
+    c = z - m  # centred on the true mean: E[c_i c_j] is the covariance
+    prods = c[:, :, None] * c[:, None, :]  # (n, D, D)
+    assert ((prods.mean(0) - cov).abs() < 4.5 * prods.std(0) / math.sqrt(n)).all(), (prods.mean(0), cov)
+
+
+def test_mixture_normal_at_temperature_zero_draws_the_means_uniformly_and_follows_the_generator():
+    mu, logvar = _mixture_params(k=5, d=3)
+    mix = MixtureNormal(mu, logvar)
+    z = mix.sample(5000, _gen(65), temperature=0.0)
+    hits = (z[:, None, :] == mu[None]).all(-1)  # (n, K)
+    assert (hits.sum(1) == 1).all()
+    counts = hits.sum(0).double()
+    assert ((counts - 1000).abs() < 4.5 * math.sqrt(5000 * 0.2 * 0.8)).all(), counts
+    torch.testing.assert_close(mix.sample(7, _gen(66)), mix.sample(7, _gen(66)), rtol=0, atol=0)
+    assert mix.analytic_kl_per_dim(Normal(mu, logvar)) is None and mix.log_prob_per_dim(mu) is None
 
 
 # ---------------------------------------------------------------------------------------- Bernoulli

@@ -13,6 +13,7 @@ import re
 from dataclasses import replace
 from html.parser import HTMLParser
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -22,6 +23,7 @@ from test_studies import images
 
 from vaekit.claims import measure_claims
 from vaekit.claims_table import Claim, claims_table
+from vaekit.distributions import StandardNormal
 from vaekit.report import Page
 from vaekit.report_claims import (
     Claims,
@@ -129,12 +131,14 @@ def test_claims_json_plain_and_complete():
 
 
 class FakeEntry:
-    def __init__(self, name, is_vae, latent_dim):
+    def __init__(self, name, is_vae, latent_dim, prior=None):
         self.name, self.is_vae, self.latent_dim = name, is_vae, latent_dim
+        self.model = SimpleNamespace(prior=prior or StandardNormal(latent_dim))
 
 
 def test_claim_runs_first_of_each_part():
     es = [
+        FakeEntry("vamp", True, 20, prior=SimpleNamespace()),  # a learned prior: none of the claims' runs
         FakeEntry("a10", False, 10),
         FakeEntry("v", True, 20),
         FakeEntry("a", False, 20),

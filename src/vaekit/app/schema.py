@@ -200,6 +200,9 @@ class ModelInfo(BaseModel):
     input_shape: list[int]
     arch: str
     likelihood: str
+    prior: str | None = Field(
+        None, description="p(z) in words: N(0, I), a VampPrior (K=500 pseudo-inputs), ...; None for an AE."
+    )
     data: str = Field(description="The data the map shows: a built-in dataset's name, or a file's name.")
     split: Literal["test", "file"] = Field(
         description=(

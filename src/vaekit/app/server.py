@@ -57,6 +57,7 @@ from vaekit.app.schema import (
 from vaekit.figures import grid
 from vaekit.latent import interpolate
 from vaekit.objectives import elbo
+from vaekit.priors import describe
 
 STATIC = Path(__file__).parent / "static"
 __all__ = ["Entry", "Explorer", "create_app", "load_entries"]
@@ -154,6 +155,7 @@ class Explorer:
                     input_shape=list(e.shape),
                     arch=e.model.config.arch,
                     likelihood=e.model.config.likelihood,
+                    prior=describe(e.model.prior) if e.model.is_vae else None,
                     data=e.data,
                     split=e.split,
                     points=len(e.x),

@@ -106,7 +106,7 @@ class View {
     const i = this.info;
     this.el(".title").textContent = `${i.index}: ${i.name}`;
     this.el(".meta").textContent = `${i.kind.toUpperCase()} · ${i.arch} · latent ${i.latent_dim} · ` +
-      `${i.likelihood} · map: ` + (i.split === "test" ? `${i.points} test examples of ${i.data}`
+      `${i.likelihood}${i.prior ? ` · prior ${i.prior}` : ""} · map: ` + (i.split === "test" ? `${i.points} test examples of ${i.data}`
                                         : `the first ${i.points} examples of ${i.data} (its training file)`) +
       (i.threshold ? ` · anomaly threshold ${fmt(i.threshold.value, 1)} at FPR ${pct(i.threshold.fpr)}` : "") +
       (this.K ? ` · conditional on ${this.K} labels: the map shows the test digits encoded with their own labels` : "");
