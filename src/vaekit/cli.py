@@ -233,7 +233,7 @@ def cmd_data(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from vaekit.config import Options
+    from vaekit.options import Options
     from vaekit.train import dist_info, train
 
     names = [flag[2:].replace("-", "_") for flag, *_ in TRAIN_FLAGS + SWITCHES]

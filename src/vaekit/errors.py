@@ -6,7 +6,7 @@ class VaekitError(Exception):
     """Bad input or bad usage, described in one line that names the file or flag and the problem.
 
     `option`: the training option the error is about, as a config field name ("latent_dim"), when it is
-    about one; `config.Options.naming_sources` uses it to name the file the bad value came from."""
+    about one; `options.Options.naming_sources` uses it to name the file the bad value came from."""
 
     def __init__(self, message: str = "", *, option: str | None = None):
         super().__init__(message)

@@ -1,4 +1,4 @@
-"""config: where each training option came from (config.Options) and which option an error is about
+"""config: where each training option came from (options.Options) and which option an error is about
 (VaekitError.option), which is how `vaekit train` names the --config file in an error without reading the
 message; and, property-based, arbitrary mappings, config files and config.json documents give a config or one
 VaekitError line (never another exception), and every valid RunConfig survives the JSON round trip."""
@@ -19,16 +19,14 @@ from vaekit.cli_args import checkpoint_every
 from vaekit.config import (
     LIKELIHOODS,
     ModelConfig,
-    Options,
     RunConfig,
     TrainConfig,
     checkpoint_seconds,
     from_dict,
-    load_config_file,
-    split_options,
 )
 from vaekit.errors import VaekitError
 from vaekit.networks import ACTIVATIONS
+from vaekit.options import Options, load_config_file, split_options
 
 
 def test_gather_file_then_flags_over_it(tmp_path):
