@@ -52,6 +52,12 @@ TRAIN_FLAGS = [
     ),
     ("--patience", int, "early stopping: epochs without validation improvement, 0 = off"),
     ("--max-bad-steps", int, "consecutive non-finite steps before stopping (default 20)"),
+    ("--estimator", str, "the IWAE bound's gradient: standard or dreg (doubly reparameterized; needs --iw-k > 1)"),
+    (
+        "--time-budget",
+        str,
+        "train for this long (90s, 60m, 1.5h) instead of --epochs; a cosine schedule spans it (default: off)",
+    ),
 ]
 # Training switches: (flag, help); store_true with default None, for the same reason.
 SWITCHES = [

@@ -110,7 +110,9 @@ def forward_backward(net, opt, params, x, cfg: TrainConfig, beta: float, device,
     y (B,): the batch's labels, for a conditional model; eps: the reparameterization noise (None: the model
     draws it); weight: the factor on the batch's mean loss (a DDP shard's share, distributed.shard_weight)."""
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp):
-        loss_vec, terms = net(x, y=y, beta=beta, free_bits=cfg.free_bits, iw_k=cfg.iw_k, eps=eps)  # (B,), Terms
+        loss_vec, terms = net(  # (B,), Terms
+            x, y=y, beta=beta, free_bits=cfg.free_bits, iw_k=cfg.iw_k, eps=eps, estimator=cfg.estimator
+        )
     loss = loss_vec.mean() if weight == 1.0 else loss_vec.mean() * weight
     opt.zero_grad(set_to_none=True)
     loss.backward()
