@@ -54,6 +54,12 @@ TRAIN_FLAGS = [
     ("--max-bad-steps", int, "consecutive non-finite steps before stopping (default 20)"),
     ("--prior", str, "p(z): standard (N(0, I)), vamp (VampPrior) or mog (mixture of Gaussians) (default standard)"),
     ("--prior-components", int, "vamp: pseudo-inputs K; mog: Gaussians K (default 500)"),
+    ("--estimator", str, "the IWAE bound's gradient: standard or dreg (doubly reparameterized; needs --iw-k > 1)"),
+    (
+        "--time-budget",
+        str,
+        "train for this long (90s, 60m, 1.5h) instead of --epochs; a cosine schedule spans it (default: off)",
+    ),
 ]
 # Training switches: (flag, help); store_true with default None, for the same reason.
 SWITCHES = [
@@ -243,8 +249,11 @@ def cmd_train(args) -> int:
         run = train(run_config, args.out, resume=args.resume, overwrite=args.overwrite, given=options.given)
     last = run.metrics[-1] if run.metrics else {}
     summary = {k: round(v, 3) for k, v in last.items() if isinstance(v, float)}
+    epochs = last.get("epoch", 0)
+    if "partial_epoch" in last:  # the time budget ended the last epoch part way: the model as it was then
+        epochs = f"{epochs - 1 + last['partial_epoch']:g}"
     if dist_info()[0] == 0:  # under torchrun, rank 0 speaks for all
-        print(f"run: {args.out}  ({run.stopped}, {last.get('epoch', 0)} epochs)  {json.dumps(summary)}")
+        print(f"run: {args.out}  ({run.stopped}, {epochs} epochs)  {json.dumps(summary)}")
     return 0
 
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
+
+from vaekit.errors import VaekitError
 
 
 def positive_int(s: str) -> int:
@@ -98,11 +101,52 @@ seconds = float_in(0, 86400, "seconds")  # serve --read-timeout: positive, finit
 
 def checkpoint_every(text: str) -> int | str:
     """--checkpoint-every: an integer is a number of steps, anything else a time ("30s", "5m": checked by
-    TrainConfig.validate through config.checkpoint_seconds)."""
+    TrainConfig.validate through checkpoint_seconds)."""
     try:
         return int(text)
     except ValueError:
         return text
+
+
+def duration(text) -> float | None:
+    """The seconds in a time such as "30s", "5m", "1.5h" (a positive number, then s, m or h); None for anything
+    else (a bare number, 0s, -1m, 5x, "5 minutes", not a string). The one parser of --checkpoint-every's and
+    --time-budget's times (checkpoint_seconds and budget_seconds word the errors)."""
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([smh])", text.strip()) if isinstance(text, str) else None
+    if m is None or float(m[1]) <= 0:
+        return None
+    return float(m[1]) * {"s": 1, "m": 60, "h": 3600}[m[2]]
+
+
+def checkpoint_seconds(every: int | str) -> float | None:
+    """The seconds between time-spaced checkpoints ("30s", "5m", "1.5h"), or None for a number of steps;
+    a one-line error for anything else (a negative number, "5 minutes", a bool)."""
+    if isinstance(every, int) and not isinstance(every, bool) and every >= 0:
+        return None
+    if (seconds := duration(every)) is None:
+        from vaekit.config import _show
+
+        raise VaekitError(
+            f"--checkpoint-every must be a number of steps >= 0 (0: at epoch ends only) or a time such as "
+            f"30s, 5m, 1h; got {_show(every)}",
+            option="checkpoint_every",
+        )
+    return seconds
+
+
+def budget_seconds(budget: str | None) -> float | None:
+    """--time-budget in seconds, None for no budget; a one-line error for anything but a positive time with
+    its unit ("20s", "60m", "1.5h"): a bare number is refused rather than guessed to be seconds."""
+    if budget is None:
+        return None
+    if (seconds := duration(budget)) is None:
+        from vaekit.config import _show
+
+        raise VaekitError(
+            f"--time-budget must be a positive time with its unit, such as 90s, 60m or 1.5h; got {_show(budget)}",
+            option="time_budget",
+        )
+    return seconds
 
 
 def out_file(s: str) -> Path:

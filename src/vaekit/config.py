@@ -9,12 +9,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import re
 import reprlib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vaekit.cli_args import budget_seconds, checkpoint_seconds
 from vaekit.errors import VaekitError
 from vaekit.unique_keys import DuplicateKey, unique_pairs
 
@@ -22,6 +22,8 @@ LIKELIHOODS = ("bernoulli", "gaussian", "cbernoulli")
 LEARN_SIGMA = ("none", "global", "pixel")
 SCHEDULES = ("constant", "cosine", "step")
 PRIORS = ("standard", "vamp", "mog")  # N(0, I); VampPrior (Tomczak & Welling 2018); a mixture of K Gaussians
+ESTIMATORS = ("standard", "dreg")  # the IWAE bound's gradient: its own, or doubly reparameterized (DReG)
+VAE_ONLY = (("iw_k", 1), ("beta", 1.0), ("kl_warmup", 0.0), ("free_bits", 0.0), ("estimator", "standard"))
 # Sanity bounds: beyond them a value is a typo or a hostile file, and torch or numpy would fail with a
 # traceback (an integer overflow, an allocation of terabytes) instead of this one-line error.
 MAX_WIDTH = 1 << 16  # latent-dim, hidden and conv channel widths
@@ -155,11 +157,14 @@ class TrainConfig:
     compile: bool = False  # torch.compile the training step's forward pass
     quiet: bool = False
     conditional: bool = False  # a conditional model of the data's labels (train() sets model.num_classes)
+    estimator: str = "standard"  # standard | dreg: the IWAE bound's gradient (dreg needs iw_k > 1)
+    time_budget: str | None = None  # a time ("20s", "60m", "1h") that ends training instead of epochs; None = off
 
     def validate(self, model: ModelConfig | None = None) -> TrainConfig:
         _choice("binarize", self.binarize, ("dynamic", "static", "none", "auto"))
         _choice("schedule", self.schedule, SCHEDULES)
         _choice("device", self.device, ("auto", "cpu", "cuda"))
+        _choice("estimator", self.estimator, ESTIMATORS)
         _positive("epochs", self.epochs)
         _positive("batch-size", self.batch_size)
         _positive("iw-k", self.iw_k, MAX_IW_K)
@@ -195,7 +200,7 @@ class TrainConfig:
                 option="step_every",
             )
         if model is not None and model.model == "ae":
-            for name, default in (("iw_k", 1), ("beta", 1.0), ("kl_warmup", 0.0), ("free_bits", 0.0)):
+            for name, default in VAE_ONLY:
                 if getattr(self, name) != default:
                     raise VaekitError(
                         f"--{name.replace('_', '-')} applies to a VAE only; "
@@ -220,22 +225,13 @@ class TrainConfig:
                 "drop --beta/--kl-warmup/--free-bits",
                 option="iw_k",
             )
+        if self.estimator == "dreg" and self.iw_k == 1:
+            raise VaekitError(
+                "--estimator dreg is a gradient of the IWAE bound: it needs --iw-k > 1", option="estimator"
+            )
+        if budget_seconds(self.time_budget) is not None and self.epochs != TrainConfig.epochs:
+            raise VaekitError("--epochs does not apply with --time-budget, which ends the training", option="epochs")
         return self
-
-
-def checkpoint_seconds(every: int | str) -> float | None:
-    """The seconds between time-spaced checkpoints ("30s", "5m", "1.5h"), or None for a number of steps;
-    a one-line error for anything else (a negative number, "5 minutes", a bool)."""
-    if isinstance(every, int) and not isinstance(every, bool) and every >= 0:
-        return None
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)([smh])", every.strip()) if isinstance(every, str) else None
-    if m is None or float(m[1]) <= 0:
-        raise VaekitError(
-            f"--checkpoint-every must be a number of steps >= 0 (0: at epoch ends only) or a time such as "
-            f"30s, 5m, 1h; got {_show(every)}",
-            option="checkpoint_every",
-        )
-    return float(m[1]) * {"s": 1, "m": 60, "h": 3600}[m[2]]
 
 
 def _choice(flag: str, value, choices) -> None:

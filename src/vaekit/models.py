@@ -185,10 +185,10 @@ class _LatentModel(nn.Module):
         """self.given(y), or self for an unconditional model without labels (the checks of one_hot)."""
         return self if y is None and not self.conditional else Given(self, self.one_hot(y))
 
-    def forward(self, x: torch.Tensor, y=None, beta: float = 1.0, free_bits: float = 0.0, iw_k: int = 1, eps=None):
+    def forward(self, x: torch.Tensor, y=None, beta=1.0, free_bits=0.0, iw_k=1, eps=None, estimator="standard"):
         """The training objective: (per-example loss (B,), Terms). forward() so that DDP can wrap it.
-        y (B,): the labels of a conditional model; eps: the noise, as in objectives.training_loss."""
-        return training_loss(self._bound(y), x, beta=beta, free_bits=free_bits, iw_k=iw_k, eps=eps)
+        y (B,): the labels of a conditional model; eps, estimator: as in objectives.training_loss."""
+        return training_loss(self._bound(y), x, beta=beta, free_bits=free_bits, iw_k=iw_k, eps=eps, estimator=estimator)
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, y=None) -> torch.Tensor:
@@ -247,8 +247,8 @@ class Given:
     def decode(self, z: torch.Tensor):
         return self.model._decode(z, self.c)
 
-    def __call__(self, x: torch.Tensor, beta: float = 1.0, free_bits: float = 0.0, iw_k: int = 1, eps=None):
-        return training_loss(self, x, beta=beta, free_bits=free_bits, iw_k=iw_k, eps=eps)
+    def __call__(self, x: torch.Tensor, beta=1.0, free_bits=0.0, iw_k=1, eps=None, estimator="standard"):
+        return training_loss(self, x, beta=beta, free_bits=free_bits, iw_k=iw_k, eps=eps, estimator=estimator)
 
     forward = __call__
 

@@ -2,7 +2,8 @@
 
 elbo(model, x)          E_q[log p(x|z)] - KL(q(z|x) || p(z)), one reparameterized sample; the KL is analytic
                         when model.prior has a closed form against q, else Monte Carlo (kl_divergence)
-iwae_bound(model, x, k) log (1/k) sum_i p(x, z_i) / q(z_i|x),  z_i ~ q(z|x)   (Burda et al. 2015, eq. 8)
+iwae_bound(model, x, k) log (1/k) sum_i p(x, z_i) / q(z_i|x),  z_i ~ q(z|x)   (Burda et al. 2015, eq. 8);
+                        estimator="dreg": the same value, the encoder's gradient doubly reparameterized
 ae_loss(model, x)       -log p(x | z = enc(x)), the autoencoder's reconstruction loss
 training_loss(...)      what train.py minimises: -ELBO with beta, warm-up and free bits, or -IWAE
 """
@@ -14,6 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
+from vaekit.config import ESTIMATORS
+from vaekit.distributions import Normal
 from vaekit.errors import VaekitError
 
 
@@ -70,10 +73,39 @@ def log_weights(model, x: torch.Tensor, k: int, eps: torch.Tensor | None = None,
     return model.decode(z).log_prob(x) + model.prior.log_prob(z) - q.log_prob(z)
 
 
-def iwae_bound(model, x: torch.Tensor, k: int, eps: torch.Tensor | None = None, q=None) -> torch.Tensor:
-    """The importance-weighted bound with k samples, (B,); k=1 is the (Monte Carlo KL) ELBO."""
-    log_w = log_weights(model, x, k, eps, q)  # (k, B)
+def iwae_bound(
+    model, x: torch.Tensor, k: int, eps: torch.Tensor | None = None, q=None, estimator: str = "standard"
+) -> torch.Tensor:
+    """The importance-weighted bound with k samples, (B,); k=1 is the (Monte Carlo KL) ELBO.
+
+    estimator "standard": the bound's own gradient. "dreg": the same value (bit for bit), with the doubly
+    reparameterized gradient for the encoder (Tucker et al. 2019, eq. 5), see dreg_log_weights."""
+    if estimator not in ESTIMATORS:
+        raise VaekitError(f"estimator {estimator!r} is not one of {', '.join(ESTIMATORS)}")
+    if estimator == "dreg":
+        log_w = dreg_log_weights(model, x, k, eps, q)
+    else:
+        log_w = log_weights(model, x, k, eps, q)  # (k, B)
     return torch.logsumexp(log_w, 0) - math.log(k)
+
+
+def dreg_log_weights(model, x: torch.Tensor, k: int, eps: torch.Tensor | None = None, q=None) -> torch.Tensor:
+    """log_weights' values (k, B), built so that the gradient of logsumexp over them is DReG's.
+
+    log q(z_i|x) is computed with q's mean and log-variance detached, so the encoder's parameters get a gradient
+    only through z_i (the score-function path is gone), and a hook on z (k, B, D) multiplies its gradient by the
+    normalised weight w~_i = softmax(log w)_i: logsumexp gives z_i the gradient w~_i d log w_i / dz_i, the hook
+    makes it w~_i^2 d log w_i / dz_i, the encoder's DReG gradient sum_i w~_i^2 d log w_i / dz_i dz_i/dphi.
+    Whatever depends on parameters directly -- the decoder p(x|z_i), a learned prior's log p(z_i) -- keeps the
+    usual IWAE gradient sum_i w~_i d log w_i / dtheta. One forward pass: the cost of the standard estimator."""
+    q = model.encode(x) if q is None else q
+    z = q.rsample(k, eps=eps)  # (k, B, D)
+    q_stopped = Normal(q.mu.detach(), q.logvar.detach())
+    log_w = model.decode(z).log_prob(x) + model.prior.log_prob(z) - q_stopped.log_prob(z)
+    if z.requires_grad:
+        w = torch.softmax(log_w.detach(), 0).unsqueeze(-1)  # (k, B, 1), no gradient
+        z.register_hook(lambda g: g * w.to(g.dtype))
+    return log_w
 
 
 def ae_loss(model, x: torch.Tensor) -> torch.Tensor:
@@ -98,12 +130,20 @@ def free_bits_kl(kl_per_dim: torch.Tensor, nats: float) -> torch.Tensor:
 
 
 def training_loss(
-    model, x: torch.Tensor, *, beta: float = 1.0, free_bits: float = 0.0, iw_k: int = 1, eps=None
+    model,
+    x: torch.Tensor,
+    *,
+    beta: float = 1.0,
+    free_bits: float = 0.0,
+    iw_k: int = 1,
+    eps=None,
+    estimator: str = "standard",
 ) -> tuple[torch.Tensor, Terms]:
     """The per-example loss to minimise (B,) and the terms to report.
 
     eps: the reparameterization noise, (B, D) or (iw_k, B, D) for iw_k > 1; None draws it from torch's global
     generator (what a DDP rank passes instead: its rows of the global batch's noise, distributed.shard_noise).
+    estimator: the IWAE bound's gradient, "standard" or "dreg" (iwae_bound); "dreg" needs iw_k > 1.
 
     Free bits need the KL per latent dimension: analytic, or Monte Carlo when the prior factorises over the
     dimensions (the per-dimension estimates sum to the KL's). A prior that does neither has no per-dimension
@@ -112,9 +152,11 @@ def training_loss(
     if not model.is_vae:
         t = elbo(model, x)
         return -t.recon, t
+    if estimator != "standard" and iw_k == 1:
+        raise VaekitError(f"--estimator {estimator} estimates the IWAE bound's gradient: it needs --iw-k > 1")
     if iw_k > 1:
         q = model.encode(x)
-        bound = iwae_bound(model, x, iw_k, eps, q=q)
+        bound = iwae_bound(model, x, iw_k, eps, q=q, estimator=estimator)
         kl = kl_divergence(model.prior, q)[0].detach()  # reported only; the bound has no separate KL term
         return -bound, Terms(bound, bound + kl, kl)  # reported recon is the bound plus the KL
     t = elbo(model, x, eps)

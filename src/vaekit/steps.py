@@ -11,10 +11,10 @@ import numpy as np
 import torch
 
 from vaekit import seeds
-from vaekit.config import ModelConfig, TrainConfig
-from vaekit.data import Dataset
+from vaekit.config import ModelConfig, TrainConfig, budget_seconds, check_cpu_bf16
+from vaekit.data import Dataset, expect_labels, expect_shape
 from vaekit.data import load as load_data
-from vaekit.distributed import all_sum, shard_noise
+from vaekit.distributed import all_sum, resolve_device, shard_noise
 from vaekit.errors import VaekitError, is_compile_error
 
 
@@ -51,10 +51,14 @@ def conditional_classes(model_cfg: ModelConfig, ds: Dataset, source) -> ModelCon
     return replace(model_cfg, num_classes=k)
 
 
-def learning_rate(cfg: TrainConfig, step: int, total_steps: int, epoch: int) -> float:
-    """The schedule as a pure function of progress (nothing to checkpoint). `step` counts from 0."""
+def learning_rate(cfg: TrainConfig, step: int, total_steps: int, epoch: int, elapsed: float = 0.0) -> float:
+    """The schedule as a pure function of progress (nothing to checkpoint). `step` counts from 0. With a time
+    budget (cfg.time_budget) the cosine runs over `elapsed`, the run's seconds of training (the loop's clock,
+    LoopState.seconds, validation included), from cfg.lr at 0 to 0 at the budget, instead of over the steps."""
     if cfg.schedule == "cosine":
-        return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / max(1, total_steps)))
+        budget = budget_seconds(cfg.time_budget)
+        done = min(step, total_steps) / max(1, total_steps) if budget is None else min(elapsed, budget) / budget
+        return cfg.lr * 0.5 * (1 + math.cos(math.pi * done))
     if cfg.schedule == "step":
         return cfg.lr * 0.5 ** (epoch // cfg.step_every)
     return cfg.lr
@@ -84,6 +88,32 @@ def as_dataset(data, what: str = "data") -> Dataset | None:
     raise VaekitError(f"{what}: expected a Dataset, a dataset name or path, or an array; got {type(data).__name__}")
 
 
+def datasets(model, data, val, cfg: TrainConfig) -> tuple[Dataset, Dataset | None]:
+    """The training and validation Datasets from what fit was given, checked against the model (shape, labels)
+    and, for --binarize static, binarized once."""
+    train_ds, val = as_dataset(data), as_dataset(val, "val")
+    for name, ds in (("data", train_ds), ("val", val)):
+        if ds is not None:
+            expect_shape(ds, model.config.input_shape, name)
+            expect_labels(ds, model.num_classes, name)  # a conditional model trains on the labels
+    if cfg.binarize == "static":
+        train_ds = train_ds.binarized(seeds.static_train(cfg.seed))
+        val = val.binarized(seeds.static_val(cfg.seed)) if val is not None else None
+    return train_ds, val
+
+
+def device_for(cfg: TrainConfig) -> torch.device:
+    """The device the loop trains on (under torchrun a CUDA rank's own), with --amp and --threads applied."""
+    device = resolve_device(cfg.device)
+    if cfg.amp and device.type == "cpu":
+        check_cpu_bf16()
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())  # torchrun: set from LOCAL_RANK in train()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    return device
+
+
 def compiled(net):
     """torch.compile(net), with a one-line error if the backend cannot compile (no C++ compiler, ...).
     Shapes are fixed (the last partial batch is dropped) and the KL weight is a traced float, so it compiles
@@ -110,7 +140,9 @@ def forward_backward(net, opt, params, x, cfg: TrainConfig, beta: float, device,
     y (B,): the batch's labels, for a conditional model; eps: the reparameterization noise (None: the model
     draws it); weight: the factor on the batch's mean loss (a DDP shard's share, distributed.shard_weight)."""
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp):
-        loss_vec, terms = net(x, y=y, beta=beta, free_bits=cfg.free_bits, iw_k=cfg.iw_k, eps=eps)  # (B,), Terms
+        loss_vec, terms = net(  # (B,), Terms
+            x, y=y, beta=beta, free_bits=cfg.free_bits, iw_k=cfg.iw_k, eps=eps, estimator=cfg.estimator
+        )
     loss = loss_vec.mean() if weight == 1.0 else loss_vec.mean() * weight
     opt.zero_grad(set_to_none=True)
     loss.backward()

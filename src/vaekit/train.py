@@ -33,9 +33,9 @@ import torch
 from vaekit import checkpoint as ckpt
 from vaekit import io, seeds, steps
 from vaekit.checkpoint import LoopState
-from vaekit.config import RunConfig, TrainConfig, check_cpu_bf16
-from vaekit.data import expect_labels, expect_shape, split_validation
+from vaekit.config import RunConfig, TrainConfig, budget_seconds
 from vaekit.data import load as load_data
+from vaekit.data import split_validation
 from vaekit.distributed import (
     agree,
     all_sum,
@@ -56,7 +56,7 @@ from vaekit.objectives import kl_weight
 from vaekit.priors import init_pseudo_inputs
 from vaekit.runlog import RunLog, truncate_metrics
 from vaekit.signals import SignalFlag
-from vaekit.steps import as_dataset, compiled, fit_ae_codes, forward_backward, make_optimizer, resolve_binarize
+from vaekit.steps import compiled, fit_ae_codes, forward_backward, make_optimizer, resolve_binarize
 
 __all__ = ["Diverged", "Interrupted", "LoopState", "Run", "dist_info", "fit", "resolve_device", "train"]
 TIMING_KEYS = ("seconds", "epoch_seconds")  # the metrics fields that differ between identical runs
@@ -69,7 +69,7 @@ class Run:
     out: Path | None
     model: torch.nn.Module
     metrics: list[dict] = field(default_factory=list)
-    stopped: str = "finished"  # finished | early-stopped
+    stopped: str = "finished"  # finished | early-stopped | time-budget (cfg.time_budget ran out)
 
 
 class Interrupted(Exception):
@@ -119,18 +119,18 @@ def fit(
     with SignalFlag() as flag, loop.log:
         try:
             stopped = "finished"
-            while loop.state.epoch < loop.cfg.epochs:
+            while not loop.done():
                 if loop.end_epoch(loop.run_epoch(flag)):
                     stopped = "early-stopped"
                     break
                 # a signal during the last epoch's validation: nothing is left to resume, so it just finishes
-                if loop.state.epoch < loop.cfg.epochs and agree([float(flag.signum is not None)], *loop.sync)[0]:
+                if not loop.done() and agree([float(flag.signum is not None)], *loop.sync)[0]:
                     raise loop.interrupted(flag.signum or signal.SIGTERM, f"after epoch {loop.state.epoch}")
         except KeyboardInterrupt:
             if flag.second is None:  # the user's own Ctrl-C outside a training step: pass it on
                 raise
             raise loop.stopped_at_once(flag.second) from None
-    return loop.finish(stopped)
+    return loop.finish("time-budget" if loop.budget is not None and stopped == "finished" else stopped)
 
 
 class Loop:
@@ -139,11 +139,11 @@ class Loop:
 
     def __init__(self, model, data, cfg, out, val, resume: bool, overwrite: bool, run_config: RunConfig | None):
         self.cfg = cfg = steps.with_conditional(resolve_binarize(cfg or TrainConfig(), model.config), model)
-        self.train_ds, self.val = self._datasets(model, data, val)
+        self.train_ds, self.val = steps.datasets(model, data, val, cfg)
         if resume and out is None:
             raise VaekitError("resume=True needs the run folder `out` that holds the checkpoint")
         self.rank, self.world = dist_info()
-        self.device = self._device()
+        self.device = steps.device_for(self.cfg)
         self.out = Path(out) if out is not None else None
         self.writer = self.rank == 0 and self.out is not None
         if self.writer:
@@ -171,11 +171,20 @@ class Loop:
         self.last_ckpt = self._restore() if resume else None
         if self.writer:
             io.atomic_write_text(self.out / io.CONFIG, (run_config or RunConfig(model.config, cfg)).to_json() + "\n")
-        self.log = RunLog(self.out, self.rank, cfg.quiet, cfg.epochs)
+        self.budget = budget_seconds(cfg.time_budget)  # seconds, or None: the epochs end the run
+        self.log = RunLog(self.out, self.rank, cfg.quiet, cfg.epochs if self.budget is None else "?")
         self.bad_steps, self.t_start = 0, time.perf_counter() - self.state.seconds
+        self.elapsed = self.lr_at = self.state.seconds  # rank 0's clock, as all ranks agreed at the last step
         self.spacing = ckpt.Spacing(cfg.checkpoint_every, self.rank)
         if self.last_ckpt is None and ckpt.restarts_possible():  # a restart always finds this run's checkpoint
             self.save_checkpoint(torch.zeros(5, dtype=torch.float64, device=self.device))
+
+    def done(self) -> bool:
+        """Whether training is over: the time budget spent (by the clock all ranks agreed on) and the epoch it
+        ended in recorded (end_epoch), or without a budget the epochs done."""
+        if self.budget is None:
+            return self.state.epoch >= self.cfg.epochs
+        return self.elapsed >= self.budget and self.state.step_in_epoch == 0
 
     @property
     def sync(self) -> tuple[int, torch.device]:
@@ -184,27 +193,6 @@ class Loop:
     @property
     def dist(self) -> tuple[int, int]:
         return self.rank, self.world
-
-    def _datasets(self, model, data, val):
-        train_ds, val = as_dataset(data), as_dataset(val, "val")
-        for name, ds in (("data", train_ds), ("val", val)):
-            if ds is not None:
-                expect_shape(ds, model.config.input_shape, name)
-                expect_labels(ds, model.num_classes, name)  # a conditional model trains on the labels
-        if self.cfg.binarize == "static":
-            train_ds = train_ds.binarized(seeds.static_train(self.cfg.seed))
-            val = val.binarized(seeds.static_val(self.cfg.seed)) if val is not None else None
-        return train_ds, val
-
-    def _device(self) -> torch.device:
-        device = resolve_device(self.cfg.device)
-        if self.cfg.amp and device.type == "cpu":
-            check_cpu_bf16()
-        if device.type == "cuda" and device.index is None:
-            device = torch.device("cuda", torch.cuda.current_device())  # torchrun: set from LOCAL_RANK in train()
-        if self.cfg.threads:
-            torch.set_num_threads(self.cfg.threads)
-        return device
 
     def _shape_steps(self) -> None:
         """Global batch size, steps per epoch and in all; the last partial batch of an epoch is dropped."""
@@ -231,8 +219,11 @@ class Loop:
         self.log.start_epoch(epoch, self.steps_per_epoch, st.step_in_epoch, self.batch)
         self.t_epoch = time.perf_counter()
         for s in range(st.step_in_epoch, self.steps_per_epoch):
+            if self.budget is not None and self.elapsed >= self.budget:  # the rest of the epoch is out of time
+                break
             x, y, eps = self._batch(s)  # (B/world, *shape), labels (B/world,) or None, noise or None
-            lr = steps.learning_rate(cfg, st.step, self.total_steps, epoch)
+            self.lr_at = self.elapsed
+            lr = steps.learning_rate(cfg, st.step, self.total_steps, epoch, self.elapsed)
             for g in self.opt.param_groups:
                 g["lr"] = lr
             beta = kl_weight(cfg.beta, cfg.kl_warmup, epoch + s / self.steps_per_epoch)
@@ -240,7 +231,10 @@ class Loop:
                 self.net, self.opt, self.params, x, cfg, beta, self.device, y, eps, self.weight
             )
             votes = [float(not finite.item()), float(flag.signum is not None), self.spacing.vote(st.step + 1)]
-            bad, stop, due = map(bool, agree(votes, *self.sync))
+            clock = time.perf_counter() - self.t_start if self.rank == 0 else 0.0  # rank 0's clock decides
+            *votes, self.elapsed = agree([*votes, clock], *self.sync)
+            bad, stop, due = map(bool, votes)
+            over = self.budget is not None and self.elapsed >= self.budget  # end_epoch checkpoints
             if bad:  # skip the update: weights and Adam's moments stay as they were
                 self._bad_step(epoch, st.step + 1)
             else:
@@ -253,7 +247,7 @@ class Loop:
                     ).double()
             st.step, st.step_in_epoch = st.step + 1, s + 1
             self.log.step(s, sums)
-            if stop or (due and s + 1 < self.steps_per_epoch):
+            if stop or (due and s + 1 < self.steps_per_epoch and not over):
                 self.save_checkpoint(sums)
             if stop:
                 raise self.interrupted(flag.signum or signal.SIGTERM, f"at epoch {epoch + 1}, step {st.step}")
@@ -286,7 +280,9 @@ class Loop:
         now = time.perf_counter()
         row = {"epoch": st.epoch + 1, "step": st.step, "seconds": round(now - self.t_start, 3)}
         row["epoch_seconds"] = round(now - self.t_epoch, 3)
-        row["lr"] = steps.learning_rate(cfg, st.step - 1, self.total_steps, st.epoch)
+        row["lr"] = steps.learning_rate(cfg, st.step - 1, self.total_steps, st.epoch, self.lr_at)
+        if st.step_in_epoch < self.steps_per_epoch:  # the time budget ran out mid-epoch: the model as it is then
+            row["partial_epoch"] = round(st.step_in_epoch / self.steps_per_epoch, 4)
         row.update(train_loss=v[0], train_elbo=v[1], train_recon=v[2], train_kl=v[3])
         improved = True
         if self.val is not None:

@@ -622,3 +622,98 @@ def test_compile_failure_is_a_one_line_error(digits, monkeypatch):
     model = vaekit.build_model(ModelConfig(hidden=(16,), latent_dim=2))
     with pytest.raises(vaekit.VaekitError, match=r"--compile: torch.compile failed .*no C\+\+ compiler found\)"):
         T.fit(model, digits, TrainConfig(epochs=1, batch_size=100, val_fraction=0, compile=True, quiet=True))
+
+
+# ------------------------------------------------------------------------------ DReG, time-budgeted training
+
+
+@pytest.fixture(scope="module")
+def synthetic_npz(tmp_path_factory) -> Path:
+    """500 synthetic digits as an .npz: 475 to train on after the 5% held out, 10 steps of 50 an epoch."""
+    from conftest import synthetic_digits
+
+    d = synthetic_digits(500)
+    path = tmp_path_factory.mktemp("data") / "synthetic.npz"
+    np.savez(path, x=d.x[:, 0].numpy(), y=d.y.numpy())
+    return path
+
+
+TINY = ["--hidden", 32, "--latent-dim", 4, "--batch-size", 50, "--threads", 1, "--quiet"]
+
+
+def test_dreg_run_resumes_bit_identically(tmp_path, synthetic_npz, monkeypatch):
+    """--estimator dreg trains (the loss is the IWAE bound) and, stopped by SIGINT mid-epoch, resumes to the
+    very weights, checkpoint and metrics of the run that was never stopped."""
+    flags = ["train", "--data", synthetic_npz, *TINY, "--epochs", 3, "--iw-k", 4, "--estimator", "dreg"]
+    assert main_cli(*flags, "--out", tmp_path / "ref") == 0
+    assert json.loads((tmp_path / "ref" / "config.json").read_text())["train"]["estimator"] == "dreg"
+    lr = S.learning_rate
+
+    def at_step_13(cfg, step, *a):
+        if step == 13:
+            os.kill(os.getpid(), signal.SIGINT)
+        return lr(cfg, step, *a)
+
+    monkeypatch.setattr(S, "learning_rate", at_step_13)
+    assert main_cli(*flags, "--out", tmp_path / "run") == 130
+    assert ckpt_meta(tmp_path / "run")["step"] == 14
+    monkeypatch.setattr(S, "learning_rate", lr)
+    assert main_cli(*flags, "--out", tmp_path / "run", "--resume") == 0
+    assert_same_run(tmp_path / "ref", tmp_path / "run")
+
+
+def _cosine(lr: float, elapsed: float, budget: float) -> float:
+    return lr * 0.5 * (1 + math.cos(math.pi * min(elapsed, budget) / budget))
+
+
+def test_time_budget_ends_the_run_and_resume_continues_its_schedule(tmp_path, synthetic_npz, monkeypatch, capsys):
+    """--time-budget 2s, stopped by SIGINT after 0.7 s and resumed: the resumed run's first learning rate is the
+    cosine at the checkpoint's elapsed seconds, every step's rate is the cosine at the run's clock, and the run
+    ends within an epoch of the budget with a complete model folder, its last epoch marked partial (the model
+    as it was at the budget). Resumed again, it has nothing left to do."""
+    budget, out, calls, sent = 2.0, tmp_path / "run", [], []
+    flags = ["train", "--data", synthetic_npz, *TINY, "--time-budget", "2s", "--schedule", "cosine", "--out", out]
+    lr = S.learning_rate
+
+    def recorded(cfg, step, total, epoch, elapsed=0.0):
+        if elapsed >= 0.7 and not sent:  # the first run: stop it a third of the way in
+            sent.append(step)
+            os.kill(os.getpid(), signal.SIGINT)
+        value = lr(cfg, step, total, epoch, elapsed)
+        calls.append((step, elapsed, value))
+        return value
+
+    monkeypatch.setattr(S, "learning_rate", recorded)
+    assert main_cli(*flags) == 130
+    saved = ckpt_meta(out)
+    assert 0.7 <= saved["seconds"] < budget and saved["step_in_epoch"] > 0
+    calls.clear()
+    assert main_cli(*flags, "--resume") == 0
+    first = calls[0]
+    assert first[0] == saved["step"] and first[1] == saved["seconds"]  # the schedule goes on where it was
+    assert first[2] == pytest.approx(_cosine(1e-3, saved["seconds"], budget), rel=1e-12)
+    steps_taken = [c for c in calls if c[0] >= saved["step"]]  # (not the metrics rows' lr of step - 1)
+    assert all(v == pytest.approx(_cosine(1e-3, t, budget), rel=1e-12) for _, t, v in steps_taken)
+    assert [t for _, t, _ in steps_taken] == sorted(t for _, t, _ in steps_taken)
+    rows = vaekit.io.read_metrics(out)
+    assert rows[-1]["seconds"] >= budget
+    assert rows[-1]["seconds"] - budget <= max(r["epoch_seconds"] for r in rows) + 0.5  # one epoch (+ load slack)
+    assert 0 < rows[-1].get("partial_epoch", 1.0) <= 1.0 and all("partial_epoch" not in r for r in rows[:-1])
+    assert rows[-1]["lr"] < 0.05 * 1e-3  # the cosine has run its course
+    assert "(time-budget, " in capsys.readouterr().out
+    for name in ("config.json", "model.safetensors", "metrics.jsonl", "checkpoint/state.safetensors"):
+        assert (out / name).is_file(), name
+    assert json.loads((out / "config.json").read_text())["train"]["time_budget"] == "2s"
+    model, weights = vaekit.load(out), load_file(str(out / "model.safetensors"))
+    assert model.is_vae
+    assert main_cli(*flags, "--resume") == 0  # the budget is spent: nothing is trained, nothing is added
+    assert len(vaekit.io.read_metrics(out)) == len(rows)
+    assert all(torch.equal(v, load_file(str(out / "model.safetensors"))[k]) for k, v in weights.items())
+
+
+@pytest.mark.parametrize("bad", ["0", "-1", "abc", "5x"])
+def test_bad_time_budget_is_a_one_line_error_and_writes_nothing(tmp_path, synthetic_npz, bad, capsys):
+    out = tmp_path / "run"
+    rc = main_cli("train", "--data", synthetic_npz, *TINY, "--time-budget", bad, "--out", out)
+    assert_clean_error(subprocess.CompletedProcess([], rc, "", capsys.readouterr().err), "--time-budget", "60m")
+    assert not out.exists()

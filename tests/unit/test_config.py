@@ -21,6 +21,7 @@ from vaekit.config import (
     ModelConfig,
     RunConfig,
     TrainConfig,
+    budget_seconds,
     checkpoint_seconds,
     from_dict,
 )
@@ -115,6 +116,10 @@ BAD = [
     (TrainConfig(patience=2, val_fraction=0.0), "patience"),
     (TrainConfig(step_every=3), "step_every"),
     (TrainConfig(iw_k=2, beta=2.0), "iw_k"),
+    (TrainConfig(estimator="reinforce", iw_k=2), "estimator"),
+    (TrainConfig(estimator="dreg"), "estimator"),  # iw_k 1: DReG is a gradient of the IWAE bound
+    (TrainConfig(time_budget="60"), "time_budget"),
+    (TrainConfig(time_budget="1h", epochs=3), "epochs"),
 ]
 
 
@@ -128,7 +133,9 @@ def test_each_validation_error_names_its_option(cfg, option):
     assert str(e.value).startswith("--" + option.replace("_", "-")), str(e.value)
 
 
-@pytest.mark.parametrize("name,bad", [("iw_k", 2), ("beta", 2.0), ("kl_warmup", 1.0), ("free_bits", 0.5)])
+@pytest.mark.parametrize(
+    "name,bad", [("iw_k", 2), ("beta", 2.0), ("kl_warmup", 1.0), ("free_bits", 0.5), ("estimator", "dreg")]
+)
 def test_vae_only_options_on_an_autoencoder(name, bad):
     with pytest.raises(VaekitError) as e:
         TrainConfig(**{name: bad}).validate(ModelConfig(model="ae"))
@@ -251,12 +258,13 @@ def run_configs(draw) -> RunConfig:
     model = ModelConfig(**model_kw)
     vae = model.model == "vae"
     iw_k = draw(st.integers(1, 50)) if vae else 1
+    budget = draw(st.none() | st.sampled_from(["20s", "60m", "1.5h", "0.5s"]))
     schedule = draw(st.sampled_from(["constant", "cosine", "step"]))
     train = TrainConfig(
         data=draw(st.text(min_size=1, max_size=20)),
         binarize=draw(st.sampled_from(["dynamic", "static", "none", "auto"])),
         val_fraction=draw(st.floats(0, 0.99)),
-        epochs=draw(POS),
+        epochs=draw(POS) if budget is None else 10,
         batch_size=draw(POS),
         lr=draw(st.floats(1e-8, 10)),
         schedule=schedule,
@@ -275,6 +283,8 @@ def run_configs(draw) -> RunConfig:
         max_bad_steps=draw(POS),
         amp=draw(st.booleans()),
         quiet=draw(st.booleans()),
+        estimator=draw(st.sampled_from(["standard", "dreg"])) if iw_k > 1 else "standard",
+        time_budget=budget,
     )
     if train.patience and not train.val_fraction > 0:
         train = dataclasses.replace(train, patience=0)
@@ -457,4 +467,23 @@ def test_checkpoint_every_of_neither_kind_is_a_one_line_error(bad):
     one_line(e.value)
     with pytest.raises(VaekitError) as e:  # from a config file (a wrong type is refused as such)
         from_dict(TrainConfig, {"checkpoint_every": bad}, "run.yaml").validate()
+    one_line(e.value)
+
+
+@pytest.mark.parametrize("budget, seconds", [("20s", 20.0), ("60m", 3600.0), ("1.5h", 5400.0), (" 3s ", 3.0)])
+def test_time_budget_is_a_time_with_its_unit(tmp_path, budget, seconds):
+    """The one duration parser of --checkpoint-every; through config.json and a config file unchanged."""
+    assert budget_seconds(budget) == seconds and budget_seconds(None) is None
+    rc = RunConfig(ModelConfig(), TrainConfig(time_budget=budget, iw_k=4, estimator="dreg").validate(ModelConfig()))
+    (tmp_path / "config.json").write_text(rc.to_json())
+    assert RunConfig.from_json_file(tmp_path / "config.json") == rc
+    assert split_options({"time-budget": budget, "estimator": "dreg"}, "run.yaml").train.time_budget == budget
+
+
+@pytest.mark.parametrize("bad", ["0", "-1", "abc", "5x", "0s", "-2m", "60", "5 min", 60, True, ["1h"]])
+def test_time_budget_without_a_positive_time_is_a_one_line_error(bad):
+    """A bare number is refused (not guessed to be seconds), as are zero, negatives and other units."""
+    with pytest.raises(VaekitError) as e:
+        from_dict(TrainConfig, {"time_budget": bad}, "run.yaml").validate()
+    assert e.value.option == "time_budget" and "90s, 60m or 1.5h" in str(e.value)
     one_line(e.value)
