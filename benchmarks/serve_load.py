@@ -198,12 +198,21 @@ def main():
             f"Still serving afterwards: {alive}.\n"
         )
     )
-    cmd = " ".join(["python", "benchmarks/serve_load.py", *sys.argv[1:]])
-    if args.no_results:
+    publish("Explorer server under load", "serve_load.py", body, args.no_results, ok=alive and not any_errors(rows))
+
+
+def any_errors(rows: list[dict]) -> bool:
+    return any(r["errors"] for r in rows)
+
+
+def publish(title: str, script: str, body: str, no_results: bool, ok: bool) -> None:
+    """Print the section (--no-results) or append it to RESULTS.md with this run's command; exit 1 unless ok
+    (errors, or a server that stopped answering)."""
+    if no_results:
         print(body)
     else:
-        append_results("Explorer server under load", cmd, body)
-    if any(r["errors"] for r in rows) or not alive:
+        append_results(title, " ".join(["python", f"benchmarks/{script}", *sys.argv[1:]]), body)
+    if not ok:
         sys.exit(1)
 
 

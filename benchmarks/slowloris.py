@@ -225,8 +225,8 @@ def main():
 
 
 def report(rows: list[dict], args, flags: list, alive: bool, load_before: float) -> None:
-    from common import append_results
     from ood import isa_flags
+    from serve_load import any_errors, publish
 
     table = [
         "| attackers | request | requests | errors | p50 ms | p99 ms | max ms | attackers dropped (when: count) |",
@@ -269,13 +269,7 @@ def report(rows: list[dict], args, flags: list, alive: bool, load_before: float)
         + f". Attackers, client and server share this machine's {os.cpu_count()} CPUs; load average (1 min) "
         + f"before the run: {load_before:.1f}. Still serving afterwards: {alive}. ISA: {isa_flags()}.\n"
     )
-    cmd = " ".join(["python", "benchmarks/slowloris.py", *sys.argv[1:]])
-    if args.no_results:
-        print(body)
-    else:
-        append_results("Explorer under a slow-loris attack", cmd, body)
-    if any(r["errors"] for r in rows) or not alive:
-        sys.exit(1)
+    publish("Explorer under a slow-loris attack", "slowloris.py", body, args.no_results, alive and not any_errors(rows))
 
 
 if __name__ == "__main__":

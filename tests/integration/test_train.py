@@ -301,15 +301,22 @@ def test_external_sigterm_saves_checkpoint_and_exits_143(tmp_path, small_npz):
     vaekit.checkpoint.load(out / "checkpoint" / "state.safetensors", model, T.make_optimizer(model, TrainConfig()))
 
 
-def test_ctrl_c_in_process_saves_checkpoint_and_returns_130(tmp_path, small_npz, monkeypatch, capsys):
+def sigint_at_step(monkeypatch, n: int):
+    """Send this process SIGINT when the loop asks the learning rate of step n (a point inside a step that
+    every run reaches); returns the real steps.learning_rate, to put back before a resume."""
     lr = S.learning_rate
 
-    def at_step_5(cfg, step, *a):
-        if step == 5:
+    def at_step(cfg, step, *a):
+        if step == n:
             os.kill(os.getpid(), signal.SIGINT)
         return lr(cfg, step, *a)
 
-    monkeypatch.setattr(S, "learning_rate", at_step_5)
+    monkeypatch.setattr(S, "learning_rate", at_step)
+    return lr
+
+
+def test_ctrl_c_in_process_saves_checkpoint_and_returns_130(tmp_path, small_npz, monkeypatch, capsys):
+    sigint_at_step(monkeypatch, 5)
     before = signal.getsignal(signal.SIGINT)
     out = tmp_path / "run"
     assert main_cli("train", "--data", small_npz, *BASE, "--checkpoint-every", 0, "--out", out) == 130
@@ -647,14 +654,7 @@ def test_dreg_run_resumes_bit_identically(tmp_path, synthetic_npz, monkeypatch):
     flags = ["train", "--data", synthetic_npz, *TINY, "--epochs", 3, "--iw-k", 4, "--estimator", "dreg"]
     assert main_cli(*flags, "--out", tmp_path / "ref") == 0
     assert json.loads((tmp_path / "ref" / "config.json").read_text())["train"]["estimator"] == "dreg"
-    lr = S.learning_rate
-
-    def at_step_13(cfg, step, *a):
-        if step == 13:
-            os.kill(os.getpid(), signal.SIGINT)
-        return lr(cfg, step, *a)
-
-    monkeypatch.setattr(S, "learning_rate", at_step_13)
+    lr = sigint_at_step(monkeypatch, 13)
     assert main_cli(*flags, "--out", tmp_path / "run") == 130
     assert ckpt_meta(tmp_path / "run")["step"] == 14
     monkeypatch.setattr(S, "learning_rate", lr)
