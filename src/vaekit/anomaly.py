@@ -303,7 +303,10 @@ class Detector:
             from vaekit.operations import calibration_data
 
             x_inliers, source = calibration_data(self.model, "the model's run")
-        cols = self._table(self._dataset(x_inliers, y))
+        from vaekit.data import Dataset
+
+        ds = self._dataset(x_inliers, y)
+        cols = self._table(Dataset(ds.x, ds.y, f"calibration set {ds.name}"))  # errors name the set
         self.calibration, self.calibrated_on = calibrate_components(cols), source
         return combined_score(self.calibration, components(cols))
 
