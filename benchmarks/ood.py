@@ -196,15 +196,15 @@ def scores(det, background, ds: Dataset, k: int) -> dict[str, np.ndarray]:
     return {key: t[key].numpy() for key in SCORES}
 
 
-def costs(det, background, ds: Dataset, k: int) -> dict[str, float]:
-    """Seconds per 10k images of computing each score of `ds` on its own (the faster of two timed calls:
+def costs(det, background, ds: Dataset, k: int, rounds: int = 2) -> dict[str, float]:
+    """Seconds per 10k images of computing each score of `ds` on its own (the fastest of `rounds` timed calls:
     the machine is shared); the recommended score with the detector already calibrated."""
     model, binarize = det.model, det.binarize
     batches = list(eval_batches(ds, 100, binarize, 0))
 
     def timed(f) -> float:
         best = math.inf
-        for _ in range(2):
+        for _ in range(rounds):
             t0 = time.perf_counter()
             f()
             best = min(best, time.perf_counter() - t0)
