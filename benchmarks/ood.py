@@ -28,8 +28,9 @@ in-distribution test split and given per 10k images. --limit N caps the training
 N examples (a quick check, not a result). The section is appended to benchmarks/RESULTS.md (or --results);
 the figures also go to OUT/ood.json.
 
-The defaults took 9.4 minutes on the shared 2-core dev machine (7 of them training, slowed by other jobs;
-about 40 s a model when it is quiet), the cost timings included.
+The defaults took 9.4 minutes on the shared 2-core dev machine with training (7 of them training, slowed by
+other jobs; about 40 s a model when it is quiet), and 26 minutes reusing the two models on a machine shared by
+3-4 engineers (the scores of 8 pairs with -log p(x) at k=100, the calibration, the cost timings).
 """
 
 from __future__ import annotations
