@@ -339,7 +339,10 @@ def cmd_score(args) -> int:
     )
     cols, t = res["columns"], res["threshold"]
     n = len(cols["index"])
-    line = f"{args.output}: {n} rows (score = -ELBO - complexity, nats; higher = less like the training data)"
+    line = (
+        f"{args.output}: {n} rows (score = -log tail p of -ELBO - complexity and orientation against "
+        f"{res['calibrated_on']}, n={res['n_calibration']}; higher = less like the training data)"
+    )
     if t is None:
         line += "; no threshold (--fpr 0.05 calibrates one)"
     else:

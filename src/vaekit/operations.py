@@ -93,16 +93,19 @@ def save_scores(
     calibrate_on: str | Path | None = None,
 ) -> dict:
     """anomaly.score_table of the model in `run` on run_data(data, split) (its first `limit` examples if
-    given), written to `output` as CSV: index, label (empty where the data has none), score, neg_elbo, nll
-    (with iw_samples > 0), complexity -- in nats, 4 decimals -- and is_outlier (1/0) when there is a threshold.
+    given), written to `output` as CSV: index, label (empty where the data has none), score (the recommended
+    one, -log tail p), neg_elbo, nll (with iw_samples > 0), complexity, orientation -- in nats, 4 decimals --
+    and is_outlier (1/0) when there is a threshold.
 
-    The threshold: with `fpr` and/or `calibrate_on` (fpr 0.05 if only that is given), an anomaly.Detector
-    calibrated on calibration_data(run, calibrate_on) and stored as RUN/threshold.json; else RUN/threshold.json
-    if it exists (refused if damaged or another model's); else none. Everything is computed before anything
-    is written, and the CSV is written atomically: a refusal leaves no file.
+    The calibration and threshold: with `fpr` and/or `calibrate_on` (fpr 0.05 if only that is given), an
+    anomaly.Detector fitted on calibration_data(run, calibrate_on) and stored as RUN/threshold.json; else
+    RUN/threshold.json if it exists (refused if damaged, another model's or another score's); else the
+    score is calibrated on the run's validation split, nothing stored and no threshold. Everything is
+    computed before anything is written, and the CSV is written atomically: a refusal leaves no file.
 
     Returns {"columns": {name: N values, as written}, "threshold": anomaly.Threshold or None,
-    "calibrated": whether it was calibrated now (else read from RUN/threshold.json)}."""
+    "calibrated": whether it was calibrated now (else read from RUN/threshold.json), "calibrated_on": the
+    calibration set's description, "n_calibration": its size}."""
     import vaekit
     from vaekit.anomaly import Detector, check_fpr
 
@@ -114,14 +117,17 @@ def save_scores(
     ds = run_data(model, data, split)
     if limit:
         ds = ds.subset(slice(0, limit))
+    if iw_samples > 0 and not model.is_vae:
+        raise VaekitError("--iw-samples: an autoencoder defines no density, so it has no -log p(x); use 0")
     det = Detector(model)
     if calibrate:
         held_out, source = calibration_data(model, run, calibrate_on)
-    else:
-        det.load(run)  # the stored threshold (and the binarization it was calibrated with), if any
-    scores = det.table(ds, iw_samples)  # refuses an AE with iw_samples > 0, and non-finite scores
-    if calibrate:
         det.fit(held_out, fpr, source)
+    else:
+        det.load(run)  # the stored threshold and calibration (and the binarization they were made with), if any
+        if det.calibration is None:
+            det.calibrate(*calibration_data(model, run, None))
+    scores = det.table(ds, iw_samples)  # refuses non-finite scores
     columns = {
         "index": list(range(len(ds))),
         "label": [None] * len(ds) if ds.y is None else ds.y.tolist(),
@@ -132,7 +138,14 @@ def save_scores(
     if calibrate:
         det.save(run)  # first: a valid threshold on its own, even if the CSV then cannot be written
     _write_csv(Path(output), columns)
-    return {"columns": columns, "threshold": det.threshold, "calibrated": calibrate}
+    n_cal = len(next(iter(det.calibration.values())))
+    return {
+        "columns": columns,
+        "threshold": det.threshold,
+        "calibrated": calibrate,
+        "calibrated_on": det.calibrated_on,
+        "n_calibration": n_cal,
+    }
 
 
 def calibration_data(model, run: str | Path, source: str | Path | None = None):

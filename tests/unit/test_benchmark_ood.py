@@ -1,5 +1,5 @@
 """benchmarks/ood.py's metrics: the FPR at 95% TPR, AUROC and AUPRC against hand-computed cases, and the FPR
-against sklearn's ROC curve on random scores with ties."""
+against sklearn's ROC curve on random scores with ties, the upside-down pairs' ceiling by hand."""
 
 import sys
 from pathlib import Path
@@ -45,3 +45,17 @@ def test_separation_by_hand():
     # ranked: o o i o i o i i -> precision at each OOD example 1, 1, 3/4, 4/6, averaged
     assert m["auprc"] == pytest.approx((1 + 1 + 3 / 4 + 4 / 6) / 4)
     assert m["fpr95"] == 0.5
+
+
+def test_flip_ceiling_by_hand():
+    """The upside-down set is the in-distribution set flipped, example for example: the ratio statistic is
+    nll(x) - nll(flip x) for inliers and its negation for their flips; per label, the score's AUROC of that
+    label's flipped images against every inlier."""
+    import torch
+
+    s_in = {"nll": np.array([1.0, 2.0, 5.0]), "score": np.array([0.0, 1.0, 2.0])}
+    s_out = {"nll": np.array([3.0, 1.0, 5.0]), "score": np.array([3.0, 0.5, 1.5])}
+    r = ood.flip_ceiling(s_in, s_out, torch.tensor([0, 1, 1]))
+    # in: -2, 1, 0; out: 2, -1, 0 -> pairs out > in: 2 beats all 3, -1 beats -2, 0 beats -2 and ties 0 (half)
+    assert r["flip_lr_auroc"] == pytest.approx((3 + 1 + 1.5) / 9)
+    assert r["score_auroc_per_label"] == {0: 1.0, 1: pytest.approx((1 + 2) / 6)}

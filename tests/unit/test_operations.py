@@ -20,7 +20,17 @@ from conftest import one_line
 from PIL import Image
 
 import vaekit
-from vaekit.anomaly import calibrate, complexity, load_threshold, score_table
+from vaekit.anomaly import (
+    Detector,
+    calibrate,
+    calibrate_components,
+    combined_score,
+    complexity,
+    components,
+    load_threshold,
+    orientation,
+    score_table,
+)
 from vaekit.config import ModelConfig, RunConfig, TrainConfig
 from vaekit.data import split_validation
 from vaekit.errors import VaekitError
@@ -39,6 +49,7 @@ from vaekit.operations import (
 )
 
 N = 30
+COLUMNS = ["score", "neg_elbo", "complexity", "orientation"]  # score_table's, without nll
 
 
 @pytest.fixture(scope="module")
@@ -92,23 +103,28 @@ def test_save_scores_writes_anomaly_score_table_as_csv(runs, tmp_path):
     root, f = runs
     out = tmp_path / "sub" / "scores.csv"
     res = save_scores(f["vae"], root / "imgs.npz", out, iw_samples=5, limit=9)
-    want = score_table(vaekit.load(f["vae"]), vaekit.data.load(root / "imgs.npz").subset(slice(0, 9)), iw_samples=5)
+    det = Detector(vaekit.load(f["vae"]))  # no threshold.json: the score calibrated on the validation split
+    det.calibrate(*calibration_data(det.model, f["vae"]))
+    want = det.table(vaekit.data.load(root / "imgs.npz").subset(slice(0, 9)), iw_samples=5)
     rows = _rows(out)
-    assert rows[0] == ["index", "label", "score", "neg_elbo", "nll", "complexity"] and len(rows) == 10
+    assert rows[0] == ["index", "label", *COLUMNS[:2], "nll", *COLUMNS[2:]] and len(rows) == 10
     for i, row in enumerate(rows[1:]):
-        assert row == [str(i), str(i % 4), *(f"{want[k][i]:.4f}" for k in ("score", "neg_elbo", "nll", "complexity"))]
+        keys = ("score", "neg_elbo", "nll", "complexity", "orientation")
+        assert row == [str(i), str(i % 4), *(f"{want[k][i]:.4f}" for k in keys)]
+    assert (res["calibrated_on"], res["n_calibration"]) == ("the validation split of imgs.npz", 6)
     assert res["threshold"] is None and not res["calibrated"] and "is_outlier" not in res["columns"]
     assert res["columns"]["score"] == want["score"].tolist()
     save_scores(f["vae"], root / "nolabel.npy", out)  # iw_samples 0 by default: no nll column
     rows = _rows(out)
-    assert rows[0] == ["index", "label", "score", "neg_elbo", "complexity"] and len(rows) == 13 and rows[1][1] == ""
+    assert rows[0] == ["index", "label", *COLUMNS] and len(rows) == 13 and rows[1][1] == ""
     with pytest.raises(VaekitError, match="iw-samples"):
         save_scores(f["vae"], root / "imgs.npz", out, iw_samples=-1)
 
 
 def test_the_score_columns_against_their_definitions(runs, tmp_path):
     """neg_elbo is objectives.elbo's, nll evaluate.log_likelihood's (with evaluate's seeds), complexity
-    anomaly.complexity of the images as scored (binarize none here), score = neg_elbo - complexity."""
+    anomaly.complexity of the images as scored (binarize none here: zlib), orientation anomaly.orientation's,
+    score the combined tail p of (neg_elbo - complexity, orientation) against the validation split's."""
     root, f = runs
     model = vaekit.load(f["vae"])
     cols = save_scores(f["vae"], root / "imgs.npz", tmp_path / "s.csv", iw_samples=7)["columns"]
@@ -120,9 +136,14 @@ def test_the_score_columns_against_their_definitions(runs, tmp_path):
     assert cols["neg_elbo"] == pytest.approx(want_elbo.tolist(), abs=1e-5)
     assert cols["nll"] == pytest.approx(want_nll.tolist(), abs=1e-5)
     assert cols["complexity"] == complexity(x).tolist()
-    assert cols["score"] == pytest.approx([a - b for a, b in zip(cols["neg_elbo"], cols["complexity"])], abs=1e-9)
+    with torch.no_grad():
+        assert cols["orientation"] == pytest.approx(orientation(model, x).tolist(), abs=1e-5)
+    val = calibration_data(model, f["vae"])[0]
+    cal = calibrate_components(score_table(model, val))
+    t = {k: torch.tensor(cols[k], dtype=torch.float64) for k in ("neg_elbo", "complexity", "orientation")}
+    assert cols["score"] == combined_score(cal, components(t)).tolist()
     assert cols["index"] == list(range(N)) and cols["label"] == [i % 4 for i in range(N)]
-    assert all(isinstance(v, float) for k in ("score", "neg_elbo", "nll", "complexity") for v in cols[k])
+    assert all(isinstance(v, float) for k in ("score", "neg_elbo", "nll", *COLUMNS[2:]) for v in cols[k])
 
 
 def test_save_scores_of_an_autoencoder_is_its_reconstruction_loss_and_no_density(runs, tmp_path):
@@ -130,7 +151,7 @@ def test_save_scores_of_an_autoencoder_is_its_reconstruction_loss_and_no_density
     model = vaekit.load(f["ae"])
     out = tmp_path / "ae.csv"
     cols = save_scores(f["ae"], root / "nolabel.npy", out)["columns"]
-    assert list(cols) == ["index", "label", "score", "neg_elbo", "complexity"] and cols["label"] == [None] * 12
+    assert list(cols) == ["index", "label", *COLUMNS] and cols["label"] == [None] * 12
     x = _x(root, 12)
     with torch.no_grad():  # oracle: the Bernoulli negative log-likelihood of x under the decoded code
         p = model.decode(model.encode(x).mean).mean
@@ -153,7 +174,7 @@ def test_the_threshold_is_calibrated_on_the_validation_split_training_held_out(r
     every = vaekit.data.load(root / "imgs.npz")
     _, val = split_validation(every, 0.2, 7)
     assert len(val) == 6 and not torch.equal(val.x, split_validation(every, 0.2, 0)[1].x)
-    val_scores = score_table(model, val)["score"]
+    val_scores = Detector(model).calibrate(val)
     t = res["threshold"]
     assert res["calibrated"] and (t.value, t.fpr, t.n) == (calibrate(val_scores, 0.2), 0.2, 6)
     assert t.calibrated_on == "the validation split of imgs.npz"
@@ -161,7 +182,7 @@ def test_the_threshold_is_calibrated_on_the_validation_split_training_held_out(r
     cols = res["columns"]
     assert cols["is_outlier"] == [int(s > t.value) for s in cols["score"]] and set(cols["is_outlier"]) == {0, 1}
     rows = list(csv.DictReader((tmp_path / "s.csv").open()))
-    assert list(rows[0]) == ["index", "label", "score", "neg_elbo", "complexity", "is_outlier"]
+    assert list(rows[0]) == ["index", "label", *COLUMNS, "is_outlier"]
     assert [r["is_outlier"] for r in rows] == [str(v) for v in cols["is_outlier"]]
     assert load_threshold(vae_copy, model) == t
 
@@ -180,7 +201,7 @@ def test_a_stored_threshold_is_used_until_calibrated_again(runs, vae_copy, tmp_p
     t = other["threshold"]
     assert (t.fpr, t.n, t.calibrated_on) == (0.05, 12, str(root / "nolabel.npy"))
     model = vaekit.load(vae_copy)
-    assert t.value == calibrate(score_table(model, vaekit.data.load(root / "nolabel.npy"))["score"], 0.05)
+    assert t.value == calibrate(Detector(model).calibrate(vaekit.data.load(root / "nolabel.npy")), 0.05)
     assert load_threshold(vae_copy, model) == t
 
 
@@ -267,6 +288,10 @@ def test_a_non_finite_score_is_an_error_naming_the_example_and_writes_nothing(ru
     np.save(tmp_path / "x.npy", x)
     with pytest.raises(VaekitError) as e:
         save_scores(tmp_path / "huge", tmp_path / "x.npy", tmp_path / "s.csv")
+    assert one_line(e).startswith("calibration set imgs.npz: example 0 has a non-finite ")  # its validation split
+    np.save(tmp_path / "blank.npy", x[:3])
+    with pytest.raises(VaekitError) as e:
+        save_scores(tmp_path / "huge", tmp_path / "x.npy", tmp_path / "s.csv", calibrate_on=tmp_path / "blank.npy")
     assert one_line(e).startswith("x.npy: example 3 has a non-finite ")
     assert not (tmp_path / "s.csv").exists()
 
@@ -378,7 +403,7 @@ def test_the_commands_on_a_conditional_run_use_the_datas_labels(cruns, tmp_path)
     codes = save_codes(f["vae"], root / "imgs.npz", tmp_path / "codes.npy")
     torch.testing.assert_close(codes, model.encode(ds.batch(slice(0, N)), ds.y).mean)  # E[z|x, y]
     cols = save_scores(f["vae"], root / "imgs.npz", tmp_path / "s.csv", iw_samples=3, fpr=0.2)["columns"]
-    want = score_table(model, ds, iw_samples=3)
+    want = Detector(model).fit(calibration_data(model, f["vae"])[0], 0.2).table(ds, iw_samples=3)
     assert cols["score"] == want["score"].tolist() and cols["nll"] == want["nll"].tolist()
     save_reconstructions(f["vae"], tmp_path / "r.png", n=4)
     ae = evaluate_run(f["ae"], iw_samples=5)

@@ -177,14 +177,18 @@ class AnomalyScore(BaseModel):
 
     score: float = Field(
         allow_inf_nan=False,
-        description="neg_elbo - complexity in nats: higher = less like the training data.",
+        description="-log of the smaller calibrated tail p of neg_elbo - complexity and the orientation (as "
+        "`vaekit score` writes it): higher = less like the training data.",
     )
     neg_elbo: float = Field(
         allow_inf_nan=False,
         description="-ELBO in nats of the image binarized as the run's data was (one posterior draw, seeded).",
     )
     complexity: float = Field(
-        ge=0, allow_inf_nan=False, description="The image's compressed length in nats (zlib, the shorter scan)."
+        ge=0,
+        allow_inf_nan=False,
+        description="The image's lossless code length in nats (a context model of the binarized image; zlib for "
+        "grey ones).",
     )
     binarize: str = Field(description="How the image was binarized before scoring: dynamic, static or none.")
     seed: int = Field(ge=0, description="The seed of that binarization and of the posterior draw.")

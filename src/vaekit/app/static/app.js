@@ -451,7 +451,8 @@ class View {
         (a.outlier ? "unlike the training data" : "looks like training data")
       : "; no threshold: run `vaekit score RUN --data ... --fpr 0.05` to calibrate one");
     const how = a.binarize === "none" ? "as drawn" : `binarized (${a.binarize}, seed ${a.seed}) as in training`;
-    this.el(".anomaly-parts").textContent = `= -ELBO ${fmt(a.neg_elbo, 1)} - complexity ${fmt(a.complexity, 1)} ` +
+    this.el(".anomaly-parts").textContent = `-log tail p of -ELBO ${fmt(a.neg_elbo, 1)} - complexity ` +
+      `${fmt(a.complexity, 1)} and of the orientation ` +
       `(the drawing ${how}; higher = less like the training data)`;
   }
 
