@@ -103,7 +103,9 @@ def _train_args(sub) -> None:
 def _eval_args(sub) -> None:
     e = sub.add_parser("eval", help="ELBO, reconstruction, KL and importance-sampled NLL, in nats")
     e.add_argument("run", type=Path)
-    e.add_argument("--split", default="test", choices=["train", "test"])
+    e.add_argument(
+        "--split", default="test", choices=["train", "val", "test"], help="val: the validation split the run held out"
+    )
     e.add_argument("--data", help="evaluate on other data (a dataset name or a file) instead of the run's")
     e.add_argument(
         "--iw-samples",

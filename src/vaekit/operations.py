@@ -53,8 +53,9 @@ def evaluate_run(
     device: str = "auto",
 ) -> dict:
     """evaluate.evaluate of the model in `run` on run_data(data, split), its first `limit` examples if
-    given: per-example means in nats. Returns the dict `vaekit eval --json` prints, with "split" ("train",
-    "test", or "file" for data given as a file) and "model" ("vae" or "ae") filled in."""
+    given: per-example means in nats; split "val" is the validation split the run held out (validation_split).
+    Returns the dict `vaekit eval --json` prints, with "split" ("train", "val", "test", or "file" for data given
+    as a file) and "model" ("vae" or "ae") filled in."""
     import vaekit
     from vaekit.evaluate import evaluate
     from vaekit.train import resolve_device
@@ -62,7 +63,12 @@ def evaluate_run(
     device = resolve_device(device)
     model = vaekit.load(run, device)
     cfg = model.run_config
-    ds = run_data(model, data, split)
+    if split == "val" and data is not None:
+        raise VaekitError("--split val is the run's own validation split: it cannot be combined with --data")
+    if split == "val":
+        ds = validation_split(model, run, "evaluate; train with --val-fraction > 0 or use --split test")
+    else:
+        ds = run_data(model, data, split)
     if limit:
         ds = ds.subset(slice(0, limit))
     if iw_samples < 0:
@@ -154,8 +160,7 @@ def calibration_data(model, run: str | Path, source: str | Path | None = None):
     train split holds the very examples the model was fit to, whose scores are lower, so a threshold set on
     them flags more than `fpr` of new inliers); a file or folder: all of it -- else the validation split the
     run held out from its training data, drawn exactly as train.train draws it."""
-    from vaekit import seeds
-    from vaekit.data import DATASETS, load, split_validation
+    from vaekit.data import DATASETS, load
 
     if source is not None:
         try:
@@ -164,16 +169,26 @@ def calibration_data(model, run: str | Path, source: str | Path | None = None):
             raise VaekitError(f"--calibrate-on: {e}") from None
         ds = check_shape(model, ds, source, "--calibrate-on")
         return ds, (f"the test split of {source}" if str(source) in DATASETS else str(source))
+    hint = "calibrate the threshold on; give held-out in-distribution data with --calibrate-on SRC"
+    val = validation_split(model, run, hint)
+    return val, f"the validation split of {val.name}"
+
+
+def validation_split(model, run: str | Path, hint: str):
+    """The validation split `run` held out from its training data, drawn exactly as train.train draws it; a
+    one-line error ending in `hint` (what the caller needed it for) when the run held out none."""
+    from vaekit import seeds
+    from vaekit.data import split_validation
+
     cfg = model.run_config.train
     val = None
     if cfg.val_fraction > 0:
         _, val = split_validation(run_data(model, None, "train"), cfg.val_fraction, seeds.weights(cfg.seed))
     if val is None:  # --val-fraction 0, or a fraction of so few examples that it rounds to none
         raise VaekitError(
-            f"{run}: its training held out no validation split (--val-fraction {cfg.val_fraction:g}) to "
-            f"calibrate the threshold on; give held-out in-distribution data with --calibrate-on SRC"
+            f"{run}: its training held out no validation split (--val-fraction {cfg.val_fraction:g}) to {hint}"
         )
-    return val, f"the validation split of {val.name}"
+    return val
 
 
 def _write_csv(path: Path, columns: dict[str, list]) -> None:

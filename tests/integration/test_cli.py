@@ -93,6 +93,33 @@ def test_eval_json_on_tiny_run(tiny):
     assert res["elbo"] == pytest.approx(res["recon"] - res["kl"], abs=1e-3)
 
 
+def test_eval_split_val_is_the_validation_split_training_held_out(tiny, tmp_path):
+    import vaekit
+    from vaekit import seeds
+    from vaekit.data import load, split_validation
+    from vaekit.evaluate import evaluate
+
+    root, run = tiny
+    p = cli("eval", run, "--json", "--split", "val", "--iw-samples", 20)
+    assert p.returncode == 0, p.stderr
+    res = json.loads(p.stdout)
+    model = vaekit.load(run)
+    cfg = model.run_config.train
+    train_part, val = split_validation(load(root / "imgs.npz", "train"), cfg.val_fraction, seeds.weights(cfg.seed))
+    assert res["split"] == "val" and res["n"] == len(val) == 3 and len(train_part) == 57
+    direct = evaluate(model, val, binarize=cfg.binarize, iw_samples=20, batch_size=100, seed=0, device="cpu")
+    assert res["nll"] == pytest.approx(direct["nll"], abs=1e-6) and res["elbo"] == pytest.approx(
+        direct["elbo"], abs=1e-6
+    )
+    test = json.loads(cli("eval", run, "--json", "--iw-samples", 20).stdout)
+    assert test["n"] == 60 and test["nll"] != res["nll"]  # --split test (a dataset file: all of it) differs
+    assert_clean_error(cli("eval", run, "--split", "val", "--data", root / "imgs.npz"), "--split val", "--data")
+    none = tmp_path / "noval"
+    args = ("--epochs", 1, "--batch-size", 20, "--hidden", 16, "--latent-dim", 3, "--quiet", "--val-fraction", 0)
+    assert cli("train", "--data", root / "imgs.npz", *args, "--out", none).returncode == 0
+    assert_clean_error(cli("eval", none, "--split", "val"), "no validation split", "--val-fraction 0")
+
+
 SCORE_COLUMNS = ["index", "label", "score", "neg_elbo", "complexity", "orientation"]
 SUMMARY = (
     "rows (score = -log tail p of -ELBO - complexity and orientation against the validation split of imgs.npz, "
