@@ -22,7 +22,11 @@ TRAIN_FLAGS = [
     ("--data", str, "mnist, fashion-mnist, or a .npy/.npz file, image folder or IDX file (default mnist)"),
     ("--model", str, "vae or ae (default vae)"),
     ("--arch", str, "mlp or conv (default mlp)"),
-    ("--latent-dim", int, "latent size D (default 20)"),
+    (
+        "--latent-dim",
+        arg.latent_dim,
+        "latent size D (default 20), or sizes bottom to top for stochastic layers: 100,50",
+    ),
     ("--hidden", arg.int_list, "hidden widths, e.g. 400 or 512,256 (default 400)"),
     ("--channels", arg.int_list, "conv channels, e.g. 32,64 (default 32,64)"),
     ("--activation", str, "relu, tanh, elu, gelu, silu, softplus, leaky_relu (default relu)"),
