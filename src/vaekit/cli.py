@@ -262,6 +262,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
+    import vaekit
     from vaekit.operations import evaluate_run
 
     res = evaluate_run(
@@ -283,7 +284,10 @@ def cmd_eval(args) -> int:
     if res["nll"] is not None:  # a VAE: kl_per_dim has one entry per latent dimension
         nll = "-log p(x|y)" if res["conditional"] else "-log p(x)"
         print(f"  NLL    {res['nll']:10.3f}   ({nll}, importance-sampled, k={res['iw_samples']})")
-        print(f"  active units {res['active_units']}/{len(res['kl_per_dim'])}")
+        sizes = vaekit.io.load_config(args.run).model.latent_sizes  # (a prior's kl_per_dim may be None)
+        layers = res.get("active_units_per_layer")
+        per = f" ({'/'.join(map(str, layers))} of {','.join(map(str, sizes))}, per layer)" if layers else ""
+        print(f"  active units {res['active_units']}/{sum(sizes)}{per}")
     print(f"  {res['seconds']:.1f} s")
     return 0
 

@@ -132,7 +132,8 @@ def describe(prior) -> str:
     pseudo-inputs)", "a mixture of K=10 Gaussians"; with stochastic layers, the top layer's and p(z_l|z_l+1)."""
     if top_prior(prior) is not prior:
         n = len(prior.sizes)
-        return f"{describe(prior.top)} on the top layer z{n}, then p(z_l|z_l+1) for l < {n}"
+        below = "p(z1|z2)" if n == 2 else f"p(z_l|z_l+1) for l = 1..{n - 1}"
+        return f"{describe(prior.top)} on the top layer z{n}, then {below}"
     if isinstance(prior, VampPrior):
         return f"a VampPrior (K={prior.components} pseudo-inputs)"
     if isinstance(prior, MoGPrior):
