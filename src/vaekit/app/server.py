@@ -300,8 +300,8 @@ class Explorer:
             if d > 1:
                 basis[1, y] = 1.0  # a 1-D latent: the y axis moves nothing
             dims = [x, y] if d > 1 else [x]
-            n = len(e.model.latent_sizes)  # a hierarchy's map: its top layer's dimensions
-            name = (lambda i: f"z{i + 1}") if n == 1 else (lambda i: f"z{n} dim {i + 1}")
+            top = len(e.model.latent_sizes)  # a hierarchy's map: its top layer's dimensions
+            name = (lambda i: f"z{i + 1}") if top == 1 else (lambda i: f"z{top} dim {i + 1}")
             axes = [name(x), name(y) if d > 1 else "(none)"]
         mu = e.mu[:n]
         uv = (mu - origin) @ basis.T  # (n, 2)
