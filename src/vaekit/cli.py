@@ -22,7 +22,11 @@ TRAIN_FLAGS = [
     ("--data", str, "mnist, fashion-mnist, or a .npy/.npz file, image folder or IDX file (default mnist)"),
     ("--model", str, "vae or ae (default vae)"),
     ("--arch", str, "mlp or conv (default mlp)"),
-    ("--latent-dim", int, "latent size D (default 20)"),
+    (
+        "--latent-dim",
+        arg.latent_dim,
+        "latent size D (default 20), or sizes bottom to top for stochastic layers: 100,50",
+    ),
     ("--hidden", arg.int_list, "hidden widths, e.g. 400 or 512,256 (default 400)"),
     ("--channels", arg.int_list, "conv channels, e.g. 32,64 (default 32,64)"),
     ("--activation", str, "relu, tanh, elu, gelu, silu, softplus, leaky_relu (default relu)"),
@@ -260,6 +264,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
+    import vaekit
     from vaekit.operations import evaluate_run
 
     res = evaluate_run(
@@ -281,7 +286,10 @@ def cmd_eval(args) -> int:
     if res["nll"] is not None:  # a VAE: kl_per_dim has one entry per latent dimension
         nll = "-log p(x|y)" if res["conditional"] else "-log p(x)"
         print(f"  NLL    {res['nll']:10.3f}   ({nll}, importance-sampled, k={res['iw_samples']})")
-        print(f"  active units {res['active_units']}/{len(res['kl_per_dim'])}")
+        sizes = vaekit.io.load_config(args.run).model.latent_sizes  # (a prior's kl_per_dim may be None)
+        layers = res.get("active_units_per_layer")
+        per = f" ({'/'.join(map(str, layers))} of {','.join(map(str, sizes))}, per layer)" if layers else ""
+        print(f"  active units {res['active_units']}/{sum(sizes)}{per}")
     print(f"  {res['seconds']:.1f} s")
     return 0
 

@@ -165,3 +165,19 @@ def int_list(s: str) -> list[int]:
         return [int(v) for v in s.replace(",", " ").split()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected integers like 400,200, got {s[:40]!r}") from None
+
+
+def latent_dim(s: str) -> int | tuple[int, ...]:
+    """--latent-dim: one size D (the one-layer model), or stochastic layers' sizes bottom to top, 100,50 (a
+    hierarchy, hierarchy.py). Nothing between two commas is refused, as in int_list; the sizes' bounds are
+    ModelConfig.validate's."""
+    parts = s.split(",")
+    try:
+        if any(not p.strip() for p in parts):
+            raise ValueError
+        sizes = tuple(int(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a size like 20, or stochastic layers' sizes bottom to top like 100,50, got {s[:40]!r}"
+        ) from None
+    return sizes[0] if len(sizes) == 1 else sizes

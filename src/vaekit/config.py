@@ -27,6 +27,7 @@ VAE_ONLY = (("iw_k", 1), ("beta", 1.0), ("kl_warmup", 0.0), ("free_bits", 0.0), 
 # Sanity bounds: beyond them a value is a typo or a hostile file, and torch or numpy would fail with a
 # traceback (an integer overflow, an allocation of terabytes) instead of this one-line error.
 MAX_WIDTH = 1 << 16  # latent-dim, hidden and conv channel widths
+MAX_LAYERS = 16  # stochastic layers of a hierarchy (--latent-dim 100,50: two)
 MAX_IW_K = 5000  # importance samples per example in training (eval's default k)
 MAX_COMPONENTS = 1 << 20  # a learned prior's components (a VampPrior's are also checked against the data's size)
 MAX_THREADS = 1024
@@ -39,7 +40,7 @@ class ModelConfig:
     model: str = "vae"  # vae | ae
     arch: str = "mlp"  # mlp | conv
     input_shape: tuple[int, ...] = (1, 28, 28)
-    latent_dim: int = 20
+    latent_dim: int | tuple[int, ...] = 20  # D; or the sizes of stochastic layers z1..zL, bottom to top (hierarchy.py)
     hidden: tuple[int, ...] = (400,)  # MLP widths (the conv head's too)
     channels: tuple[int, ...] = (32, 64)  # conv channels, one stride-2 layer each
     activation: str = "relu"
@@ -59,7 +60,7 @@ class ModelConfig:
         _choice("likelihood", self.likelihood, LIKELIHOODS)
         _choice("learn-sigma", self.learn_sigma, LEARN_SIGMA)
         _choice("activation", self.activation, tuple(ACTIVATIONS))
-        _positive("latent-dim", self.latent_dim, MAX_WIDTH)
+        _latent_sizes(self)
         _choice("prior", self.prior, PRIORS)
         _positive("prior-components", self.prior_components, MAX_COMPONENTS)
         if self.prior != "standard" and self.model == "ae":
@@ -75,6 +76,7 @@ class ModelConfig:
                 option="num_classes",
             )
         _float32(self)
+        _hierarchy(self)
         if not self.input_shape or any(s <= 0 for s in self.input_shape):
             raise VaekitError(f"bad input shape {self.input_shape}")
         if self.arch == "conv" and len(self.input_shape) != 3:
@@ -113,6 +115,44 @@ class ModelConfig:
         if self.arch == "mlp" and tuple(self.channels) != defaults.channels:
             raise VaekitError("--channels applies only to --arch conv (this model is an MLP)", option="channels")
         return self
+
+    @property
+    def latent_sizes(self) -> tuple[int, ...]:
+        """The stochastic layers' sizes, bottom (z1, next to x) to top: (D,) for the one-layer model."""
+        d = self.latent_dim
+        return tuple(d) if isinstance(d, (tuple, list)) else (d,)
+
+
+def _latent_sizes(cfg: ModelConfig) -> None:
+    """latent_dim: a positive integer, or 2..MAX_LAYERS of them."""
+    sizes = cfg.latent_sizes
+    if len(sizes) > MAX_LAYERS:
+        raise VaekitError(
+            f"--latent-dim: at most {MAX_LAYERS} stochastic layers, got {len(sizes)}", option="latent_dim"
+        )
+    for d in sizes:
+        _positive("latent-dim", d, MAX_WIDTH)
+    if len(sizes) > 1 and sum(sizes) > MAX_WIDTH:
+        raise VaekitError(
+            f"--latent-dim: at most {MAX_WIDTH} latent values in all, got {sum(sizes)}", option="latent_dim"
+        )
+
+
+def _hierarchy(cfg: ModelConfig) -> None:
+    """A hierarchy (more than one latent size) is an unconditional MLP VAE (hierarchy.py)."""
+    sizes = cfg.latent_sizes
+    if len(sizes) == 1:
+        return
+    shown = ",".join(map(str, sizes))
+    for bad, why in (
+        (cfg.model != "vae", "an autoencoder has one code layer"),
+        (cfg.arch != "mlp", "the hierarchy's networks are MLPs: use --arch mlp"),
+        (cfg.num_classes > 0, "a hierarchy is unconditional: drop --conditional"),
+    ):
+        if bad:
+            raise VaekitError(
+                f"--latent-dim {shown} (stochastic layers) applies to an MLP VAE only: {why}", option="latent_dim"
+            )
 
 
 def cpu_has_bf16() -> bool:
@@ -295,6 +335,13 @@ def _coerce(value, hint, where: str):
     origin = typing.get_origin(hint)
     if hint == int | str:  # --checkpoint-every: steps or a time
         return value if isinstance(value, str) else _coerce(value, int, where)
+    if hint == int | tuple[int, ...]:  # --latent-dim: one size, or a hierarchy's sizes (one size: the plain model)
+        if not isinstance(value, (list, tuple)):
+            return _coerce(value, int, where)
+        sizes = tuple(_coerce(v, int, where) for v in value)
+        if not sizes:
+            raise VaekitError(f"{where}: expected an integer or a list of integers, got []")
+        return sizes[0] if len(sizes) == 1 else sizes
     if origin is tuple:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             value = [value]

@@ -76,7 +76,8 @@ def _parameters(module: torch.nn.Module) -> int:
 
 def model_rows(model) -> list[tuple[str, str]]:
     """What a VAE or autoencoder is, as (field, value) rows: the summary model_html draws."""
-    c, d = model.config, model.latent_dim
+    c, sizes = model.config, model.latent_sizes
+    d = sizes[0]  # the layer next to x: what the encoder and decoder give and take
     n_in, hidden = math.prod(c.input_shape), list(map(str, c.hidden))
     chans = list(map(str, c.channels)) if c.arch == "conv" else []
     enc_in = [f"{n_in} -> conv {'-'.join(chans)}"] if chans else [str(n_in)]  # then the MLP head
@@ -89,10 +90,14 @@ def model_rows(model) -> list[tuple[str, str]]:
     else:
         prior = "none (sample() draws from a Gaussian fitted to the training codes)"
     rows = [
-        ("model", "VAE: q(z|x) = N(mu, diag sigma^2)" if model.is_vae else "autoencoder: z = enc(x), one point"),
+        ("model", _kind(model)),
         ("input", f"{' x '.join(map(str, c.input_shape))} = {n_in} pixels"),
         ("encoder", f"{c.arch}: {' -> '.join([*enc_in, *hidden, out])} ({c.activation})"),
-        ("latent size", str(d)),
+        (
+            "latent size",
+            str(d) if len(sizes) == 1 else f"{','.join(map(str, sizes))}: z1..z{len(sizes)}, D = {sum(sizes)}",
+        ),
+        *_layer_rows(model),
         ("prior p(z)", prior),
         ("decoder", f"{c.arch}: {' -> '.join([str(d), *hidden[::-1], *dec_out])}"),
         ("likelihood p(x|z)", c.likelihood),
@@ -102,6 +107,27 @@ def model_rows(model) -> list[tuple[str, str]]:
     if run is not None:
         t = run.train
         rows.append(("trained", f"{t.data}, {t.epochs} epochs, batch {t.batch_size}, binarize {t.binarize}"))
+    return rows
+
+
+def _kind(model) -> str:
+    n = len(model.latent_sizes)
+    if n > 1:
+        return f"VAE with {n} stochastic layers: q(z1|x) q(z2|z1)..., each a diagonal Normal given its parent"
+    return "VAE: q(z|x) = N(mu, diag sigma^2)" if model.is_vae else "autoencoder: z = enc(x), one point"
+
+
+def _layer_rows(model) -> list[tuple[str, str]]:
+    """A hierarchy's upper networks, one row per pair of layers: q(z_l+1|z_l) and p(z_l|z_l+1)."""
+    from vaekit.hierarchy import layer_hidden
+
+    c, sizes = model.config, model.latent_sizes
+    rows = []
+    for i in range(1, len(sizes)):
+        widths = "".join(f"{w} -> " for w in layer_hidden(tuple(c.hidden), i))
+        lo, hi = sizes[i - 1], sizes[i]
+        up, down = f"q(z{i + 1}|z{i}): {lo} -> {widths}2 x {hi}", f"p(z{i}|z{i + 1}): {hi} -> {widths}2 x {lo}"
+        rows.append((f"z{i} <-> z{i + 1}", f"{up}; {down} ({c.activation})"))
     return rows
 
 

@@ -60,6 +60,10 @@ class Normal:
         """log N(z_d; mu_d, sigma_d^2) for each latent dimension: (..., D) -> (..., D)."""
         return -0.5 * (LOG_2PI + self.logvar + (z - self.mu) ** 2 * torch.exp(-self.logvar))
 
+    def stopped(self) -> Normal:
+        """This Normal with its parameters detached: log q(z) whose gradient reaches only z (DReG)."""
+        return Normal(self.mu.detach(), self.logvar.detach())
+
     def kl_per_dim(self, p: Normal) -> torch.Tensor:
         """KL(self || p) per latent dimension for another diagonal Normal p (broadcasting), (B, D), in nats:
         (log sigma_p^2 - log sigma^2 + (sigma^2 + (mu - mu_p)^2) / sigma_p^2 - 1) / 2."""

@@ -192,6 +192,8 @@ def evaluate(
     }
     if not model.is_vae:
         out["recon_loss"] = -out["recon"]
+    if len(getattr(model, "latent_sizes", ())) > 1:  # stochastic layers: the active units of each, bottom first
+        out["active_units_per_layer"] = [active_units(mu) for mu in cat["mu"].split(model.latent_sizes, -1)]
     if per_example:
         out["per_example"] = cat
     return out

@@ -4,6 +4,9 @@
     model.decode(z)  -> p(x|z): Bernoulli / Gaussian / ContinuousBernoulli (.mean, .log_prob(x))
     model.sample(n)  -> (n, *shape) decoded means of prior draws
 
+`--latent-dim 100,50` builds a HierarchicalVAE (hierarchy.py): stochastic layers, the same interface over the
+concatenated code z = [z1, z2] (..., D).
+
 A conditional model (config.num_classes > 0; Sohn et al. 2015: q(z|x, y), p(x|z, y), prior p(z)) takes
 integer labels y in [0, num_classes) as well: encode(x, y), decode(z, y), sample(n, y=y), reconstruct(x, y),
 model(x, y). `model.given(y)` is a view bound to labels y (no parameters of its own) with the unconditional
@@ -110,7 +113,22 @@ class _LatentModel(nn.Module):
 
     @property
     def latent_dim(self) -> int:
-        return self.config.latent_dim
+        """D, the size of a code z: the sum of the stochastic layers' sizes (hierarchy.py)."""
+        return sum(self.config.latent_sizes)
+
+    @property
+    def latent_sizes(self) -> tuple[int, ...]:
+        """The stochastic layers' sizes, bottom to top: (D,) for the one-layer model."""
+        return self.config.latent_sizes
+
+    def top(self, z: torch.Tensor) -> torch.Tensor:
+        """The top layer's values of codes z (..., D): z itself for the one-layer model (hierarchy.py)."""
+        return z
+
+    def complete(self, z_top: torch.Tensor) -> torch.Tensor:
+        """A full code (..., D) for a top-layer point (the layers below at their means under p): the point itself
+        for the one-layer model. What the explorer decodes from its sliders and map (hierarchy.py)."""
+        return z_top
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -283,7 +301,7 @@ class Autoencoder(_LatentModel):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        d = self.config.latent_dim
+        d = self.latent_dim
         self.register_buffer("code_mean", torch.zeros(d))
         self.register_buffer("code_chol", torch.eye(d))
 
@@ -307,7 +325,7 @@ class Autoencoder(_LatentModel):
 def build_model(cfg: ModelConfig) -> VAE | Autoencoder:
     """A freshly initialised model from its config."""
     cfg.validate()
-    shape, d = tuple(cfg.input_shape), cfg.latent_dim
+    shape, d = tuple(cfg.input_shape), cfg.latent_sizes[0]  # the networks between x and z1
     out = 2 * d if cfg.model == "vae" else d
     k = cfg.num_classes  # a conditional model: the one-hot label joins each network's first dense layer
     if cfg.arch == "mlp":
@@ -316,5 +334,9 @@ def build_model(cfg: ModelConfig) -> VAE | Autoencoder:
     else:
         enc = ConvEncoder(shape, cfg.channels, cfg.hidden, out, cfg.activation, k)
         dec = ConvDecoder(shape, cfg.channels, cfg.hidden, d, cfg.activation, k)
+    if len(cfg.latent_sizes) > 1:
+        from vaekit.hierarchy import HierarchicalVAE
+
+        return HierarchicalVAE(cfg, enc, dec, make_likelihood(cfg))
     cls = VAE if cfg.model == "vae" else Autoencoder
     return cls(cfg, enc, dec, make_likelihood(cfg))

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 import torch
 
 from vaekit.config import ESTIMATORS
-from vaekit.distributions import Normal
 from vaekit.errors import VaekitError
 
 
@@ -92,15 +91,17 @@ def iwae_bound(
 def dreg_log_weights(model, x: torch.Tensor, k: int, eps: torch.Tensor | None = None, q=None) -> torch.Tensor:
     """log_weights' values (k, B), built so that the gradient of logsumexp over them is DReG's.
 
-    log q(z_i|x) is computed with q's mean and log-variance detached, so the encoder's parameters get a gradient
-    only through z_i (the score-function path is gone), and a hook on z (k, B, D) multiplies its gradient by the
-    normalised weight w~_i = softmax(log w)_i: logsumexp gives z_i the gradient w~_i d log w_i / dz_i, the hook
-    makes it w~_i^2 d log w_i / dz_i, the encoder's DReG gradient sum_i w~_i^2 d log w_i / dz_i dz_i/dphi.
+    log q(z_i|x) is computed with q's parameters detached (q.stopped(): a Normal's mean and log-variance; a
+    hierarchy's conditionals q(z_l|z_l-1) at z's own slices, their networks' weights detached), so the encoder's
+    parameters get a gradient only through z_i (the score-function path is gone), and a hook on z (k, B, D)
+    multiplies its gradient by the normalised weight w~_i = softmax(log w)_i: logsumexp gives z_i the gradient
+    w~_i d log w_i / dz_i, the hook makes it w~_i^2 d log w_i / dz_i, the encoder's DReG gradient
+    sum_i w~_i^2 d log w_i / dz_i dz_i/dphi.
     Whatever depends on parameters directly -- the decoder p(x|z_i), a learned prior's log p(z_i) -- keeps the
     usual IWAE gradient sum_i w~_i d log w_i / dtheta. One forward pass: the cost of the standard estimator."""
     q = model.encode(x) if q is None else q
     z = q.rsample(k, eps=eps)  # (k, B, D)
-    q_stopped = Normal(q.mu.detach(), q.logvar.detach())
+    q_stopped = q.stopped()  # a Normal's mu, logvar detached; a hierarchy's networks too (hierarchy.py)
     log_w = model.decode(z).log_prob(x) + model.prior.log_prob(z) - q_stopped.log_prob(z)
     if z.requires_grad:
         w = torch.softmax(log_w.detach(), 0).unsqueeze(-1)  # (k, B, 1), no gradient

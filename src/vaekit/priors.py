@@ -102,20 +102,38 @@ class MoGPrior(_Mixture):
 
 
 def make_prior(model) -> Prior:
-    """The prior model.config.prior names, for `model` (a VAE being built: the VampPrior uses its encoder)."""
+    """The prior model.config.prior names, for `model` (a VAE being built: the VampPrior uses its encoder).
+    With stochastic layers it is the top layer's p(zL), inside a hierarchy.HierarchicalPrior."""
     cfg = model.config
+    sizes = cfg.latent_sizes
     if cfg.prior == "vamp":
-        return VampPrior(model._q, tuple(cfg.input_shape), cfg.latent_dim, cfg.prior_components, cfg.num_classes)
-    if cfg.prior == "mog":
+        q = model._top_q if len(sizes) > 1 else model._q
+        top = VampPrior(q, tuple(cfg.input_shape), sizes[-1], cfg.prior_components, cfg.num_classes)
+    elif cfg.prior == "mog":
         from vaekit.models import LOGVAR_RANGE
 
-        return MoGPrior(cfg.latent_dim, cfg.prior_components, LOGVAR_RANGE)
-    return StandardNormal(cfg.latent_dim)
+        top = MoGPrior(sizes[-1], cfg.prior_components, LOGVAR_RANGE)
+    else:
+        top = StandardNormal(sizes[-1])
+    if len(sizes) == 1:
+        return top
+    from vaekit.hierarchy import HierarchicalPrior
+
+    return HierarchicalPrior(top, sizes, tuple(cfg.hidden), cfg.activation)
+
+
+def top_prior(prior):
+    """p(zL), the top layer's prior, of a hierarchy's prior; any other prior itself."""
+    return getattr(prior, "top", prior) if hasattr(prior, "down") else prior
 
 
 def describe(prior) -> str:
     """The prior in words, for the report, the explorer and the notebook: "N(0, I)", "a VampPrior (K=500
-    pseudo-inputs)", "a mixture of K=10 Gaussians"."""
+    pseudo-inputs)", "a mixture of K=10 Gaussians"; with stochastic layers, the top layer's and p(z_l|z_l+1)."""
+    if top_prior(prior) is not prior:
+        n = len(prior.sizes)
+        below = "p(z1|z2)" if n == 2 else f"p(z_l|z_l+1) for l = 1..{n - 1}"
+        return f"{describe(prior.top)} on the top layer z{n}, then {below}"
     if isinstance(prior, VampPrior):
         return f"a VampPrior (K={prior.components} pseudo-inputs)"
     if isinstance(prior, MoGPrior):
@@ -125,7 +143,7 @@ def describe(prior) -> str:
 
 def check_components(model, n: int, where: str) -> None:
     """A one-line VaekitError when a VampPrior wants more pseudo-inputs than the n training examples."""
-    prior = getattr(model, "prior", None)
+    prior = top_prior(getattr(model, "prior", None))
     if isinstance(prior, VampPrior) and prior.components > n:
         raise VaekitError(
             f"--prior-components {prior.components} is more pseudo-inputs than the {n} training examples of "
@@ -139,7 +157,7 @@ def init_pseudo_inputs(model, ds, seed: int) -> None:
     """Start a VampPrior's pseudo-inputs from K distinct random training examples of `ds` (a Dataset, pixels
     in [0, 1]) plus N(0, INIT_NOISE^2) noise, clipped to INIT_RANGE, with their labels for a conditional
     model. Drawn with their own generator seeded by `seed`; any other prior: nothing happens."""
-    prior = getattr(model, "prior", None)
+    prior = top_prior(getattr(model, "prior", None))
     if not isinstance(prior, VampPrior):
         return
     check_components(model, len(ds), ds.name)

@@ -1,6 +1,6 @@
 """The explorer's models, loaded once at start: each run's model, its latent map (test-set posterior means;
-a conditional model's codes of the test digits encoded with their own labels), its anomaly detector
-(vaekit.anomaly.Detector with the run's threshold.json, when it has one), and, for a 2-D model when a
+a conditional model's codes of the test digits encoded with their own labels; a hierarchy's top layer), its
+anomaly detector (vaekit.anomaly.Detector with the run's threshold.json, when it has one), and, for a 2-D model when a
 reference classifier folder is among the runs, its confidence map (claims_latent.hole_map: one per label for a
 conditional model), the background of its map.
 
@@ -38,7 +38,7 @@ class Entry:
     split: str  # "test" (a built-in dataset's test split) or "file" (the whole file)
     x: torch.Tensor  # (N, *shape) test examples in [0, 1], N <= MAP_POINTS
     labels: torch.Tensor | None  # (N,)
-    mu: torch.Tensor  # (N, D) their posterior means (an AE: its codes)
+    mu: torch.Tensor  # (N, D) their posterior means (an AE: its codes); a hierarchy's top layer's, (N, dL)
     pca: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None  # latent.pca of mu: mean (D,), basis (2, D), share (2,)
     elbo_mean: float | None  # mean ELBO of the map's examples (greyscale), nats; None for an AE
     recon_mean: float | None  # mean E_q log p(x|z) of the same, nats
@@ -49,7 +49,20 @@ class Entry:
 
     @property
     def latent_dim(self) -> int:
-        return self.model.latent_dim
+        """The size of the z the explorer shows and takes: D, or a hierarchy's top layer's (hierarchy.py)."""
+        return self.model.latent_sizes[-1]
+
+    @property
+    def latent_words(self) -> str:
+        """ "latent_dim 20", or for a hierarchy "latent_dim 50 (the top layer z2 of 100,50)", for messages."""
+        sizes = self.model.latent_sizes
+        top = f" (the top layer z{len(sizes)} of {','.join(map(str, sizes))})" if len(sizes) > 1 else ""
+        return f"latent_dim {self.latent_dim}{top}"
+
+    def decode(self, z_top: torch.Tensor, label: int | None = None):
+        """p(x|z) at points z_top (N, latent_dim) of the explorer's latent: a hierarchy's top layer, the layers
+        below at their means under p (model.complete)."""
+        return self.bound(label).decode(self.model.complete(z_top))
 
     @property
     def num_classes(self) -> int:
@@ -158,9 +171,9 @@ def make_entry(name: str, model, run: Path, cache: dict, clf=None, clf_name: str
     if model.conditional and len(x) and labels is None:
         _warn(f"{run}: no latent map (its data {data} has no labels, and this conditional model needs them)")
         x = x[:0]
-    d = model.latent_dim
-    mu = posterior_means(model, x, y=labels) if len(x) else torch.zeros(0, d)
-    plane = pca(mu, 2) if len(x) >= 2 and d >= 2 else None
+    d, top = model.latent_dim, model.latent_sizes[-1]  # a hierarchy's map shows its top layer
+    mu = model.top(posterior_means(model, x, y=labels)) if len(x) else torch.zeros(0, top)
+    plane = pca(mu, 2) if len(x) >= 2 and top >= 2 else None
     g = torch.Generator().manual_seed(0)
     eps = torch.randn(ELBO_SAMPLES, 1, d, generator=g)
     elbo_mean = recon_mean = None
@@ -169,7 +182,7 @@ def make_entry(name: str, model, run: Path, cache: dict, clf=None, clf_name: str
         recon_mean = t.recon.mean().item()
         elbo_mean = t.elbo.mean().item() if model.is_vae else None
     holes = None
-    if clf is not None and d == 2 and len(x) >= 2 and _fits(model, clf, run):
+    if clf is not None and d == 2 == top and len(x) >= 2 and _fits(model, clf, run):
         holes = confidence_maps(model, clf, mu, x, labels)
     det = _detector(model, run)
     return Entry(name, model, data, split, x, labels, mu, plane, elbo_mean, recon_mean, eps, det, holes, clf_name)

@@ -200,7 +200,14 @@ class ModelInfo(BaseModel):
     index: int
     name: str
     kind: Literal["vae", "ae"]
-    latent_dim: int
+    latent_dim: int = Field(
+        description="The size of every z this API shows and takes (sliders, map, /api/decode, /api/interpolate): "
+        "the model's D, or with stochastic layers the top layer's."
+    )
+    latent_sizes: list[int] = Field(
+        description="The stochastic layers' sizes, bottom (z1, next to x) to top; one entry for a one-layer model. "
+        "With more, z here is the top layer's and a decoded point has the layers below at their means under p."
+    )
     input_shape: list[int]
     arch: str
     likelihood: str

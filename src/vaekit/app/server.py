@@ -152,6 +152,7 @@ class Explorer:
                     name=e.name,
                     kind="vae" if e.model.is_vae else "ae",
                     latent_dim=e.latent_dim,
+                    latent_sizes=list(e.model.latent_sizes),
                     input_shape=list(e.shape),
                     arch=e.model.config.arch,
                     likelihood=e.model.config.likelihood,
@@ -174,7 +175,7 @@ class Explorer:
 
     def z_of(self, e: Entry, z: list[float], loc: tuple) -> torch.Tensor:
         if len(z) != e.latent_dim:
-            invalid(loc, f"model {e.name!r} has latent_dim {e.latent_dim}: z needs {e.latent_dim} values, got {len(z)}")
+            invalid(loc, f"model {e.name!r} has {e.latent_words}: z needs {e.latent_dim} values, got {len(z)}")
         return torch.tensor(z, dtype=torch.float32)
 
     def x_of(self, e: Entry, src: Source | End, loc: tuple) -> torch.Tensor:
@@ -203,7 +204,7 @@ class Explorer:
         e = self.get(req.model)
         z = self.z_of(e, req.z, ("body", "z"))
         label = label_of(e, req.label, ("body", "label"))
-        return DecodeResponse(model=e.name, label=label, image=png(e.bound(label).decode(z[None]).mean))
+        return DecodeResponse(model=e.name, label=label, image=png(e.decode(z[None], label).mean))
 
     @torch.inference_mode()
     def encode(self, req: EncodeRequest) -> EncodeResponse:
@@ -212,12 +213,12 @@ class Explorer:
         label = label_of(e, req.label, ("body", "label"), self.own_label(e, req))
         m = e.bound(label)
         q = m.encode(x)
-        mu, sigma = q.mean[0], q.stddev[0]
+        mu, sigma = e.model.top(q.mean)[0], e.model.top(q.stddev)[0]  # a hierarchy: its top layer's
         if e.model.is_vae:
             t = elbo(m, x, eps=e.eps)  # terms (K, 1), KL (1,)
             scores = dict(elbo=t.elbo.mean().item(), recon=t.recon.mean().item(), kl=t.kl.mean().item())
         else:
-            scores = dict(elbo=None, recon=m.decode(mu[None]).log_prob(x).item(), kl=None)
+            scores = dict(elbo=None, recon=m.decode(q.mean).log_prob(x).item(), kl=None)
         k = e.num_classes  # a conditional model: the same z under every label, one strip
         restyled = png(e.model.decode(mu.expand(k, -1), torch.arange(k)).mean, k, pad=2) if k else None
         return EncodeResponse(
@@ -226,7 +227,7 @@ class Explorer:
             sigma=_floats(sigma),
             image=png(x),
             label=label,
-            reconstruction=png(m.decode(mu[None]).mean),
+            reconstruction=png(m.decode(q.mean).mean),  # every layer's mean, as `vaekit reconstruct`
             restyled=restyled,
             anomaly=e.anomaly(x, label),
             **scores,
@@ -258,9 +259,9 @@ class Explorer:
             else:
                 x = self.x_of(e, end, loc)
                 own = self.own_label(e, end) if label is not None else None
-                ends.append(e.bound(label if own is None else own).encode(x).mean[0])
+                ends.append(e.model.top(e.bound(label if own is None else own).encode(x).mean)[0])
         z = interpolate(ends[0], ends[1], req.steps, req.spherical)  # (steps, D)
-        frames = e.bound(label).decode(z).mean
+        frames = e.decode(z, label).mean
         return InterpolateResponse(
             model=e.name,
             label=label,
@@ -290,7 +291,7 @@ class Explorer:
         else:
             for q, v in (("x", x), ("y", y)):
                 if v >= d and not (q == "y" and d == 1):
-                    invalid(("query", q), f"model {e.name!r} has latent_dim {d}: {q} must be below {d}, got {v}")
+                    invalid(("query", q), f"model {e.name!r} has {e.latent_words}: {q} must be below {d}, got {v}")
             if d > 1 and x == y:
                 invalid(("query", "y"), f"x and y must be two different dimensions, both are {x}")
             origin = torch.zeros(d)
@@ -299,7 +300,9 @@ class Explorer:
             if d > 1:
                 basis[1, y] = 1.0  # a 1-D latent: the y axis moves nothing
             dims = [x, y] if d > 1 else [x]
-            axes = [f"z{x + 1}", f"z{y + 1}" if d > 1 else "(none)"]
+            top = len(e.model.latent_sizes)  # a hierarchy's map: its top layer's dimensions
+            name = (lambda i: f"z{i + 1}") if top == 1 else (lambda i: f"z{top} dim {i + 1}")
+            axes = [name(x), name(y) if d > 1 else "(none)"]
         mu = e.mu[:n]
         uv = (mu - origin) @ basis.T  # (n, 2)
         empty = torch.zeros(d)

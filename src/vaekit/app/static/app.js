@@ -105,7 +105,9 @@ class View {
   build() {
     const i = this.info;
     this.el(".title").textContent = `${i.index}: ${i.name}`;
-    this.el(".meta").textContent = `${i.kind.toUpperCase()} · ${i.arch} · latent ${i.latent_dim} · ` +
+    const layers = i.latent_sizes.length > 1 ? `${i.latent_sizes.join(",")} (z1..z${i.latent_sizes.length}: ` +
+      `the sliders and map show the top layer z${i.latent_sizes.length}, the layers below at their means)` : i.latent_dim;
+    this.el(".meta").textContent = `${i.kind.toUpperCase()} · ${i.arch} · latent ${layers} · ` +
       `${i.likelihood}${i.prior ? ` · prior ${i.prior}` : ""} · map: ` + (i.split === "test" ? `${i.points} test examples of ${i.data}`
                                         : `the first ${i.points} examples of ${i.data} (its training file)`) +
       (i.threshold ? ` · anomaly threshold ${fmt(i.threshold.value, 1)} at FPR ${pct(i.threshold.fpr)}` : "") +
