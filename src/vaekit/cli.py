@@ -115,6 +115,12 @@ def _eval_args(sub) -> None:
     e.add_argument("--batch-size", type=arg.positive_int, default=100)
     e.add_argument("--seed", type=arg.seed, default=0)
     e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    e.add_argument(
+        "--amp",
+        action="store_true",
+        help="the NLL's decoder products in bf16 (native bf16 only; ~2.5x faster on the CPU, shifts the NLL by "
+        "hundredths of a nat: prints the shift on the first batch); default float32",
+    )
     e.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -269,6 +275,7 @@ def cmd_eval(args) -> int:
         batch_size=args.batch_size,
         seed=args.seed,
         device=args.device,
+        amp=args.amp,
     )
     if args.json:
         print(json.dumps(res))
@@ -280,6 +287,8 @@ def cmd_eval(args) -> int:
         nll = "-log p(x|y)" if res["conditional"] else "-log p(x)"
         print(f"  NLL    {res['nll']:10.3f}   ({nll}, importance-sampled, k={res['iw_samples']})")
         print(f"  active units {res['active_units']}/{len(res['kl_per_dim'])}")
+        if res["amp"]:
+            print(f"  --amp: bf16 decoder products; NLL minus float32's on the first batch {res['amp_nll_shift']:+.4f}")
     print(f"  {res['seconds']:.1f} s")
     return 0
 

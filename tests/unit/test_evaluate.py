@@ -198,6 +198,31 @@ def test_fused_log_weights_equal_the_direct_ones():
         assert E._mlp_bernoulli(other) is None  # the generic log-weights for these
 
 
+def test_amp_evaluation_reports_its_shift_from_float32_and_is_refused_without_native_bf16(monkeypatch):
+    """--amp (bf16 decoder products): with one batch its reported shift is exactly its NLL minus float32's
+    (same seed, same noise), a few hundredths of a nat at most; refused in one line for a model without the
+    fused form and on a CPU without native bf16."""
+    from vaekit.config import cpu_has_bf16
+    from vaekit.errors import VaekitError
+
+    model = _mlp_vae(shape=(1, 14, 14), latent=5, hidden=(64,), seed=33).float()
+    x = (torch.rand(8, 1, 14, 14, generator=_gen(34)) * 255).to(torch.uint8)
+    ds = Dataset(x, None, "toy")
+    fp32 = evaluate(model, ds, binarize="static", iw_samples=200, batch_size=8)
+    assert fp32["amp"] is False and fp32["amp_nll_shift"] is None
+    if cpu_has_bf16():
+        bf = evaluate(model, ds, binarize="static", iw_samples=200, batch_size=8, amp=True)
+        assert bf["amp"] is True and bf["elbo"] == fp32["elbo"]
+        assert bf["amp_nll_shift"] == pytest.approx(bf["nll"] - fp32["nll"], abs=1e-4)
+        assert 0 < abs(bf["amp_nll_shift"]) < 0.05
+    with pytest.raises(VaekitError, match="MLP decoder with a Bernoulli"):
+        evaluate(_mlp_vae("gaussian").float(), ds, binarize="none", iw_samples=5, amp=True)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    with pytest.raises(VaekitError, match="native bf16"):
+        evaluate(model, ds, binarize="static", iw_samples=5, amp=True)
+
+
 def test_evaluate_a_vae_whose_prior_does_not_factorise():
     """A mixture prior has no per-dimension KL: evaluate still gives the ELBO (its Monte Carlo KL) and log p(x),
     with kl_per_dim None, and its ELBO is the mean of objectives.elbo under the same seed."""
