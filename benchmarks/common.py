@@ -122,3 +122,18 @@ def append_results(title: str, command: str, body: str, device: str = "cpu") -> 
     with open(RESULTS, "a") as f:
         f.write(text)
     print(text)
+
+
+def cpu_isa() -> str:
+    """The CPU's model and the instruction sets that set its matmul rates: AVX-512, AVX512-BF16, AMX (bf16)."""
+    flags = set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    have = lambda f: "yes" if f in flags else "no"  # noqa: E731
+    model = machine().split(",")[0]
+    return f"{model}: AVX-512 {have('avx512f')}, AVX512-BF16 {have('avx512_bf16')}, AMX-BF16 {have('amx_bf16')}"
