@@ -122,3 +122,40 @@ def append_results(title: str, command: str, body: str, device: str = "cpu") -> 
     with open(RESULTS, "a") as f:
         f.write(text)
     print(text)
+
+
+def cpu_isa() -> str:
+    """The CPU's model and the instruction sets that set its matmul rates: AVX-512, AVX512-BF16, AMX (bf16)."""
+    flags = set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    have = lambda f: "yes" if f in flags else "no"  # noqa: E731
+    model = machine().split(",")[0]
+    return f"{model}: AVX-512 {have('avx512f')}, AVX512-BF16 {have('avx512_bf16')}, AMX-BF16 {have('amx_bf16')}"
+
+
+def mnist_validation_split(folder: Path, n_val: int = 10000) -> tuple[Path, Path, Path]:
+    """MNIST's training set split for choosing a recipe without the test set: its first 60000 - n_val digits to
+    train on, its last n_val as the validation set. Returns (train .npz, validation .npz, IDX folder whose
+    train-* files are the training part and t10k-* files the validation part, for the reference's --idx-dir)."""
+    import numpy as np
+
+    from vaekit.data import load
+    from vaekit.data.idx import write_idx
+
+    folder.mkdir(parents=True, exist_ok=True)
+    train = load("mnist", "train")
+    x, y = train.x[:, 0].numpy(), train.y.numpy()
+    cut = len(x) - n_val
+    paths = folder / "train.npz", folder / "val.npz"
+    np.savez(paths[0], x=x[:cut], y=y[:cut])
+    np.savez(paths[1], x=x[cut:], y=y[cut:])
+    for prefix, part in (("train", slice(0, cut)), ("t10k", slice(cut, None))):
+        write_idx(folder / f"{prefix}-images-idx3-ubyte", x[part])
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte", y[part].astype(np.uint8))
+    return paths[0], paths[1], folder

@@ -121,6 +121,12 @@ def _eval_args(sub) -> None:
     e.add_argument("--batch-size", type=arg.positive_int, default=100)
     e.add_argument("--seed", type=arg.seed, default=0)
     e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    e.add_argument(
+        "--amp",
+        action="store_true",
+        help="the NLL's decoder products in bf16 (native bf16 only; ~2.5x faster on the CPU, shifts the NLL by "
+        "hundredths of a nat: prints the shift on the first batch); default float32",
+    )
     e.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -276,6 +282,7 @@ def cmd_eval(args) -> int:
         batch_size=args.batch_size,
         seed=args.seed,
         device=args.device,
+        amp=args.amp,
     )
     if args.json:
         print(json.dumps(res))
@@ -290,6 +297,8 @@ def cmd_eval(args) -> int:
         layers = res.get("active_units_per_layer")
         per = f" ({'/'.join(map(str, layers))} of {','.join(map(str, sizes))}, per layer)" if layers else ""
         print(f"  active units {res['active_units']}/{sum(sizes)}{per}")
+        if res["amp"]:
+            print(f"  --amp: bf16 decoder products; NLL minus float32's on the first batch {res['amp_nll_shift']:+.4f}")
     print(f"  {res['seconds']:.1f} s")
     return 0
 

@@ -7,14 +7,16 @@ log p(x) ~= logsumexp_i [log p(x|z_i) + log p(z_i) - log q(z_i|x)] - log k,  z_i
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 
 import torch
 
 from vaekit import seeds
-from vaekit.errors import is_compile_error
-from vaekit.models import conditioned
+from vaekit.errors import VaekitError, is_compile_error
+from vaekit.models import BernoulliLikelihood, conditioned
+from vaekit.networks import MLPDecoder
 from vaekit.objectives import elbo, log_weights
 
 # Above this much work (importance samples x examples x pixels) the log-weights are computed by a
@@ -23,29 +25,101 @@ from vaekit.objectives import elbo, log_weights
 # (3.9e10) took 312 s eager and ~190 s compiled on 2 cores; below ~10 s of work the compile does not pay.
 COMPILE_MIN_WORK = 5e9
 _compiled = {}
+# The fused Bernoulli form multiplies (1 + exp(-|a_j|)) over groups of at most this many pixels before one log:
+# each factor is in (1, 2], so a group's product stays below 2^112, far from float32's 3.4e38 (2^128).
+MAX_GROUP = 112
 
 
-def _log_weights_fn(compile: bool):
+def _mlp_bernoulli(model):
+    """(hidden layers, last nn.Linear, one-hot labels or None) when p(x|z) is Bernoulli with logits from an MLP
+    decoder ending in a Linear layer (the default model), the case fused_log_weights computes; else None.
+    `model`: a model or a conditional model's view model.given(y)."""
+    base = getattr(model, "model", model)  # a Given view holds the model and the labels' codes
+    dec, lik = getattr(base, "decoder", None), getattr(base, "likelihood", None)
+    if not isinstance(dec, MLPDecoder) or type(lik) is not BernoulliLikelihood:  # not its subclasses
+        return None
+    last = dec.net[-1]
+    if not isinstance(last, torch.nn.Linear) or last.bias is None:
+        return None
+    return dec.net[:-1], last, (model.c if base is not model else None)
+
+
+def _group(p: int) -> int:
+    """The largest divisor of p that is at most MAX_GROUP: pixels per product in fused_log_weights."""
+    return max(g for g in range(1, min(p, MAX_GROUP) + 1) if p % g == 0)
+
+
+def fused_log_weights(model, x: torch.Tensor, k: int, eps: torch.Tensor, q, bf16: bool = False) -> torch.Tensor:
+    """objectives.log_weights (k, B) for a model _mlp_bernoulli accepts, in fewer operations per pixel.
+
+    With a = W h + b the logits of the decoder's last layer (h (k, B, H) its input) and x (B, P) the pixels,
+    log p(x|z) = sum_j x_j a_j - softplus(a_j), where
+      sum_j x_j a_j = h . (W^T x) + b . x                  (a (B, H) table: no per-pixel term)
+      sum_j softplus(a_j) = sum_j max(a_j, 0) + sum_groups log prod_{j in group} (1 + exp(-|a_j|))
+    so a pixel costs one exp, one multiply and one add, and the logits are never written with their bias:
+    h W^T is one matrix product, the rest one fused pass when compiled. Float32 throughout; the products lose
+    at most ~1e-5 nats a group to rounding (see tests), like float32's own sum of the 784 terms.
+    bf16: h W^T in bfloat16 (float32 accumulation, logits rounded to bfloat16: `vaekit eval --amp`), all else
+    float32; not the default, it shifts log p(x) by hundredths of a nat (benchmarks/RESULTS.md)."""
+    hidden, last, c = _mlp_bernoulli(model)
+    z = q.rsample(k, eps=eps)  # (k, B, D)
+    z1 = z[..., : model.config.latent_sizes[0]]  # what p(x|z) reads: z itself, or a hierarchy's bottom layer
+    inp = z1.reshape(-1, z1.shape[-1])
+    if c is not None:
+        inp = torch.cat([inp, c.expand(*z.shape[:-1], c.shape[-1]).reshape(-1, c.shape[-1]).to(z.dtype)], -1)
+    h = hidden(inp)  # (k*B, H)
+    w, b = last.weight, last.bias  # (P, H), (P,)
+    xf = x.reshape(x.shape[0], -1).to(h.dtype)  # (B, P)
+    g = _group(w.shape[0])
+    logits = (h.bfloat16() @ w.bfloat16().T).float() if bf16 else h @ w.T  # (k*B, P), without the bias
+    a = logits.view(k, x.shape[0], w.shape[0] // g, g) + b.view(-1, g)  # (k, B, groups, g)
+    soft = a.clamp(min=0).sum(-1) + torch.log((1 + torch.exp(-a.abs())).prod(-1))  # (k, B, groups)
+    lin = (h.view(k, x.shape[0], -1) * (xf @ w)).sum(-1) + xf @ b  # (k, B)
+    return lin - soft.sum(-1) + model.prior.log_prob(z) - q.log_prob(z)
+
+
+def _log_weights_fn(compile: bool, bf16: bool = False):
     """objectives.log_weights, compiled when asked and the backend works (else the eager one: same numbers
-    to float rounding, ~1.7x slower)."""
+    to float rounding, ~1.7x slower). Compiled, a model _mlp_bernoulli accepts gets fused_log_weights;
+    bf16: fused_log_weights in bfloat16, the only form that has it (compiled or not)."""
+    eager = functools.partial(fused_log_weights, bf16=True) if bf16 else log_weights
     if not compile:
-        return log_weights
+        return eager
     if "fn" not in _compiled:
         _compiled["fn"] = torch.compile(log_weights)
-    fn = _compiled["fn"]
+        _compiled["fused"] = torch.compile(fused_log_weights)
 
-    def call(*args, **kwargs):
+    def call(model, *args, **kwargs):
         if _compiled.get("broken"):
-            return log_weights(*args, **kwargs)
+            return eager(model, *args, **kwargs)
+        fused = bf16 or _mlp_bernoulli(model) is not None
         try:
-            return fn(*args, **kwargs)
+            if fused:
+                return _compiled["fused"](model, *args, bf16=bf16, **kwargs)
+            return _compiled["fn"](model, *args, **kwargs)
         except Exception as e:  # no C++ compiler, an unsupported op...: the eager function, once and for all
             if not is_compile_error(e):
                 raise
             _compiled["broken"] = True
-            return log_weights(*args, **kwargs)
+            return eager(model, *args, **kwargs)
 
     return call
+
+
+def check_amp(model, device) -> None:
+    """A one-line VaekitError unless `vaekit eval --amp` applies: an MLP decoder with a Bernoulli likelihood,
+    on a CPU or GPU that multiplies bf16 natively."""
+    from vaekit.config import check_cpu_bf16
+
+    if _mlp_bernoulli(model) is None:
+        raise VaekitError(
+            "--amp in eval needs an MLP decoder with a Bernoulli likelihood (the default model); drop --amp"
+        )
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise VaekitError("--amp needs a GPU that does bf16 natively, which this one does not; drop --amp")
+    if dev.type == "cpu":
+        check_cpu_bf16()
 
 
 @torch.inference_mode()
@@ -56,6 +130,7 @@ def log_likelihood(
     chunk: int | None = None,
     generator: torch.Generator | None = None,
     compile: bool | None = None,
+    amp: bool = False,
 ) -> torch.Tensor:
     """Importance-sampled log p(x) with exactly k posterior samples, (B,) in nats; on a conditional model's
     view model.given(y), log p(x|y).
@@ -65,6 +140,7 @@ def log_likelihood(
     one sample (B, D) at a time, so the estimate does not depend on `chunk`: the same
     generator state gives the same answer however k is split. `compile` (default: when k x B x pixels
     exceeds COMPILE_MIN_WORK) computes the log-weights with torch.compile, in float32 like the eager path.
+    `amp`: the decoder's last matrix product in bf16 (fused_log_weights; check_amp says where it applies).
     """
     if k < 1:
         raise ValueError(f"log p(x) needs k >= 1 importance samples, got {k}")
@@ -76,7 +152,7 @@ def log_likelihood(
     chunk = chunk or max(1, min(k, (1 << 22) // max(1, b * numel)))
     if compile is None:
         compile = k * b * numel > COMPILE_MIN_WORK
-    weights = _log_weights_fn(compile)
+    weights = _log_weights_fn(compile, amp)
     acc = torch.full((b,), -math.inf, dtype=q.mu.dtype, device=q.mu.device)  # running logsumexp
     done = 0
     while done < k:
@@ -136,6 +212,13 @@ def eval_batches(ds, batch_size: int, binarize: str, seed: int, device="cpu", la
             yield x.to(device)
 
 
+def _float32_shift(m, x, k: int, state: torch.Tensor, nll: torch.Tensor, compile: bool) -> float:
+    """Mean of `nll` (B,), an --amp estimate, minus float32's from the same generator state, in nats."""
+    g = torch.Generator(device=x.device)
+    g.set_state(state)
+    return (nll + log_likelihood(m, x, k, generator=g, compile=compile)).mean().item()
+
+
 @torch.inference_mode()
 def evaluate(
     model,
@@ -147,6 +230,7 @@ def evaluate(
     seed: int = 0,
     device="cpu",
     per_example: bool = False,
+    amp: bool = False,
 ) -> dict:
     """ELBO, recon, KL and (for a VAE, iw_samples > 0) the importance-sampled NLL, per-example means in nats.
     For a conditional model all of them are conditional on the data's labels (the NLL is -log p(x|y)):
@@ -154,10 +238,16 @@ def evaluate(
 
     Returns the dict `vaekit eval --json` prints; with per_example, also the (N,) tensors under "per_example".
     Seeded by `seed` (the same call gives the same numbers) without touching the caller's global RNG.
+    amp: the NLL with bf16 decoder products (log_likelihood; a one-line error where check_amp refuses it), and
+    "amp_nll_shift": its mean minus float32's on the first batch, same noise, in nats.
     """
     from vaekit.data import expect_labels
 
     expect_labels(ds, getattr(model, "num_classes", 0), ds.name)
+    amp = amp and model.is_vae and iw_samples > 0
+    if amp:
+        check_amp(model, device)
+    shift = None
     dev = torch.device(device)
     g = torch.Generator(device=dev).manual_seed(seeds.importance(seed))
     compile = iw_samples * len(ds) * math.prod(ds.shape) > COMPILE_MIN_WORK
@@ -175,7 +265,10 @@ def evaluate(
             if model.is_vae and t.kl_per_dim is not None:  # None for a prior that does not factorise
                 cols["kl_per_dim"].append(t.kl_per_dim)
             if model.is_vae and iw_samples > 0:
-                cols["nll"].append(-log_likelihood(m, x, iw_samples, generator=g, compile=compile))
+                state = g.get_state() if amp and shift is None else None
+                cols["nll"].append(-log_likelihood(m, x, iw_samples, generator=g, compile=compile, amp=amp))
+                if state is not None:
+                    shift = _float32_shift(m, x, iw_samples, state, cols["nll"][-1], compile)
     cat = {k: torch.cat(v).cpu() for k, v in cols.items() if v}
     out = {
         "split": None,
@@ -189,6 +282,8 @@ def evaluate(
         "kl_per_dim": cat["kl_per_dim"].mean(0).tolist() if "kl_per_dim" in cat else None,
         "seconds": round(time.perf_counter() - t0, 3),
         "conditional": bool(getattr(model, "conditional", False)),
+        "amp": amp,
+        "amp_nll_shift": shift,
     }
     if not model.is_vae:
         out["recon_loss"] = -out["recon"]

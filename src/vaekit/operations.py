@@ -51,6 +51,7 @@ def evaluate_run(
     batch_size: int = 100,
     seed: int = 0,
     device: str = "auto",
+    amp: bool = False,
 ) -> dict:
     """evaluate.evaluate of the model in `run` on run_data(data, split), its first `limit` examples if
     given: per-example means in nats; split "val" is the validation split the run held out (validation_split).
@@ -81,6 +82,7 @@ def evaluate_run(
         batch_size=batch_size,
         seed=seed,
         device=device,
+        amp=amp,
     )
     res["split"] = split if data is None or data in vaekit.data.DATASETS else "file"
     res["model"] = cfg.model.model
