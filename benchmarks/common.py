@@ -34,6 +34,26 @@ def machine() -> str:
     )
 
 
+def cpu_flags() -> str:
+    """The CPU's ISA flags that decide its matmul speed: AVX512-BF16 (bf16 dot products), AMX (bf16 tiles),
+    AVX512F, AVX2; and whether torch sees native bf16 (vaekit.config.cpu_has_bf16)."""
+    try:
+        flags = set(next(ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags")).split())
+    except (OSError, StopIteration):
+        flags = set()
+    names = {"avx512_bf16": "AVX512-BF16", "amx_bf16": "AMX-BF16", "amx_tile": "AMX-TILE", "avx512f": "AVX512F"}
+    names["avx2"] = "AVX2"
+    have = [label for flag, label in names.items() if flag in flags]
+    lacks = [label for flag, label in names.items() if flag not in flags and flag in ("avx512_bf16", "amx_bf16")]
+    from vaekit.config import cpu_has_bf16
+
+    return (
+        (", ".join(have) or "none of AVX2/AVX512/AMX")
+        + (f"; no {', no '.join(lacks)}" if lacks else "")
+        + f"; torch {torch.backends.cpu.get_cpu_capability()}, native bf16: {'yes' if cpu_has_bf16() else 'no'}"
+    )
+
+
 def matmul_gflops(
     n: int = 1024, seconds: float = 2.0, dtype: torch.dtype = torch.float32, device: str = "cpu"
 ) -> float:

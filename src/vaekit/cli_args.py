@@ -165,3 +165,24 @@ def int_list(s: str) -> list[int]:
         return [int(v) for v in s.replace(",", " ").split()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected integers like 400,200, got {s[:40]!r}") from None
+
+
+def on_off_auto(s: str) -> bool | str:
+    """--amp/--compile's value: on (also true, yes, 1), off (false, no, 0) or auto; the flag alone is on."""
+    v = s.strip().lower()
+    if v in ("on", "true", "yes", "1"):
+        return True
+    if v in ("off", "false", "no", "0"):
+        return False
+    if v == "auto":
+        return "auto"
+    raise argparse.ArgumentTypeError(f"expected on, off or auto, got {s[:40]!r}")
+
+
+def add_on_off_auto(parser, flag: str, hlp: str) -> None:
+    """`--amp` (on), `--amp on|off|auto` and `--no-amp` (off), all into one option that defaults to None
+    (not given: the config file's value, else TrainConfig's auto)."""
+    dest = flag[2:].replace("-", "_")
+    g = parser.add_mutually_exclusive_group()
+    g.add_argument(flag, nargs="?", const=True, default=None, type=on_off_auto, metavar="on|off|auto", help=hlp)
+    g.add_argument(f"--no-{flag[2:]}", dest=dest, action="store_const", const=False, help=f"the same as {flag} off")
