@@ -25,14 +25,14 @@ class FusedStep:
     """step(x, y, eps, lr, beta) -> (bad (bool tensor), sums (5,) float64: loss, elbo, recon, kl, examples
     summed over the batch; zeros on a bad step). Updates the model's weights and `opt`'s state in place."""
 
-    def __init__(self, model: torch.nn.Module, opt: torch.optim.Optimizer, cfg: TrainConfig, device: torch.device):
+    def __init__(self, model, opt: torch.optim.Optimizer, cfg: TrainConfig, device: torch.device, compile: bool = True):
         from vaekit.steps import compiled
 
         self.model, self.opt, self.cfg, self.device = model, opt, cfg, device
         self.named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         group = opt.param_groups[0]
         self.betas, self.adam_eps, self.wd = group["betas"], group["eps"], group["weight_decay"]
-        self.fn = compiled(self._step)
+        self.fn = compiled(self._step) if compile else self._step  # uncompiled: the same arithmetic, for tests
         self.pending = None
 
     def state(self) -> tuple[list, list, list]:
