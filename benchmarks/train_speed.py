@@ -6,7 +6,8 @@ Every trainer runs as a fresh subprocess, alternating (vaekit, reference, vaekit
 noise hits all alike. The model is the 784-400-20 MLP VAE at batch 128 on the 60k MNIST training images
 with the reference's objective (BCE on grey pixels + analytic KL: vaekit `--binarize none`); vaekit's
 default dynamic binarization is timed as well. The "defaults" rows pass neither --amp nor --compile: what
-`--amp auto --compile auto` choose for this run (printed by vaekit; a 3-epoch run is too short to compile). The first epoch of every run is left out of the median
+`--amp auto --compile auto` choose for this run (printed by vaekit; a 3-epoch run is too short to compile).
+The first epoch of every run is left out of the median
 (it holds torch.compile's one-off compile; its length is reported separately). The roofline is the FLOPs
 of an epoch over the fp32 matmul throughput measured here (the issue's definition); bf16 rows also
 give the fraction of the bf16 roofline. With --device cuda everything runs on the GPU, the reference as the
