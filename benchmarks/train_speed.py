@@ -151,7 +151,8 @@ def main():
             lines.append(f"| {name} | failed: {failed[name]} | - | - | - | - | - |")
             continue
         med = statistics.median(ts)
-        bf = f"{flops / (peak_bf16 * 1e9) / med:.0%}" if peak_bf16 and name != "reference" and "fp32" not in name else "-"
+        bf16_row = peak_bf16 and name != "reference" and "fp32" not in name
+        bf = f"{flops / (peak_bf16 * 1e9) / med:.0%}" if bf16_row else "-"
         lines.append(
             f"| {name} | {med:.2f} | {len(ts)} | {statistics.median(first[name]):.2f} | {ref / med:.2f}x | "
             f"{roof_s / med:.0%} | {bf} |"
