@@ -34,8 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import ROOT, append_results, machine, vaekit_cmd
-from ood import isa_flags
+from common import ROOT, append_results, cpu_flags, machine, vaekit_cmd
 
 import vaekit.data
 from vaekit.io import read_metrics
@@ -193,7 +192,7 @@ def main() -> None:
     if args.child:
         print(json.dumps(read_pass(args.child[0], args.child[1], int(args.child[2]), int(args.child[3]))))
         return
-    print(f"machine: {machine()}; ISA: {isa_flags()}", flush=True)
+    print(f"machine: {machine()}; ISA: {cpu_flags()}", flush=True)
     work = Path(tempfile.mkdtemp(prefix="vaekit-bigdata-"))
     small = work / "mnist-train.npy"
     np.save(small, vaekit.data.load("mnist", "train", in_memory="yes").x.numpy())
@@ -248,7 +247,7 @@ def main() -> None:
         ]
     lines += [
         "",
-        f"ISA: {isa_flags()}. The 60k file was just written and is read every few seconds (in the page cache); "
+        f"ISA: {cpu_flags()}. The 60k file was just written and is read every few seconds (in the page cache); "
         "the big file mostly is not (this VM's DAMON pages out what stays idle for 60 s).",
     ]
     append_results(

@@ -34,6 +34,26 @@ def machine() -> str:
     )
 
 
+def cpu_flags() -> str:
+    """The CPU's ISA flags that decide its matmul speed: AVX512-BF16 (bf16 dot products), AMX (bf16 tiles),
+    AVX512F, AVX2; and whether torch sees native bf16 (vaekit.config.cpu_has_bf16)."""
+    try:
+        flags = set(next(ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags")).split())
+    except (OSError, StopIteration):
+        flags = set()
+    names = {"avx512_bf16": "AVX512-BF16", "amx_bf16": "AMX-BF16", "amx_tile": "AMX-TILE", "avx512f": "AVX512F"}
+    names["avx2"] = "AVX2"
+    have = [label for flag, label in names.items() if flag in flags]
+    lacks = [label for flag, label in names.items() if flag not in flags and flag in ("avx512_bf16", "amx_bf16")]
+    from vaekit.config import cpu_has_bf16
+
+    return (
+        (", ".join(have) or "none of AVX2/AVX512/AMX")
+        + (f"; no {', no '.join(lacks)}" if lacks else "")
+        + f"; torch {torch.backends.cpu.get_cpu_capability()}, native bf16: {'yes' if cpu_has_bf16() else 'no'}"
+    )
+
+
 def matmul_gflops(
     n: int = 1024, seconds: float = 2.0, dtype: torch.dtype = torch.float32, device: str = "cpu"
 ) -> float:
@@ -111,32 +131,17 @@ def run_json_lines(cmd: list[str], env: dict | None = None) -> list[dict]:
 
 
 def append_results(title: str, command: str, body: str, device: str = "cpu") -> None:
-    """Append a section to RESULTS.md ($VAEKIT_RESULTS if set): title, command, date, machine (and GPU), body."""
+    """Append a section to RESULTS.md ($VAEKIT_RESULTS if set): title, command, date, machine, its ISA flags (and the
+    GPU), body."""
     stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     where = f"- GPU: {gpu()}\n" if torch.device(device).type == "cuda" else ""
-    text = (
-        f"\n## {title}\n\n- command: `{command}`\n- date: {stamp}\n- machine: {machine()}\n{where}\n{body.rstrip()}\n"
-    )
+    head = f"\n## {title}\n\n- command: `{command}`\n- date: {stamp}\n- machine: {machine()}\n- ISA: {cpu_flags()}\n"
+    text = f"{head}{where}\n{body.rstrip()}\n"
     if not RESULTS.exists():
         RESULTS.write_text("# Benchmark results\n\nEach section is appended by the script it names.\n")
     with open(RESULTS, "a") as f:
         f.write(text)
     print(text)
-
-
-def cpu_isa() -> str:
-    """The CPU's model and the instruction sets that set its matmul rates: AVX-512, AVX512-BF16, AMX (bf16)."""
-    flags = set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
-    have = lambda f: "yes" if f in flags else "no"  # noqa: E731
-    model = machine().split(",")[0]
-    return f"{model}: AVX-512 {have('avx512f')}, AVX512-BF16 {have('avx512_bf16')}, AMX-BF16 {have('amx_bf16')}"
 
 
 def mnist_validation_split(folder: Path, n_val: int = 10000) -> tuple[Path, Path, Path]:

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import common
 import torch
-from ood import isa_flags
+from common import cpu_flags
 
 import vaekit
 from vaekit.classifier import load_classifier
@@ -143,7 +143,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--temperatures", default="1,0.8,0.7,0.6,0.5", help="comma-separated; 1 gives the main table")
     p.add_argument("--results", type=Path, default=common.RESULTS)
     args = p.parse_args(argv)
-    print(f"machine: {common.machine()}; ISA: {isa_flags()}", flush=True)
+    print(f"machine: {common.machine()}; ISA: {cpu_flags()}", flush=True)
     t0 = time.perf_counter()
     cvae, vae, clf = vaekit.load(args.cvae), vaekit.load(args.vae), load_classifier(args.classifier)
     if not same_size(cvae, vae):
@@ -184,7 +184,7 @@ def main(argv: list[str]) -> int:
         )
         + ".\n\n"
         + ("" if nats is None else nats_section(nats, args.seed))
-        + f"Classifier numbers {t1 - t0:.0f} s, nats {t2 - t1:.0f} s; ISA: {isa_flags()}."
+        + f"Classifier numbers {t1 - t0:.0f} s, nats {t2 - t1:.0f} s; ISA: {cpu_flags()}."
     )
     common.RESULTS = args.results
     command = "python benchmarks/conditional.py " + " ".join(argv)

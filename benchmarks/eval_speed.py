@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from common import ROOT, append_results, cpu_isa, gpu, matmul_gflops, mnist_subset, vaekit_cmd
+from common import ROOT, append_results, cpu_flags, gpu, machine, matmul_gflops, mnist_subset, vaekit_cmd
 from eval_limit import attribution, limit_model
 
 
@@ -69,7 +69,7 @@ def main():
         ap.exit(2, "error: --device cuda: torch.cuda.is_available() is False on this machine\n")
     dev = ["--device", args.device]
     env = {"PYTHONPATH": str(ROOT / "src")}
-    print(cpu_isa(), flush=True)
+    print(f"{machine()}; ISA: {cpu_flags()}", flush=True)
     with tempfile.TemporaryDirectory() as d:
         run, data = args.run, []
         if run is None:
@@ -99,7 +99,7 @@ def main():
             f"| {'bf16 (--amp)' if i else 'fp32 (default)'} | {args.k} | {r['n']} | {r['seconds']:.1f} | "
             f"{r['nll']:.3f} | {shift} | {-r['elbo']:.2f} | {lim:.1f} | {lim / r['seconds']:.0%} |\n"
         )
-    body += f"\n{cpu_isa()}. Square fp32 matmul peak: {peak:.0f} GFLOP/s; decoder {flops / 1e12:.1f} TFLOP.\n"
+    body += f"\nISA: {cpu_flags()}. Square fp32 matmul peak: {peak:.0f} GFLOP/s; decoder {flops / 1e12:.1f} TFLOP.\n"
     if args.device == "cpu":
         body += (
             "\nLimit model, seconds for the whole evaluation (benchmarks/eval_limit.py):\n\n"

@@ -66,7 +66,6 @@ SCORES = {
 }
 NOISE_SEED = 1
 TARGET_BOTH, TARGET_ALL = 0.98, 0.95
-ISA = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "neon")
 
 
 # ------------------------------------------------------------------------------------------ metrics
@@ -90,16 +89,6 @@ def separation(in_scores, out_scores) -> dict[str, float]:
         "auprc": float(average_precision_score(y, s)),
         "fpr95": fpr_at_tpr(s_in, s_out),
     }
-
-
-def isa_flags() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "unknown"
-    lines = [line for line in text.splitlines() if line.startswith(("flags", "Features"))]
-    flags = lines[0].split(":", 1)[1].split() if lines else []
-    return " ".join(f for f in ISA if f in flags) or "none of " + " ".join(ISA)
 
 
 # --------------------------------------------------------------------------------------- the models
@@ -392,7 +381,7 @@ def main(argv=None) -> int:
         f"in [0, log(n + 1)]); L = {anomaly.COMPLEXITY}; L(zlib) = {anomaly.COMPLEXITY_GREY}, the score shipped "
         f"before; -log p(x) with k={args.iw_samples}; the ratio's background is the other "
         f"dataset's model (for MNIST vs Fashion-MNIST it was trained on the OOD set itself, so that cell is "
-        f"not a fair comparison). Total {total / 60:.1f} min; ISA: {isa_flags()}."
+        f"not a fair comparison). Total {total / 60:.1f} min; ISA: {common.cpu_flags()}."
     )
     if args.limit:
         setting += f" **--limit {args.limit}: a quick check, not a result.**"

@@ -183,13 +183,12 @@ def main():
     ap.add_argument("--max-connections", help="the server's --max-connections (default: its default, 256)")
     ap.add_argument("--no-results", action="store_true", help="print only; do not append to RESULTS.md")
     args = ap.parse_args()
-    from common import machine
-    from ood import isa_flags
+    from common import cpu_flags, machine
     from serve_load import fresh_run, rss_mib, start_server
 
     if not all(0 < a <= 2000 for a in args.attackers) or not 0 < args.seconds <= 300:
         sys.exit("--attackers must be in 1..2000 and --seconds in (0, 300]")
-    print(f"machine: {machine()}; ISA: {isa_flags()}", flush=True)
+    print(f"machine: {machine()}; ISA: {cpu_flags()}", flush=True)
     flags = [
         f
         for k in ("read_timeout", "max_connections")
@@ -225,7 +224,7 @@ def main():
 
 
 def report(rows: list[dict], args, flags: list, alive: bool, load_before: float) -> None:
-    from ood import isa_flags
+    from common import cpu_flags
     from serve_load import any_errors, publish
 
     table = [
@@ -267,7 +266,7 @@ def report(rows: list[dict], args, flags: list, alive: bool, load_before: float)
         + "included). Server RSS after each phase: "
         + ", ".join(f"{r['rss']:.0f} MiB" for r in rows)
         + f". Attackers, client and server share this machine's {os.cpu_count()} CPUs; load average (1 min) "
-        + f"before the run: {load_before:.1f}. Still serving afterwards: {alive}. ISA: {isa_flags()}.\n"
+        + f"before the run: {load_before:.1f}. Still serving afterwards: {alive}. ISA: {cpu_flags()}.\n"
     )
     publish("Explorer under a slow-loris attack", "slowloris.py", body, args.no_results, alive and not any_errors(rows))
 

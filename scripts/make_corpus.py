@@ -134,7 +134,8 @@ def tiny_model(**overrides) -> tuple[dict, dict[str, np.ndarray]]:
     from vaekit.config import ModelConfig, RunConfig, TrainConfig
     from vaekit.models import build_model
 
-    cfg = RunConfig(ModelConfig(input_shape=SHAPE, hidden=(8,), latent_dim=2, **overrides), TrainConfig(epochs=1))
+    trained = TrainConfig(epochs=1, amp=False, compile=False)  # a run's config.json holds --amp/--compile resolved
+    cfg = RunConfig(ModelConfig(input_shape=SHAPE, hidden=(8,), latent_dim=2, **overrides), trained)
     with torch.device("meta"):
         shapes = {k: tuple(v.shape) for k, v in build_model(cfg.model).state_dict().items()}
     g = np.random.default_rng(0)

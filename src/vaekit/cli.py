@@ -66,9 +66,11 @@ TRAIN_FLAGS = [
     ),
 ]
 # Training switches: (flag, help); store_true with default None, for the same reason.
+SPEED = [  # --amp / --amp on|off|auto / --no-amp (cli_args.add_on_off_auto); default auto (vaekit.speed)
+    ("--amp", "bf16 mixed precision (CUDA, or a CPU with AVX512-BF16/AMX); default auto: where native and faster"),
+    ("--compile", "torch.compile the whole training step (a one-off ~10-30 s); default auto: for long runs"),
+]
 SWITCHES = [
-    ("--amp", "bf16 mixed precision (CUDA, or a CPU with AVX512-BF16/AMX): ~1.5-2x faster steps"),
-    ("--compile", "torch.compile the training step (a one-off compile of ~5-30 s, then faster steps)"),
     ("--quiet", "no progress output"),
     ("--conditional", "a conditional model of the data's labels (Sohn et al. 2015): q(z|x,y), p(x|z,y)"),
 ]
@@ -102,6 +104,8 @@ def _train_args(sub) -> None:
     g.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     for flag, hlp in SWITCHES:
         t.add_argument(flag, action="store_true", default=None, help=hlp)
+    for flag, hlp in SPEED:
+        arg.add_on_off_auto(t, flag, hlp)
 
 
 def _eval_args(sub) -> None:
@@ -254,7 +258,7 @@ def cmd_train(args) -> int:
     from vaekit.options import Options
     from vaekit.train import dist_info, train
 
-    names = [flag[2:].replace("-", "_") for flag, *_ in TRAIN_FLAGS + SWITCHES]
+    names = [flag[2:].replace("-", "_") for flag, *_ in TRAIN_FLAGS + SWITCHES + SPEED]
     options = Options.gather(args.config, {n: getattr(args, n) for n in names if getattr(args, n) is not None})
     run_config = options.run_config()
     with options.naming_sources():  # `run.yaml: --epochs must be ...` when `epochs: -3` came from the file

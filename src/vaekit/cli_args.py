@@ -181,3 +181,24 @@ def latent_dim(s: str) -> int | tuple[int, ...]:
             f"expected a size like 20, or stochastic layers' sizes bottom to top like 100,50, got {s[:40]!r}"
         ) from None
     return sizes[0] if len(sizes) == 1 else sizes
+
+
+def on_off_auto(s: str) -> bool | str:
+    """--amp/--compile's value: on (also true, yes, 1), off (false, no, 0) or auto; the flag alone is on."""
+    v = s.strip().lower()
+    if v in ("on", "true", "yes", "1"):
+        return True
+    if v in ("off", "false", "no", "0"):
+        return False
+    if v == "auto":
+        return "auto"
+    raise argparse.ArgumentTypeError(f"expected on, off or auto, got {s[:40]!r}")
+
+
+def add_on_off_auto(parser, flag: str, hlp: str) -> None:
+    """`--amp` (on), `--amp on|off|auto` and `--no-amp` (off), all into one option that defaults to None
+    (not given: the config file's value, else TrainConfig's auto)."""
+    dest = flag[2:].replace("-", "_")
+    g = parser.add_mutually_exclusive_group()
+    g.add_argument(flag, nargs="?", const=True, default=None, type=on_off_auto, metavar="on|off|auto", help=hlp)
+    g.add_argument(f"--no-{flag[2:]}", dest=dest, action="store_const", const=False, help=f"the same as {flag} off")

@@ -193,8 +193,8 @@ class TrainConfig:
     checkpoint_every: int | str = 500  # steps between mid-epoch checkpoints, or a time ("30s", "5m", "1h"); 0 = off
     patience: int = 0  # early stopping on validation ELBO; 0 = off
     max_bad_steps: int = 20  # consecutive non-finite steps before training stops
-    amp: bool = False  # bf16 autocast: CUDA, or a CPU with native bf16 (AVX512-BF16/AMX)
-    compile: bool = False  # torch.compile the training step's forward pass
+    amp: bool | str = "auto"  # bf16 autocast (CUDA, or a CPU with AVX512-BF16/AMX); auto: speed.resolve decides
+    compile: bool | str = "auto"  # torch.compile the whole training step; auto: speed.resolve decides
     quiet: bool = False
     conditional: bool = False  # a conditional model of the data's labels (train() sets model.num_classes)
     estimator: str = "standard"  # standard | dreg: the IWAE bound's gradient (dreg needs iw_k > 1)
@@ -232,7 +232,10 @@ class TrainConfig:
             raise VaekitError(
                 "--patience stops on the validation ELBO, which needs --val-fraction > 0", option="patience"
             )
-        if self.amp and self.device == "cpu":
+        for name in ("amp", "compile"):
+            if not (isinstance(getattr(self, name), bool) or getattr(self, name) == "auto"):
+                raise VaekitError(f"--{name}: expected on, off or auto, got {_show(getattr(self, name))}", option=name)
+        if self.amp is True and self.device == "cpu":
             check_cpu_bf16()
         if self.schedule != "step" and self.step_every != TrainConfig.step_every:
             raise VaekitError(
@@ -348,6 +351,10 @@ def _coerce(value, hint, where: str):
         if not isinstance(value, (list, tuple)):
             raise VaekitError(f"{where}: expected a list of integers, got {_show(value)}")
         return tuple(_coerce(v, int, where) for v in value)
+    if hint == bool | str:  # --amp, --compile: true, false or auto
+        if not (isinstance(value, bool) or value == "auto"):
+            raise VaekitError(f"{where}: expected true or false, or auto, got {_show(value)}")
+        return value
     if hint is bool:
         if not isinstance(value, bool):
             raise VaekitError(f"{where}: expected true or false, got {_show(value)}")

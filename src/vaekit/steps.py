@@ -105,7 +105,7 @@ def datasets(model, data, val, cfg: TrainConfig) -> tuple[Dataset, Dataset | Non
 def device_for(cfg: TrainConfig) -> torch.device:
     """The device the loop trains on (under torchrun a CUDA rank's own), with --amp and --threads applied."""
     device = resolve_device(cfg.device)
-    if cfg.amp and device.type == "cpu":
+    if cfg.amp is True and device.type == "cpu":  # "auto" is resolved later (speed.resolve), never to bf16 here
         check_cpu_bf16()
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())  # torchrun: set from LOCAL_RANK in train()
@@ -151,6 +151,46 @@ def forward_backward(net, opt, params, x, cfg: TrainConfig, beta: float, device,
     else:
         norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
     return loss_vec, terms, torch.isfinite(loss) & torch.isfinite(norm)
+
+
+class EagerStep:
+    """A training step by eager autograd and torch.optim (any model, DDP, every estimator): calling it
+    computes the loss and gradients and returns whether the step is bad (a bool tensor: the loss or the
+    gradient norm not finite); `commit(sums)` then applies the optimizer and adds the batch's (loss, elbo,
+    recon, kl, examples) to `sums`. fused_step.FusedStep is the compiled twin with the same interface."""
+
+    def __init__(self, net, opt, cfg: TrainConfig, device, weight: float = 1.0):
+        self.net, self.opt, self.cfg, self.device, self.weight = net, opt, cfg, device, weight
+        self.params = [p for g in opt.param_groups for p in g["params"]]
+        self.pending = None
+
+    def __call__(self, x, y, eps, lr: float, beta: float) -> torch.Tensor:
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        loss_vec, terms, finite = forward_backward(
+            self.net, self.opt, self.params, x, self.cfg, beta, self.device, y, eps, self.weight
+        )
+        self.pending = (loss_vec, terms, len(x))
+        return ~finite
+
+    def commit(self, sums: torch.Tensor) -> None:
+        loss_vec, terms, n = self.pending
+        self.opt.step()
+        with torch.no_grad():
+            sums += torch.stack(
+                [loss_vec.sum(), terms.elbo.sum(), terms.recon.sum(), terms.kl.sum(), loss_vec.new_tensor(float(n))]
+            ).double()
+        self.pending = None
+
+
+def make_step(model, net, opt, cfg: TrainConfig, device, world: int, weight: float):
+    """The loop's step: with --compile, the whole step compiled (fused_step.FusedStep) where it applies,
+    else the forward pass compiled under eager autograd and torch.optim; without, EagerStep."""
+    from vaekit import fused_step
+
+    if cfg.compile and fused_step.supported(cfg, world):
+        return fused_step.FusedStep(model, opt, cfg, device)
+    return EagerStep(compiled(net) if cfg.compile else net, opt, cfg, device, weight)
 
 
 @torch.inference_mode()

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from vaekit import checkpoint as ckpt
-from vaekit import io, seeds, steps
+from vaekit import io, seeds, speed, steps
 from vaekit.checkpoint import LoopState
 from vaekit.config import RunConfig, TrainConfig, budget_seconds
 from vaekit.data import load as load_data
@@ -56,7 +56,7 @@ from vaekit.objectives import kl_weight
 from vaekit.priors import init_pseudo_inputs
 from vaekit.runlog import RunLog, truncate_metrics
 from vaekit.signals import SignalFlag
-from vaekit.steps import compiled, fit_ae_codes, forward_backward, make_optimizer, resolve_binarize
+from vaekit.steps import fit_ae_codes, make_optimizer, make_step, resolve_binarize
 
 __all__ = ["Diverged", "Interrupted", "LoopState", "Run", "dist_info", "fit", "resolve_device", "train"]
 TIMING_KEYS = ("seconds", "epoch_seconds")  # the metrics fields that differ between identical runs
@@ -70,6 +70,7 @@ class Run:
     model: torch.nn.Module
     metrics: list[dict] = field(default_factory=list)
     stopped: str = "finished"  # finished | early-stopped | time-budget (cfg.time_budget ran out)
+    config: TrainConfig | None = None  # what it trained with (--amp/--compile auto resolved)
 
 
 class Interrupted(Exception):
@@ -162,17 +163,22 @@ class Loop:
         }
         self.model = model.to(self.device)
         self.opt = make_optimizer(model, cfg)
-        self.net = wrap(model, self.device, self.world)
-        self.net = compiled(self.net) if cfg.compile else self.net
-        self.params = [p for p in model.parameters() if p.requires_grad]
         self._shape_steps()
+        self.cfg, said = speed.resolve(cfg, model, self.device, self.batch // self.world, self.total_steps, self.world)
+        cfg = self.cfg
+        net = wrap(model, self.device, self.world)
+        self.step = make_step(model, net, self.opt, cfg, self.device, self.world, self.weight)
         self.state, self.perm, self.metrics, self.best = LoopState(world=self.world), None, [], None
         self.on_epoch = None  # fit's per-epoch callback (rank 0 only)
         self.last_ckpt = self._restore() if resume else None
         if self.writer:
-            io.atomic_write_text(self.out / io.CONFIG, (run_config or RunConfig(model.config, cfg)).to_json() + "\n")
+            run_config = run_config or RunConfig(model.config, cfg)  # amp and compile as resolved, for --resume
+            run_config = RunConfig(run_config.model, replace(run_config.train, amp=cfg.amp, compile=cfg.compile))
+            io.atomic_write_text(self.out / io.CONFIG, run_config.to_json() + "\n")
         self.budget = budget_seconds(cfg.time_budget)  # seconds, or None: the epochs end the run
         self.log = RunLog(self.out, self.rank, cfg.quiet, cfg.epochs if self.budget is None else "?")
+        if said is not None:
+            self.log.say(said)
         self.bad_steps, self.t_start = 0, time.perf_counter() - self.state.seconds
         self.elapsed = self.lr_at = self.state.seconds  # rank 0's clock, as all ranks agreed at the last step
         self.spacing = ckpt.Spacing(cfg.checkpoint_every, self.rank)
@@ -224,13 +230,9 @@ class Loop:
             x, y, eps = self._batch(s)  # (B/world, *shape), labels (B/world,) or None, noise or None
             self.lr_at = self.elapsed
             lr = steps.learning_rate(cfg, st.step, self.total_steps, epoch, self.elapsed)
-            for g in self.opt.param_groups:
-                g["lr"] = lr
             beta = kl_weight(cfg.beta, cfg.kl_warmup, epoch + s / self.steps_per_epoch)
-            loss_vec, terms, finite = forward_backward(
-                self.net, self.opt, self.params, x, cfg, beta, self.device, y, eps, self.weight
-            )
-            votes = [float(not finite.item()), float(flag.signum is not None), self.spacing.vote(st.step + 1)]
+            bad = self.step(x, y, eps, lr, beta)  # loss and gradients (fused: the update too, unless bad)
+            votes = [float(bad.item()), float(flag.signum is not None), self.spacing.vote(st.step + 1)]
             clock = time.perf_counter() - self.t_start if self.rank == 0 else 0.0  # rank 0's clock decides
             *votes, self.elapsed = agree([*votes, clock], *self.sync)
             bad, stop, due = map(bool, votes)
@@ -238,13 +240,8 @@ class Loop:
             if bad:  # skip the update: weights and Adam's moments stay as they were
                 self._bad_step(epoch, st.step + 1)
             else:
-                self.opt.step()
+                self.step.commit(sums)  # the optimizer's step; the batch's terms added to the epoch's sums
                 self.bad_steps = 0
-                with torch.no_grad():
-                    n = loss_vec.new_tensor(float(len(x)))
-                    sums += torch.stack(
-                        [loss_vec.sum(), terms.elbo.sum(), terms.recon.sum(), terms.kl.sum(), n]
-                    ).double()
             st.step, st.step_in_epoch = st.step + 1, s + 1
             self.log.step(s, sums)
             if stop or (due and s + 1 < self.steps_per_epoch and not over):
@@ -315,7 +312,7 @@ class Loop:
         if self.writer:
             io.save_tensors(self.model.state_dict(), self.out / io.WEIGHTS)
         self.model.eval()
-        return Run(self.out, self.model, self.metrics, stopped)
+        return Run(self.out, self.model, self.metrics, stopped, self.cfg)
 
     # ------------------------------------------------------------------------------ checkpoints, stops
 

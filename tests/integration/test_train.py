@@ -608,7 +608,7 @@ def test_amp_and_compile_train_to_the_same_loss_as_fp32(tmp_path, small_npz):
     from vaekit.config import cpu_has_bf16
 
     runs = {}
-    variants = {"fp32": []}
+    variants = {"fp32": ["--amp", "off", "--no-compile"]}
     if cpu_has_bf16():
         variants["amp+compile"] = ["--amp", "--compile"]
     else:
