@@ -31,6 +31,8 @@ CANDIDATES = [
     (["--batch-size", "256", "--lr", "1e-2", *SILU], 3),
     (["--batch-size", "256", "--lr", "1e-2", *SILU], 4),
     (["--batch-size", "80", "--lr", "5e-3", *SILU, "--compile"], 3),
+    (["--batch-size", "128", "--lr", "1e-2", *SILU], 2),
+    (["--batch-size", "256", "--lr", "1.5e-2", *SILU], 3),
 ]
 
 
