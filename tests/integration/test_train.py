@@ -498,14 +498,16 @@ def test_progress_bar_only_on_a_terminal(tmp_path, small_npz, monkeypatch):
     data = ["--data", small_npz]
     rc, text = _train_with_stderr(_io.StringIO(), tmp_path / "a", *data, monkeypatch=monkeypatch)
     assert rc == 0 and "\r" not in text
-    assert [line.split()[:2] for line in text.splitlines()] == [["epoch", "1/2"], ["epoch", "2/2"]]
+    auto, *epochs = text.splitlines()  # what --amp/--compile auto chose, said once, then a line an epoch
+    assert auto.startswith("auto: amp ") and "; compile off (" in auto, auto
+    assert [line.split()[:2] for line in epochs] == [["epoch", "1/2"], ["epoch", "2/2"]]
     rc, text = _train_with_stderr(_io.StringIO(), tmp_path / "b", *data, "--quiet", monkeypatch=monkeypatch)
     assert rc == 0 and text == ""
     rc, text = _train_with_stderr(_FakeTTY(), tmp_path / "c", *data, monkeypatch=monkeypatch)
     assert rc == 0 and "\r" in text and "epoch 1/2" in text and "ex/s" in text and "elbo=" in text  # the bar
     monkeypatch.setenv("CI", "true")
     rc, text = _train_with_stderr(_FakeTTY(), tmp_path / "d", *data, monkeypatch=monkeypatch)
-    assert rc == 0 and "\r" not in text and text.count("\n") == 2  # CI: plain lines
+    assert rc == 0 and "\r" not in text and text.count("\n") == 3  # CI: plain lines (the auto line, 2 epochs)
 
 
 # ------------------------------------------------------------------ schedules, clipping, early stopping, best
