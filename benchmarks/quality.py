@@ -8,8 +8,9 @@ Trains `vaekit train --config CONFIG` into runs/bench-quality (replaced if it ex
 binarized MNIST (all 60k training digits), stops it with SIGTERM if it is still running when the budget
 runs out (the run keeps the weights of its last finished epoch), then reports the importance-sampled
 test NLL with k=5000 over the full 10k test set (`vaekit eval --iw-samples 5000`). Evaluation time is
-not part of the budget. With --time-budget the run is trained with vaekit's own --time-budget instead (the
-preset's epochs dropped, the cosine spanning the budget, the run ending itself).
+not part of the budget. A preset with `time_budget` (configs/mnist-best.yaml), or --time-budget, is trained
+with vaekit's own time budget instead (the preset's epochs dropped, the cosine spanning the budget, the run
+ending itself; no SIGTERM).
 
 --trajectory M1,M2,...: the run's weights are copied when its training clock (metrics.jsonl "seconds")
 first passes each mark, and each copy is evaluated after training with --trajectory-k samples over the
@@ -151,10 +152,11 @@ def main():
     args = ap.parse_args()
     mnist_dir()
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    config, _ = _preset(args.config, args.time_budget, args.set, args.select)
+    config, opts = _preset(args.config, args.time_budget, args.set, args.select)
+    budgeted = opts.get("time_budget") is not None  # the run ends itself (a preset's own time_budget, or --time-budget)
     cmd = vaekit_cmd("train", "--config", config, "--out", args.out, "--overwrite", "--quiet")
     traj = Trajectory(args.out, [float(m) for m in args.trajectory.split(",") if m.strip()])
-    minutes, stopped = train(cmd, env, None if args.time_budget else args.budget_minutes, traj)
+    minutes, stopped = train(cmd, env, None if budgeted else args.budget_minutes, traj)
     metrics = read_metrics(args.out)
     cfg = json.loads((args.out / "config.json").read_text())
     split = "val" if args.select else "test"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -487,3 +488,14 @@ def test_time_budget_without_a_positive_time_is_a_one_line_error(bad):
         from_dict(TrainConfig, {"time_budget": bad}, "run.yaml").validate()
     assert e.value.option == "time_budget" and "90s, 60m or 1.5h" in str(e.value)
     one_line(e.value)
+
+
+def test_every_shipped_preset_loads_and_validates():
+    """configs/*.yaml (the presets the README and benchmarks/quality.py use): each a valid --config file."""
+    presets = sorted((Path(__file__).parents[2] / "configs").glob("*.yaml"))
+    assert presets, "no presets found"
+    for path in presets:
+        rc = split_options(load_config_file(path), path.name)
+        rc.model.validate()
+        rc.train.validate(rc.model)
+        assert rc.train.time_budget is not None, f"{path.name}: a preset spans a time budget, not epochs"
