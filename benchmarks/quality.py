@@ -190,7 +190,10 @@ def report(args, cfg, metrics, minutes, stopped, res, points, split) -> None:
         "IWAE(k=50) 82.90 (Burda et al.), VampPrior HVAE 83.19 (Tomczak & Welling 2018).\n"
     )
     flags = f" --set {' --set '.join(args.set)}" if args.set else ""
-    flags += f" --time-budget {args.time_budget}" if args.time_budget else f" --budget-minutes {args.budget_minutes:g}"
+    if args.time_budget:
+        flags += f" --time-budget {args.time_budget}"
+    elif not t.get("time_budget"):  # a budgeted preset ends itself: --budget-minutes played no part
+        flags += f" --budget-minutes {args.budget_minutes:g}"
     flags += f" --trajectory {args.trajectory}" if args.trajectory else ""
     flags += " --select" if args.select else ""
     title = (
