@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import PROPERTY_SETTINGS, one_line
+from conftest import PROPERTY_SETTINGS, ROOT, one_line
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -492,7 +491,7 @@ def test_time_budget_without_a_positive_time_is_a_one_line_error(bad):
 
 def test_every_shipped_preset_loads_and_validates():
     """configs/*.yaml (the presets the README and benchmarks/quality.py use): each a valid --config file."""
-    presets = sorted((Path(__file__).parents[2] / "configs").glob("*.yaml"))
+    presets = sorted((ROOT / "configs").glob("*.yaml"))
     assert presets, "no presets found"
     for path in presets:
         rc = split_options(load_config_file(path), path.name)
