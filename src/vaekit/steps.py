@@ -185,11 +185,14 @@ class EagerStep:
 
 def make_step(model, net, opt, cfg: TrainConfig, device, world: int, weight: float):
     """The loop's step: with --compile, the whole step compiled (fused_step.FusedStep) where it applies,
-    else the forward pass compiled under eager autograd and torch.optim; without, EagerStep."""
-    from vaekit import fused_step
+    else the forward pass compiled under eager autograd and torch.optim; without, the hand-written step of the
+    plain MLP VAE (mlp_step.MLPStep) where it applies, else EagerStep."""
+    from vaekit import fused_step, mlp_step
 
     if cfg.compile and fused_step.supported(cfg, world):
         return fused_step.FusedStep(model, opt, cfg, device)
+    if not cfg.compile and mlp_step.supported(model, cfg, world):
+        return mlp_step.MLPStep(model, opt, cfg, device)
     return EagerStep(compiled(net) if cfg.compile else net, opt, cfg, device, weight)
 
 
