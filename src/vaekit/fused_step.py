@@ -35,23 +35,11 @@ class FusedStep:
         self.fn = compiled(self._step) if compile else self._step  # uncompiled: the same arithmetic, for tests
         self.pending = None
 
-    def state(self) -> tuple[list, list, list]:
-        """Adam's (step, exp_avg, exp_avg_sq) per parameter, created as torch.optim.Adam does on a fresh run."""
-        steps, m, v = [], [], []
-        for _, p in self.named:
-            st = self.opt.state[p]
-            if not st:
-                st["step"] = torch.tensor(0.0, dtype=torch.float32, device=p.device)
-                st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            steps.append(st["step"])
-            m.append(st["exp_avg"])
-            v.append(st["exp_avg_sq"])
-        return steps, m, v
-
     def __call__(self, x, y, eps, lr: float, beta: float):
-        steps, m, v = self.state()
+        from vaekit.steps import adam_state
+
         params = [p for _, p in self.named]
+        steps, m, v = adam_state(self.opt, params)
         lr_t = torch.tensor(lr, dtype=torch.float32)
         beta_t = torch.tensor(beta, dtype=torch.float32)
         for g in self.opt.param_groups:

@@ -18,9 +18,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.adam import adam as functional_adam
 
 from vaekit.config import TrainConfig
 from vaekit.models import LOGVAR_RANGE, VAE
+from vaekit.steps import adam_state
 
 aten = torch.ops.aten
 ACT = {  # name: (forward(a), backward(grad of the output, pre-activation a, output h)) as autograd computes it
@@ -80,9 +82,20 @@ class MLPStep:
 
     def commit(self, sums: torch.Tensor) -> None:
         loss_vec, recon, kl, n = self.pending
-        self.opt.step()
+        self._adam()
         sums += torch.stack([loss_vec.sum(), (recon - kl).sum(), recon.sum(), kl.sum(), loss_vec.new_tensor(float(n))])
         self.pending = None
+
+    def _adam(self) -> None:
+        """What self.opt.step() does, by torch's functional Adam on the optimizer's own state and settings
+        (the same kernel, fused or foreach), without Optimizer.step's per-step bookkeeping (~0.2 ms a step)."""
+        g = self.opt.param_groups[0]
+        steps, m, v = adam_state(self.opt, self.params)
+        functional_adam(
+            self.params, [p.grad for p in self.params], m, v, [], steps,
+            foreach=g["foreach"], fused=g["fused"], amsgrad=False, maximize=False,
+            beta1=g["betas"][0], beta2=g["betas"][1], lr=g["lr"], weight_decay=g["weight_decay"], eps=g["eps"],
+        )  # fmt: skip
 
     def _forward_backward(self, x, eps, beta: float):
         """Per-example (loss, recon, kl), (B,) float32; sets each weight's and bias's .grad to the gradient of

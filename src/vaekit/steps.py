@@ -74,6 +74,22 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
 
 
+def adam_state(opt: torch.optim.Optimizer, params) -> tuple[list, list, list]:
+    """Adam's (step, exp_avg, exp_avg_sq) of each parameter in `opt.state`, created as torch.optim.Adam creates
+    them on its first step (so a checkpoint holds the same state whichever step implementation ran)."""
+    steps, m, v = [], [], []
+    for p in params:
+        st = opt.state[p]
+        if not st:
+            st["step"] = torch.tensor(0.0, dtype=torch.float32, device=p.device)
+            st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        steps.append(st["step"])
+        m.append(st["exp_avg"])
+        v.append(st["exp_avg_sq"])
+    return steps, m, v
+
+
 def as_dataset(data, what: str = "data") -> Dataset | None:
     """A Dataset from a Dataset, a dataset name or path, or an array/tensor (N, *shape) in [0, 1] or uint8."""
     if data is None or isinstance(data, Dataset):
