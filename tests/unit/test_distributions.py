@@ -20,6 +20,8 @@ from vaekit.distributions import (
     PointMass,
     Prior,
     StandardNormal,
+    _MixtureTable,
+    logsumexp_rows,
 )
 
 EXTREME_LOGITS = torch.tensor([-1e3, -50.0, -20.0, -1.0, -1e-3, 0.0, 1e-3, 1.0, 20.0, 50.0, 1e3])
@@ -244,6 +246,7 @@ def test_mixture_normal_of_identical_components_is_that_normal_and_chunks_agree(
     mix = MixtureNormal(*_mixture_params(k=9, d=4))
     whole = mix.log_prob(z)
     monkeypatch.setattr(MixtureNormal, "CHUNK", 9 * 7)  # 7 rows at a time
+    monkeypatch.setattr(MixtureNormal, "CACHE_CHUNK", 9 * 7)
     torch.testing.assert_close(mix.log_prob(z), whole, rtol=1e-13, atol=1e-12)
     assert mix.log_prob(z[:0]).shape == (0,)
 
@@ -259,6 +262,73 @@ def test_mixture_normal_gradients_match_torch():
         grads.append([a.grad for a in args])
     for ours, ref in zip(*grads):
         torch.testing.assert_close(ours, ref, rtol=1e-9, atol=1e-10)
+
+
+def _float32_split(mix: MixtureNormal, z: torch.Tensor):
+    """(float32_ok per row, the float32 table's logsumexp - log K on every row) for float32 codes z (N, D)."""
+    table = _MixtureTable(mix.mu, mix.logvar)
+    table._float32_setup()
+    zc = z.double() - table.c
+    return table.float32_ok(zc), table._rows(zc, True) - math.log(len(mix.mu))
+
+
+def test_mixture_normal_float32_rows_are_within_the_bound_and_the_rest_exact():
+    """Without autograd, float32 codes: rows the bound admits are computed in float32 and lie within its 1e-4
+    nats of the float64 oracle; rows it refuses (codes 1e3 from the centre) are float64's. Both kinds in one
+    chunk. (Components at the floor sigma 9e-4 make it refuse every row: test_mixture_normal_log_prob_matches_torch.)"""
+    mu, logvar = _mixture_params(k=20, d=3, scale=1.0, lv=(-1.0, 1.0))
+    oracle = _mixture_oracle(mu, logvar)
+    far = mu.mean(0) + 1e3 * torch.randn(20, 3, generator=_gen(68), dtype=torch.float64)
+    z = torch.cat([oracle.sample((300,)), far]).float()  # draws of the mixture itself: a 3-D latent's codes
+    mix = MixtureNormal(mu.float(), logvar.float())
+    ok, f32 = _float32_split(mix, z)
+    assert ok[:300].float().mean() > 0.5 and not ok[300:].any()  # both paths taken
+    ref = _mixture_oracle(mix.mu, mix.logvar).log_prob(z.double())
+    assert (f32[ok] - ref[ok]).abs().max() <= _MixtureTable.TOL
+    with torch.no_grad():
+        ours = mix.log_prob(z)
+    assert ours.dtype == torch.float32
+    torch.testing.assert_close(ours.double(), ref, rtol=2e-7, atol=_MixtureTable.TOL)
+
+
+def test_mixture_normal_falls_back_to_float64_where_float32_would_be_off():
+    """Codes by a component 30 from the centre at sigma 0.05: float32's expansion loses > 1e-3 nats (the
+    cancellation of |z - c|^2 / sigma^2 ~ 4e5), so these rows must be float64's: within float32's own
+    rounding of the oracle. Fails if the fallback goes."""
+    mu = torch.tensor([[30.0] * 4, [-30.0] * 4])
+    mix = MixtureNormal(mu, torch.full((2, 4), 2 * math.log(0.05)))
+    z = mu[0] + 0.05 * torch.randn(200, 4, generator=_gen(69))
+    ref = _mixture_oracle(mix.mu, mix.logvar).log_prob(z.double())
+    ok, f32 = _float32_split(mix, z)
+    assert not ok.any() and (f32 - ref).abs().max() > 1e-3
+    with torch.inference_mode():
+        torch.testing.assert_close(mix.log_prob(z).double(), ref, rtol=2e-7, atol=1e-5)
+
+
+def test_mixture_normal_without_autograd_matches_the_autograd_path_on_realistic_codes():
+    """A VampPrior-like mixture (K=50 in D=20, sigma 0.1-1) at draws of itself: the evaluation path (no
+    autograd) and the training path (autograd) agree with the float64 oracle to float32's rounding."""
+    mu, logvar = _mixture_params(k=50, d=20, scale=1.0, lv=(-4.6, 0.0), seed=70)
+    oracle = _mixture_oracle(mu, logvar)
+    z = oracle.sample((400,)).float()
+    ref = oracle.log_prob(z.double())
+    mix = MixtureNormal(mu.float(), logvar.float())
+    with torch.no_grad():
+        fast = mix.log_prob(z)
+    slow = MixtureNormal(mu.float().requires_grad_(), logvar.float()).log_prob(z)
+    for v in (fast, slow.detach()):
+        torch.testing.assert_close(v.double(), ref, rtol=2e-7, atol=1e-5)
+
+
+def test_logsumexp_rows_is_torchs_with_no_subnormal_terms():
+    """Against torch.logsumexp: rows spanning 1e4 nats (most terms e^-100 and less), one large term, all
+    -inf, an inf, a NaN; float32 and float64."""
+    t = torch.randn(6, 300, generator=_gen(71), dtype=torch.float64) * 3e3
+    t[1, 7] = 5e3
+    t[2], t[3, 4], t[4, 9] = -math.inf, math.inf, math.nan
+    for dtype in (torch.float32, torch.float64):
+        ref = torch.logsumexp(t.to(dtype), -1)
+        torch.testing.assert_close(logsumexp_rows(t.to(dtype)), ref, rtol=1e-6, atol=0, equal_nan=True)
 
 
 @pytest.mark.parametrize("t", [1.0, 0.5])
