@@ -262,6 +262,9 @@ def test_mixture_normal_gradients_match_torch():
         grads.append([a.grad for a in args])
     for ours, ref in zip(*grads):
         torch.testing.assert_close(ours, ref, rtol=1e-9, atol=1e-10)
+    value_and_grads = torch.func.grad_and_value(lambda m, lv, z: MixtureNormal(m, lv).log_prob(z).sum(), (0, 1, 2))
+    for ours, ref in zip(value_and_grads(mu, logvar, z)[0], grads[1]):  # torch.func (the fused step) too
+        torch.testing.assert_close(ours, ref, rtol=1e-9, atol=1e-10)
 
 
 def _float32_split(mix: MixtureNormal, z: torch.Tensor):
@@ -315,7 +318,7 @@ def test_mixture_normal_without_autograd_matches_the_autograd_path_on_realistic_
     mix = MixtureNormal(mu.float(), logvar.float())
     with torch.no_grad():
         fast = mix.log_prob(z)
-    slow = MixtureNormal(mu.float().requires_grad_(), logvar.float()).log_prob(z)
+    slow = MixtureNormal(mu.float().requires_grad_(), logvar.float()).log_prob(z)  # grad enabled: autograd path
     for v in (fast, slow.detach()):
         torch.testing.assert_close(v.double(), ref, rtol=2e-7, atol=1e-5)
 
