@@ -3,10 +3,12 @@ float64 table and torch.logsumexp, as at 13ed350) and now (float32 rows where pr
 subnormals in the logsumexp), alternating in one process; and how far each is from float64's exact value.
 
     PYTHONPATH=src python benchmarks/mixture_eval.py RUN [--digits 200] [--codes 1000] [--rounds 3] [--threads N]
-        [--append]
+        [--compiled] [--append]
 
 RUN is a trained model folder with --prior vamp or mog (runs/bench-quality). The codes are draws of q(z|x) for
 the first `digits` test digits (dynamically binarized, seed 0), `codes` each: what `vaekit eval` scores.
+--compiled also times evaluate.log_likelihood compiled (as `vaekit eval` runs on the full test set), before and
+now in turn (MixtureNormal.log_prob swapped), 100 digits x 530 codes, best of 4 calls after the compile.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import time
 import torch
 from common import append_results
 
-from vaekit import data, io
+from vaekit import data, evaluate, io
 from vaekit.distributions import MixtureNormal, _MixtureTable
 
 
@@ -56,6 +58,30 @@ def codes(model, digits: int, per: int) -> torch.Tensor:
     return q.rsample(per).reshape(-1, q.mu.shape[-1])  # (digits * per, D) float32
 
 
+def compiled_rounds(model, rounds: int) -> str:
+    """Rows of a table: evaluate.log_likelihood compiled, with the old and the new MixtureNormal.log_prob."""
+    x = torch.bernoulli(data.load("mnist", "test").x[:100].float() / 255, generator=torch.Generator().manual_seed(0))
+    now, rows = MixtureNormal.log_prob, []
+    try:
+        for _ in range(rounds):
+            for name, f in (("before", before), ("now", now)):
+                MixtureNormal.log_prob = f
+                torch._dynamo.reset()
+                evaluate._compiled.clear()
+                evaluate.log_likelihood(model, x, 53, compile=True)  # the compile
+                ts = []
+                for _ in range(4):
+                    t = time.perf_counter()
+                    ll = evaluate.log_likelihood(
+                        model, x, 530, generator=torch.Generator().manual_seed(1), compile=True
+                    )
+                    ts.append(time.perf_counter() - t)
+                rows.append(f"| {name} | {min(ts):.2f} | {-ll.double().mean().item():.6f} |")
+    finally:
+        MixtureNormal.log_prob = now
+    return "\n".join(rows)
+
+
 @torch.inference_mode()
 def main() -> None:
     ap = argparse.ArgumentParser()
@@ -64,6 +90,7 @@ def main() -> None:
     ap.add_argument("--codes", type=int, default=1000)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
+    ap.add_argument("--compiled", action="store_true", help="also time the compiled log_likelihood (~1 min)")
     ap.add_argument("--append", action="store_true")
     a = ap.parse_args()
     if a.threads:
@@ -97,8 +124,17 @@ def main() -> None:
         f"median {bound.median().item():.1e}). A float32 table on every row "
         f"would be off by up to {e32.max().item():.1e} nats (median {e32.median().item():.1e})."
     )
+    if a.compiled:
+        body += (
+            "\n\nevaluate.log_likelihood compiled (as `vaekit eval` on 10k digits), 100 test digits x 530 codes, "
+            "rounds alternate:\n\n| log_prob | seconds (best of 4) | NLL (nats) |\n|---|---|---|\n"
+            + compiled_rounds(model, a.rounds)
+        )
+    flags = (f" --threads {a.threads}" if a.threads else "") + (" --compiled" if a.compiled else "")
     if a.append:
-        append_results("Mixture prior: log p(z) in evaluation", f"python benchmarks/mixture_eval.py {a.run}", body)
+        append_results(
+            "Mixture prior: log p(z) in evaluation", f"python benchmarks/mixture_eval.py {a.run}{flags}", body
+        )
     else:
         print(body)
 
