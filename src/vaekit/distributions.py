@@ -181,7 +181,6 @@ class NormalPrior(Prior):
 
 
 EXP_FLOOR = -80.0  # logsumexp's exponents below the row's maximum are floored here: e^-80 never subnormal
-ROUNDOFF32 = 2.0**-24  # float32's unit roundoff u
 
 
 def logsumexp_rows(t: torch.Tensor) -> torch.Tensor:
@@ -194,74 +193,6 @@ def logsumexp_rows(t: torch.Tensor) -> torch.Tensor:
     shift = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
     out = torch.log(torch.exp((t - shift).clamp_(min=EXP_FLOOR)).sum(-1)) + shift.squeeze(-1)
     return torch.where(top.squeeze(-1) == -math.inf, top.squeeze(-1), out)
-
-
-class _MixtureTable:
-    """The expansion of log N(z; mu_k, sigma_k^2) about the components' centre c behind MixtureNormal.log_prob:
-    log N = const_k - 1/2 [(z - c)^2, z - c] . coef_k, const (K,) and coef (K, 2D) in float64.
-
-    float32 (`logsumexp` with fast=True): a row's table is computed in float32 where an a-priori bound on its
-    rounding error is at most TOL nats, the rest in float64. The bound: with a = [(z - c)^2, z - c] (2D,) and
-    C_k = const_k - c0 (c0 the midrange of const, added back in float64 after the logsumexp), float32's
-    a.coef_k + C_k, inputs rounded from float64, is off by at most gamma_{2D+6} (1/2 sum_j |a_j coef_kj| +
-    |C_k|) in any summation order (Higham 2002, section 3.1; gamma_n = n u / (1 - n u)), which is at most
-    E = gamma_{2D+6} (1/2 [(z - c)^2 . max_k prec_k + 2 |z - c| . max_k |mu_k - c| prec_k] + max_k |C_k|)
-    for every k; the logsumexp moves by no more than its inputs' largest error. E is worst-case (float32's
-    measured error is at most ~3.5 u 1/2 sum_j |a_j coef_kj|), so it admits small latents near the centre
-    (D of a few, sigma ~1); a trained 50-dimensional VampPrior's codes (runs/bench-quality: E ~ 1e-3..1e-2)
-    all go to float64, rightly: float32 is off by up to 1e-4 nats there (benchmarks/mixture_eval.py)."""
-
-    TOL = 1e-4  # nats: the most the float32 table may move a row's log p(z)
-
-    def __init__(self, mu: torch.Tensor, logvar: torch.Tensor):
-        self.c = mu.detach().double().mean(0)  # (D,) any shift gives the same value; this one keeps terms small
-        mu, logvar = mu.double() - self.c, logvar.double()
-        prec = torch.exp(-logvar)  # (K, D)
-        self.const = -0.5 * (mu.shape[-1] * LOG_2PI + logvar.sum(-1) + (mu**2 * prec).sum(-1))  # (K,)
-        self.coef = torch.cat([prec, -2 * mu * prec], -1)  # (K, 2D): [z^2, z] @ coef.T is the z-dependent part
-        self.mu, self.prec = mu, prec
-
-    def _float32_setup(self) -> None:
-        """The float32 copies and the bound's constants (no autograd: .item() here)."""
-        n = 2 * self.mu.shape[-1] + 6
-        self.gamma = n * ROUNDOFF32 / (1 - n * ROUNDOFF32)
-        self.pmax, self.mpmax = self.prec.amax(0), (self.mu.abs() * self.prec).amax(0)  # (D,) each
-        self.c0 = (self.const.max() + self.const.min()).item() / 2
-        self.cmax = (self.const - self.c0).abs().max().item()
-        self.const32, self.coef32 = (self.const - self.c0).float(), self.coef.float()
-
-    def float32_ok(self, zc: torch.Tensor) -> torch.Tensor:
-        """(n,) bool: whether the bound E of the class doc is at most TOL for each row of zc = z - c (n, D)."""
-        bound = self.gamma * (0.5 * (zc**2 @ self.pmax) + zc.abs() @ self.mpmax + self.cmax)
-        return bound <= self.TOL  # NaN (a non-finite z): False, float64
-
-    def logsumexp(self, zc: torch.Tensor, dtype: torch.dtype, fast: bool) -> torch.Tensor:
-        """log sum_k N(z; mu_k, sigma_k^2) for zc = z - c (n, D) float64, (n,) in `dtype`; no autograd."""
-        if not fast:
-            return logsumexp_rows(
-                torch.addmm(self.const, torch.cat([zc**2, zc], -1), self.coef.T, alpha=-0.5).to(dtype)
-            )
-        if not hasattr(self, "gamma"):
-            self._float32_setup()
-        ok = self.float32_ok(zc)
-        if bool(ok.all()) or not bool(ok.any()):
-            return self._rows(zc, bool(ok.all())).to(dtype)
-        out = torch.empty(zc.shape[0], dtype=torch.float64, device=zc.device)
-        out[ok], out[~ok] = self._rows(zc[ok], True), self._rows(zc[~ok], False)
-        return out.to(dtype)
-
-    def _rows(self, zc: torch.Tensor, f32: bool) -> torch.Tensor:
-        """The logsumexp (n,) float64 of zc's table computed in float32 (f32) or float64."""
-        a = torch.cat([zc**2, zc], -1)  # (n, 2D) float64
-        if f32:
-            return logsumexp_rows(torch.addmm(self.const32, a.float(), self.coef32.T, alpha=-0.5)).double() + self.c0
-        return logsumexp_rows(torch.addmm(self.const, a, self.coef.T, alpha=-0.5).float()).double()
-
-
-@torch.compiler.disable  # data-dependent row split: runs eagerly inside a compiled evaluation
-def _no_grad_log_prob(table: _MixtureTable, chunks: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
-    """MixtureNormal.log_prob without autograd, before - log K: (N,) from the chunks of z - c (n, D)."""
-    return torch.cat([table.logsumexp(zc, dtype, fast=dtype == torch.float32) for zc in chunks])
 
 
 class MixtureNormal(Prior):
@@ -282,22 +213,23 @@ class MixtureNormal(Prior):
         mu_k^2 / s^2 summed over d, so only an (N, K) table exists, never (N, K, D). The expansion cancels large
         terms, so it runs in float64 about the components' centre c: the error is about 1e-16 (|z - c|^2 +
         |mu_k - c|^2) / sigma^2 nats, 1e-3 for codes 3e3 from c at the encoder's floor sigma 9e-4, below 1e-10
-        for a trained model's codes. The logsumexp then runs in z's precision (at least float32).
-        Under no_grad or inference_mode (evaluation) and for float32 z, the rows whose float32 table is provably
-        within 1e-4 nats (_MixtureTable) are computed in float32, cache-sized chunks, and the logsumexp floors its
-        exponents at -80 (no subnormals: logsumexp_rows); with grad enabled (training, torch.func), the float64
-        table and torch.logsumexp as they were."""
+        for a trained model's codes. The logsumexp then runs in z's precision (at least float32). Without
+        autograd and outside torch.compile (an uncompiled evaluation), cache-sized chunks and a logsumexp
+        without subnormal exps (logsumexp_rows): 2.2x faster, the same values (benchmarks/RESULTS.md)."""
         lead, k = z.shape[:-1], self.mu.shape[0]
-        table = _MixtureTable(self.mu, self.logvar)
-        flat = z.reshape(-1, self.dim).double() - table.c  # (N, D)
-        dtype = torch.promote_types(z.dtype, torch.float32)
-        if not torch.is_grad_enabled():  # not requires_grad: torch.func's traced grad transforms do not set it
-            chunks = flat.split(max(1, self.CACHE_CHUNK // k)) if flat.shape[0] else [flat]
-            return (_no_grad_log_prob(table, chunks, dtype) - math.log(k)).reshape(lead)
-        out = []
-        for zc in flat.split(max(1, self.CHUNK // k)) if flat.shape[0] else [flat]:
-            log_pk = torch.addmm(table.const, torch.cat([zc**2, zc], -1), table.coef.T, alpha=-0.5)  # (n, K)
-            out.append(torch.logsumexp(log_pk.to(dtype), -1))  # (n,)
+        c = self.mu.detach().double().mean(0)  # (D,) any shift gives the same value; this one keeps terms small
+        mu, logvar = self.mu.double() - c, self.logvar.double()
+        prec = torch.exp(-logvar)  # (K, D)
+        const = -0.5 * (self.dim * LOG_2PI + logvar.sum(-1) + (mu**2 * prec).sum(-1))  # (K,)
+        coef = torch.cat([prec, -2 * mu * prec], -1)  # (K, 2D): [z^2, z] @ coef.T is the z-dependent part
+        flat = z.reshape(-1, self.dim).double() - c  # (N, D)
+        # not requires_grad: torch.func's traced grad transforms do not set it, is_grad_enabled says it
+        fast = not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+        rows = max(1, (self.CACHE_CHUNK if fast else self.CHUNK) // k)
+        out, dtype = [], torch.promote_types(z.dtype, torch.float32)
+        for zc in flat.split(rows) if flat.shape[0] else [flat]:
+            log_pk = torch.addmm(const, torch.cat([zc**2, zc], -1), coef.T, alpha=-0.5)  # (n, K) log N(z; mu_k, s_k)
+            out.append(logsumexp_rows(log_pk.to(dtype)) if fast else torch.logsumexp(log_pk.to(dtype), -1))  # (n,)
         return (torch.cat(out) - math.log(k)).reshape(lead)
 
     def sample(self, n: int, generator: torch.Generator | None = None, device=None, temperature: float = 1.0):

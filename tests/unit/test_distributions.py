@@ -20,7 +20,6 @@ from vaekit.distributions import (
     PointMass,
     Prior,
     StandardNormal,
-    _MixtureTable,
     logsumexp_rows,
 )
 
@@ -265,47 +264,6 @@ def test_mixture_normal_gradients_match_torch():
     value_and_grads = torch.func.grad_and_value(lambda m, lv, z: MixtureNormal(m, lv).log_prob(z).sum(), (0, 1, 2))
     for ours, ref in zip(value_and_grads(mu, logvar, z)[0], grads[1]):  # torch.func (the fused step) too
         torch.testing.assert_close(ours, ref, rtol=1e-9, atol=1e-10)
-
-
-def _float32_split(mix: MixtureNormal, z: torch.Tensor):
-    """(float32_ok per row, the float32 table's logsumexp - log K on every row) for float32 codes z (N, D)."""
-    table = _MixtureTable(mix.mu, mix.logvar)
-    table._float32_setup()
-    zc = z.double() - table.c
-    return table.float32_ok(zc), table._rows(zc, True) - math.log(len(mix.mu))
-
-
-def test_mixture_normal_float32_rows_are_within_the_bound_and_the_rest_exact():
-    """Without autograd, float32 codes: rows the bound admits are computed in float32 and lie within its 1e-4
-    nats of the float64 oracle; rows it refuses (codes 1e3 from the centre) are float64's. Both kinds in one
-    chunk. (Components at the floor sigma 9e-4 make it refuse every row: test_mixture_normal_log_prob_matches_torch.)"""
-    mu, logvar = _mixture_params(k=20, d=3, scale=1.0, lv=(-1.0, 1.0))
-    oracle = _mixture_oracle(mu, logvar)
-    far = mu.mean(0) + 1e3 * torch.randn(20, 3, generator=_gen(68), dtype=torch.float64)
-    z = torch.cat([oracle.sample((300,)), far]).float()  # draws of the mixture itself: a 3-D latent's codes
-    mix = MixtureNormal(mu.float(), logvar.float())
-    ok, f32 = _float32_split(mix, z)
-    assert ok[:300].float().mean() > 0.5 and not ok[300:].any()  # both paths taken
-    ref = _mixture_oracle(mix.mu, mix.logvar).log_prob(z.double())
-    assert (f32[ok] - ref[ok]).abs().max() <= _MixtureTable.TOL
-    with torch.no_grad():
-        ours = mix.log_prob(z)
-    assert ours.dtype == torch.float32
-    torch.testing.assert_close(ours.double(), ref, rtol=2e-7, atol=_MixtureTable.TOL)
-
-
-def test_mixture_normal_falls_back_to_float64_where_float32_would_be_off():
-    """Codes by a component 30 from the centre at sigma 0.05: float32's expansion loses > 1e-3 nats (the
-    cancellation of |z - c|^2 / sigma^2 ~ 4e5), so these rows must be float64's: within float32's own
-    rounding of the oracle. Fails if the fallback goes."""
-    mu = torch.tensor([[30.0] * 4, [-30.0] * 4])
-    mix = MixtureNormal(mu, torch.full((2, 4), 2 * math.log(0.05)))
-    z = mu[0] + 0.05 * torch.randn(200, 4, generator=_gen(69))
-    ref = _mixture_oracle(mix.mu, mix.logvar).log_prob(z.double())
-    ok, f32 = _float32_split(mix, z)
-    assert not ok.any() and (f32 - ref).abs().max() > 1e-3
-    with torch.inference_mode():
-        torch.testing.assert_close(mix.log_prob(z).double(), ref, rtol=2e-7, atol=1e-5)
 
 
 def test_mixture_normal_without_autograd_matches_the_autograd_path_on_realistic_codes():
