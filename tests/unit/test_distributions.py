@@ -20,6 +20,7 @@ from vaekit.distributions import (
     PointMass,
     Prior,
     StandardNormal,
+    logsumexp_rows,
 )
 
 EXTREME_LOGITS = torch.tensor([-1e3, -50.0, -20.0, -1.0, -1e-3, 0.0, 1e-3, 1.0, 20.0, 50.0, 1e3])
@@ -244,6 +245,7 @@ def test_mixture_normal_of_identical_components_is_that_normal_and_chunks_agree(
     mix = MixtureNormal(*_mixture_params(k=9, d=4))
     whole = mix.log_prob(z)
     monkeypatch.setattr(MixtureNormal, "CHUNK", 9 * 7)  # 7 rows at a time
+    monkeypatch.setattr(MixtureNormal, "CACHE_CHUNK", 9 * 7)
     torch.testing.assert_close(mix.log_prob(z), whole, rtol=1e-13, atol=1e-12)
     assert mix.log_prob(z[:0]).shape == (0,)
 
@@ -259,6 +261,35 @@ def test_mixture_normal_gradients_match_torch():
         grads.append([a.grad for a in args])
     for ours, ref in zip(*grads):
         torch.testing.assert_close(ours, ref, rtol=1e-9, atol=1e-10)
+    value_and_grads = torch.func.grad_and_value(lambda m, lv, z: MixtureNormal(m, lv).log_prob(z).sum(), (0, 1, 2))
+    for ours, ref in zip(value_and_grads(mu, logvar, z)[0], grads[1]):  # torch.func (the fused step) too
+        torch.testing.assert_close(ours, ref, rtol=1e-9, atol=1e-10)
+
+
+def test_mixture_normal_without_autograd_matches_the_autograd_path_on_realistic_codes():
+    """A VampPrior-like mixture (K=50 in D=20, sigma 0.1-1) at draws of itself: the evaluation path (no
+    autograd) and the training path (autograd) agree with the float64 oracle to float32's rounding."""
+    mu, logvar = _mixture_params(k=50, d=20, scale=1.0, lv=(-4.6, 0.0), seed=70)
+    oracle = _mixture_oracle(mu, logvar)
+    z = oracle.sample((400,)).float()
+    ref = oracle.log_prob(z.double())
+    mix = MixtureNormal(mu.float(), logvar.float())
+    with torch.no_grad():
+        fast = mix.log_prob(z)
+    slow = MixtureNormal(mu.float().requires_grad_(), logvar.float()).log_prob(z)  # grad enabled: autograd path
+    for v in (fast, slow.detach()):
+        torch.testing.assert_close(v.double(), ref, rtol=2e-7, atol=1e-5)
+
+
+def test_logsumexp_rows_is_torchs_with_no_subnormal_terms():
+    """Against torch.logsumexp: rows spanning 1e4 nats (most terms e^-100 and less), one large term, all
+    -inf, an inf, a NaN; float32 and float64."""
+    t = torch.randn(6, 300, generator=_gen(71), dtype=torch.float64) * 3e3
+    t[1, 7] = 5e3
+    t[2], t[3, 4], t[4, 9] = -math.inf, math.inf, math.nan
+    for dtype in (torch.float32, torch.float64):
+        ref = torch.logsumexp(t.to(dtype), -1)
+        torch.testing.assert_close(logsumexp_rows(t.to(dtype)), ref, rtol=1e-6, atol=0, equal_nan=True)
 
 
 @pytest.mark.parametrize("t", [1.0, 0.5])
