@@ -1,5 +1,6 @@
 """What each training-step implementation contributes: seconds per epoch of the default model (784-400-20 MLP VAE,
-batch 128, 60k MNIST digits, dynamic binarization) with each of vaekit's three steps, alternating in one process.
+batch 128, 60k MNIST digits, dynamic binarization) with each of vaekit's three steps, alternating, each run a fresh
+process, so no run inherits another's threads, caches or compiled code.
 
     python benchmarks/step_ab.py [--rounds 4] [--epochs 2]
 
@@ -16,10 +17,12 @@ loss, so it should agree to rounding)."""
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import sys
 
 import torch
-from common import append_results
+from common import append_results, run_json_lines
 
 import vaekit
 from vaekit import mlp_step
@@ -29,36 +32,47 @@ from vaekit.data import load
 KINDS = ("autograd", "by hand", "compiled")
 
 
-def run_once(ds, kind: str, amp: bool, epochs: int) -> tuple[list[float], float]:
-    """(seconds of each epoch after the first, the last epoch's training loss) for one fresh run."""
+def run_once(kind: str, amp: bool, epochs: int) -> tuple[list[float], float]:
+    """(seconds of each epoch after the first, the last epoch's training loss) for one fresh run, in this process."""
     supported = mlp_step.supported
     if kind == "autograd":
         mlp_step.supported = lambda *a: False  # make_step falls back to steps.EagerStep
-    if kind == "compiled":
-        torch._dynamo.reset()  # each run compiles afresh (from inductor's on-disk cache), never past dynamo's limit
     try:
         torch.manual_seed(0)
         cfg = TrainConfig(
             epochs=epochs, quiet=True, checkpoint_every=0, val_fraction=0, amp=amp, compile=kind == "compiled"
         )
-        run = vaekit.fit(vaekit.build_model(ModelConfig()), ds, cfg)
+        run = vaekit.fit(vaekit.build_model(ModelConfig()), load("mnist", "train"), cfg)
     finally:
         mlp_step.supported = supported
     return [m["epoch_seconds"] for m in run.metrics[1:]], run.metrics[-1]["train_loss"]
+
+
+def in_subprocess(kind: str, amp: bool, epochs: int) -> tuple[list[float], float]:
+    """run_once in a fresh Python process."""
+    cmd = [sys.executable, __file__, "--one", kind, "--amp" if amp else "--fp32", "--epochs", str(epochs)]
+    out = run_json_lines(cmd)[0]
+    return out["seconds"], out["loss"]
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--epochs", type=int, default=2, help="epochs per run (the first is not timed)")
+    ap.add_argument("--one", choices=KINDS, help=argparse.SUPPRESS)  # the child: one run, its JSON on stdout
+    ap.add_argument("--amp", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--fp32", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    ds = load("mnist", "train")
+    if args.one:
+        secs, loss = run_once(args.one, args.amp, args.epochs)
+        print(json.dumps({"seconds": secs, "loss": loss}))
+        return
     precisions = [False, True] if cpu_has_bf16() else [False]
     times = {(k, a): [] for a in precisions for k in KINDS}
     loss = {}
     for r in range(args.rounds):
         for key in times:
-            secs, loss[key] = run_once(ds, *key, args.epochs)
+            secs, loss[key] = in_subprocess(*key, args.epochs)
             times[key] += secs
             print(
                 f"round {r + 1}: {key[0]:9s} {'bf16' if key[1] else 'fp32'}: {secs} s, loss {loss[key]:.3f}", flush=True
