@@ -30,7 +30,7 @@ from vaekit.io import read_metrics
 AMP = ["--amp"] if cpu_has_bf16() else []
 # The recipe benchmarks/select_recipe.py chose on the validation split (RESULTS.md, "Time to quality: the
 # recipe chosen on a validation split").
-RECIPE = ["--batch-size", "80", "--lr", "5e-3", "--schedule", "cosine", *AMP, "--activation", "silu"]
+RECIPE = ["--batch-size", "112", "--lr", "7e-3", "--schedule", "cosine", *AMP, "--activation", "silu"]
 EPOCHS = 3
 
 

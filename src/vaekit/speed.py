@@ -11,8 +11,9 @@ benchmarks/RESULTS.md): bf16 was slower below ~150 MFLOP a step (0.66x at 2.5 MF
 500 MFLOP). Tiny models, such as the tests', stay fp32.
 
 compile auto: the whole step compiled (fused_step.py) when the run is long enough to repay the compile
-(~10-30 s on the dev CPU, and it saves ~1 ms of a ~5 ms step): at least COMPILE_MIN_STEPS steps, or a
---time-budget of at least COMPILE_MIN_BUDGET seconds; only where the compiled step applies (one process,
+(~10-30 s on the dev CPU; it saved ~1 ms of a ~5 ms autograd step, and against the default model's hand-written
+step, mlp_step.py, 0.94-1.17x, within that machine's noise: benchmarks/RESULTS.md): at least COMPILE_MIN_STEPS
+steps, or a --time-budget of at least COMPILE_MIN_BUDGET seconds; only where the compiled step applies (one process,
 the standard estimator) and a compiler is there (a C++ compiler on CPU, Triton on CUDA).
 """
 
