@@ -116,6 +116,28 @@ PROPERTY_SETTINGS = settings(
 )
 
 
+def train_alike(pair, batches, lr, beta) -> None:
+    """Train each (model, optimizer, step) of `pair` (a step implementation and its oracle, from the same initial
+    weights) on the same (x, eps) batches, at learning rate lr(i) and KL weight beta(i) for batch i; assert the
+    same weights, Adam state and sums (loss, elbo, recon, kl, examples) to float32 rounding."""
+    import torch
+
+    results = []
+    for model, opt, step in pair:
+        sums = torch.zeros(5, dtype=torch.float64)
+        for i, (x, eps) in enumerate(batches):
+            assert not step(x, None, eps, lr(i), beta(i)).item()
+            step.commit(sums)
+        results.append((model.state_dict(), opt.state_dict()["state"], sums))
+    (w0, s0, sums0), (w1, s1, sums1) = results
+    for k in w0:
+        torch.testing.assert_close(w1[k], w0[k], rtol=1e-5, atol=1e-6)
+    for i in s0:
+        for name in ("step", "exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(s1[i][name], s0[i][name], rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(sums1, sums0, rtol=1e-5, atol=1e-4)
+
+
 def failing_compile(fn, *args, **kwargs):
     """torch.compile as it behaves without a working backend: the first call raises dynamo's error."""
     import torch._dynamo.exc

@@ -3,6 +3,7 @@ traces) against eager autograd + torch.optim.Adam (steps.EagerStep): same weight
 
 import pytest
 import torch
+from conftest import train_alike
 
 from vaekit.config import ModelConfig, TrainConfig
 from vaekit.fused_step import FusedStep, supported
@@ -28,21 +29,7 @@ def test_fused_step_matches_eager_autograd_and_adam(extra):
     cfg = TrainConfig(amp=False, compile=False, **extra)
     g = torch.Generator().manual_seed(1)
     batches = [(torch.rand(6, 1, 4, 4, generator=g), torch.randn(6, 2, generator=g)) for _ in range(3)]
-    results = []
-    for model, opt, step in _pair(cfg):
-        sums = torch.zeros(5, dtype=torch.float64)
-        for i, (x, eps) in enumerate(batches):
-            bad = step(x, None, eps, 1e-2 * (i + 1), cfg.beta)
-            assert not bad.item()
-            step.commit(sums)
-        results.append((model.state_dict(), opt.state_dict()["state"], sums))
-    (w0, s0, sums0), (w1, s1, sums1) = results
-    for k in w0:
-        torch.testing.assert_close(w1[k], w0[k], rtol=1e-5, atol=1e-6)
-    for i in s0:
-        for name in ("step", "exp_avg", "exp_avg_sq"):
-            torch.testing.assert_close(s1[i][name], s0[i][name], rtol=1e-5, atol=1e-7)
-    torch.testing.assert_close(sums1, sums0, rtol=1e-5, atol=1e-4)
+    train_alike(_pair(cfg), batches, lambda i: 1e-2 * (i + 1), lambda i: cfg.beta)
 
 
 def test_a_non_finite_step_changes_nothing():

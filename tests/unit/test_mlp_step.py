@@ -4,6 +4,7 @@ rounding, the same weights, Adam state and sums after several steps; bf16 close 
 
 import pytest
 import torch
+from conftest import train_alike
 
 from vaekit.config import ModelConfig, TrainConfig
 from vaekit.mlp_step import ACT, MLPStep, supported
@@ -51,20 +52,7 @@ def test_gradients_are_autograds(activation, extreme):
 @pytest.mark.parametrize("extra", [{}, {"weight_decay": 0.1, "clip": 0.5}])
 def test_steps_match_eager_autograd_and_adam(extra):
     cfg = TrainConfig(amp=False, compile=False, **extra)
-    results = []
-    for model, opt, step in _pair(cfg):
-        sums = torch.zeros(5, dtype=torch.float64)
-        for i, (x, eps) in enumerate(_batches()):
-            assert not step(x, None, eps, 1e-2 * (i + 1), 0.5 + 0.2 * i).item()
-            step.commit(sums)
-        results.append((model.state_dict(), opt.state_dict()["state"], sums))
-    (w0, s0, sums0), (w1, s1, sums1) = results
-    for k in w0:
-        torch.testing.assert_close(w1[k], w0[k], rtol=1e-5, atol=1e-6)
-    for i in s0:
-        for name in ("step", "exp_avg", "exp_avg_sq"):
-            torch.testing.assert_close(s1[i][name], s0[i][name], rtol=1e-5, atol=1e-7)
-    torch.testing.assert_close(sums1, sums0, rtol=1e-5, atol=1e-4)
+    train_alike(_pair(cfg), _batches(), lambda i: 1e-2 * (i + 1), lambda i: 0.5 + 0.2 * i)
 
 
 def test_without_eps_it_draws_the_noise_the_model_draws():
