@@ -115,6 +115,16 @@ def test_where_it_applies(model_kw, train_kw, world, expected):
     assert isinstance(step, MLPStep) is expected
 
 
+def test_a_prior_given_to_the_model_is_what_trains():
+    from vaekit.distributions import NormalPrior
+    from vaekit.models import VAE
+
+    base = build_model(ModelConfig(input_shape=(1, 4, 4), hidden=(8,), latent_dim=3))
+    shifted = NormalPrior(torch.ones(3), torch.zeros(3))  # N(1, I): not the KL the hand-written step computes
+    model = VAE(base.config, base.encoder, base.decoder, base.likelihood, prior=shifted)
+    assert supported(base, TrainConfig(), 1) and not supported(model, TrainConfig(), 1)
+
+
 def test_a_forward_replaced_on_the_model_is_what_trains():
     model, cfg = build_model(ModelConfig(input_shape=(1, 4, 4), hidden=(8,), latent_dim=3)), TrainConfig()
     model.forward = lambda x, **kw: type(model).forward(model, x, **kw)
