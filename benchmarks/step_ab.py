@@ -50,7 +50,7 @@ def run_once(kind: str, amp: bool, epochs: int) -> tuple[list[float], float]:
 
 def in_subprocess(kind: str, amp: bool, epochs: int) -> tuple[list[float], float]:
     """run_once in a fresh Python process."""
-    cmd = [sys.executable, __file__, "--one", kind, "--amp" if amp else "--fp32", "--epochs", str(epochs)]
+    cmd = [sys.executable, __file__, "--one", kind, "--epochs", str(epochs), *(["--amp"] if amp else [])]
     out = run_json_lines(cmd)[0]
     return out["seconds"], out["loss"]
 
@@ -61,7 +61,6 @@ def main():
     ap.add_argument("--epochs", type=int, default=2, help="epochs per run (the first is not timed)")
     ap.add_argument("--one", choices=KINDS, help=argparse.SUPPRESS)  # the child: one run, its JSON on stdout
     ap.add_argument("--amp", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--fp32", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
         secs, loss = run_once(args.one, args.amp, args.epochs)
