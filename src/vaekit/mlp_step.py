@@ -24,7 +24,7 @@ from torch.optim.adam import adam as functional_adam
 from vaekit.config import TrainConfig
 from vaekit.distributions import StandardNormal
 from vaekit.models import LOGVAR_RANGE, VAE
-from vaekit.steps import adam_state
+from vaekit.steps import adam_state, batch_sums, clip_and_check
 
 aten = torch.ops.aten
 ACT = {  # name: (forward(a), backward(grad of the output, pre-activation a, output h)) as autograd computes it
@@ -74,19 +74,14 @@ class MLPStep:
             g["lr"] = lr
         with torch.no_grad():
             loss_vec, recon, kl = self._forward_backward(x, eps, beta)
-            grads = [p.grad for p in self.params]
-            if self.cfg.clip > 0:
-                norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.clip)
-            else:
-                norm = torch.nn.utils.get_total_norm(grads)
-            loss = loss_vec.mean()
-        self.pending = (loss_vec, recon, kl, len(x))
-        return ~(torch.isfinite(loss) & torch.isfinite(norm))
+            finite = clip_and_check(self.params, self.cfg, loss_vec.mean())
+        self.pending = (loss_vec, recon, kl)
+        return ~finite
 
     def commit(self, sums: torch.Tensor) -> None:
-        loss_vec, recon, kl, n = self.pending
+        loss_vec, recon, kl = self.pending
         self._adam()
-        sums += torch.stack([loss_vec.sum(), (recon - kl).sum(), recon.sum(), kl.sum(), loss_vec.new_tensor(float(n))])
+        sums += batch_sums(loss_vec, recon - kl, recon, kl)
         self.pending = None
 
     def _adam(self) -> None:

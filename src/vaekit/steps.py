@@ -162,11 +162,24 @@ def forward_backward(net, opt, params, x, cfg: TrainConfig, beta: float, device,
     loss = loss_vec.mean() if weight == 1.0 else loss_vec.mean() * weight
     opt.zero_grad(set_to_none=True)
     loss.backward()
+    return loss_vec, terms, clip_and_check(params, cfg, loss)
+
+
+def clip_and_check(params, cfg: TrainConfig, loss: torch.Tensor) -> torch.Tensor:
+    """Clip the parameters' gradients to norm cfg.clip (when > 0); whether the loss and the gradients' total norm
+    are finite, as a bool tensor (no sync here)."""
     if cfg.clip > 0:
         norm = torch.nn.utils.clip_grad_norm_(params, cfg.clip)
     else:
         norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
-    return loss_vec, terms, torch.isfinite(loss) & torch.isfinite(norm)
+    return torch.isfinite(loss) & torch.isfinite(norm)
+
+
+def batch_sums(loss_vec, elbo, recon, kl) -> torch.Tensor:
+    """A batch's (loss, elbo, recon, kl, examples), summed over its examples, float64 (5,): what a step adds to
+    the epoch's sums."""
+    n = loss_vec.new_tensor(float(len(loss_vec)))
+    return torch.stack([loss_vec.sum(), elbo.sum(), recon.sum(), kl.sum(), n]).double()
 
 
 class EagerStep:
@@ -186,16 +199,14 @@ class EagerStep:
         loss_vec, terms, finite = forward_backward(
             self.net, self.opt, self.params, x, self.cfg, beta, self.device, y, eps, self.weight
         )
-        self.pending = (loss_vec, terms, len(x))
+        self.pending = (loss_vec, terms)
         return ~finite
 
     def commit(self, sums: torch.Tensor) -> None:
-        loss_vec, terms, n = self.pending
+        loss_vec, terms = self.pending
         self.opt.step()
         with torch.no_grad():
-            sums += torch.stack(
-                [loss_vec.sum(), terms.elbo.sum(), terms.recon.sum(), terms.kl.sum(), loss_vec.new_tensor(float(n))]
-            ).double()
+            sums += batch_sums(loss_vec, terms.elbo, terms.recon, terms.kl)
         self.pending = None
 
 
